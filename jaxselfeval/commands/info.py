@@ -1,0 +1,40 @@
+"""`jaxselfeval info` and `jaxselfeval convert`."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_info_arguments(p):
+    p.add_argument("--model", required=True, help="HF model directory (config.json + safetensors)")
+    p.add_argument("--load", action="store_true", help="also load every tensor (checks shapes)")
+
+
+def run_info(args) -> int:
+    import jaxselfeval as jse
+    from jaxselfeval.model.config import read_hf_config
+
+    cfg = read_hf_config(args.model)
+    n = jse.count_params(jse.abstract_model(cfg))
+    if args.load:
+        jse.load_pretrained(args.model)
+    print(json.dumps({"params": n, **cfg.to_hf_dict()}, indent=2))
+    return 0
+
+
+def add_convert_arguments(p):
+    p.add_argument("--model", required=True, help="HF model directory to read")
+    p.add_argument("--out", required=True, help="HF directory to write")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the written tensors (default: as loaded)")
+    p.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size")
+
+
+def run_convert(args) -> int:
+    import jaxselfeval as jse
+
+    model = jse.load_pretrained(args.model, dtype=args.dtype or "float32")
+    out = jse.save_pretrained(model, args.out, dtype=args.dtype,
+                              max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,47 @@
+"""KV cache: a pytree the forward pass reads as a segment and writes at a slot index."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxselfeval.model.config import LlamaConfig
+
+
+class KVCache(NamedTuple):
+    """k, v: [layers, batch, max_len, kv_heads, head_dim]; pos: [batch, max_len] int32 (-1 = empty);
+    index: int32 scalar, the next slot written (all rows write the same slot; rows that are
+    padding or finished write position -1, which no query can see)."""
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+    index: jax.Array
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def nbytes(self) -> int:
+        return sum(int(x.size) * x.dtype.itemsize for x in (self.k, self.v, self.pos))
+
+    def take(self, rows) -> "KVCache":
+        """Gather rows (e.g. survivors of pruning). rows: int32 [new_batch]."""
+        return KVCache(self.k[:, rows], self.v[:, rows], self.pos[rows], self.index)
+
+
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> KVCache:
+    """An empty cache for `batch` rows of `max_len` slots."""
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        pos=jnp.full((batch, max_len), -1, jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )

@@ -1,0 +1,193 @@
+"""Llama 3.x in Flax NNX: stacked layers run with `lax.scan`, GQA attention, RoPE, SwiGLU.
+
+Parameters carry `logical_axes` metadata (see `jaxselfeval.sharding`). Layer parameters are
+stacked on a leading `layers` axis, so a 32-layer model compiles as fast as a 2-layer one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxselfeval.model.attention import Segment, attend
+from jaxselfeval.model.cache import KVCache
+from jaxselfeval.model.config import LlamaConfig
+from jaxselfeval.model.rope import apply_rope, inv_frequencies, rope_tables
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(d):
+    if isinstance(d, str):
+        if d not in DTYPES:
+            from jaxselfeval.errors import JSEError
+
+            raise JSEError(f"unknown dtype '{d}': use one of {', '.join(DTYPES)}")
+        return DTYPES[d]
+    return d
+
+
+def param_shapes(cfg: LlamaConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """name -> (shape, logical axes) for every parameter of the model."""
+    L, D, F, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    shapes = {
+        "embed": ((V, D), ("vocab", "embed")),
+        "attn_norm": ((L, D), ("layers", "norm")),
+        "wq": ((L, D, H, Dh), ("layers", "embed", "q_heads", "head_dim")),
+        "wk": ((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "wv": ((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim")),
+        "wo": ((L, H, Dh, D), ("layers", "q_heads", "head_dim", "embed")),
+        "mlp_norm": ((L, D), ("layers", "norm")),
+        "w_gate": ((L, D, F), ("layers", "embed", "mlp")),
+        "w_up": ((L, D, F), ("layers", "embed", "mlp")),
+        "w_down": ((L, F, D), ("layers", "mlp", "embed")),
+        "final_norm": ((D,), ("norm",)),
+    }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = ((D, V), ("embed", "vocab"))
+    return shapes
+
+
+def rms_norm(x, w, eps):
+    """x: [..., D] -> f32 normalised, times weight (HF order: normalise in f32, cast, scale)."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return w.astype(jnp.float32) * xf
+
+
+class Llama(nnx.Module):
+    """Llama causal LM. `model(tokens)` -> f32 logits [batch, seq, vocab] (no cache).
+
+    param_dtype: storage dtype of the weights (float32 or bfloat16).
+    compute_dtype: matmul input dtype; accumulation is always float32.
+    """
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs, param_dtype="float32",
+                 compute_dtype="float32", remat: bool = False):
+        self.config = config
+        self.param_dtype = as_dtype(param_dtype)
+        self.compute_dtype = as_dtype(compute_dtype)
+        self.remat = remat
+        std = 0.02
+        for name, (shape, axes) in param_shapes(config).items():
+            if name.endswith("norm"):
+                val = jnp.ones(shape, self.param_dtype)
+            else:
+                val = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(
+                    self.param_dtype)
+            setattr(self, name, nnx.Param(val, logical_axes=axes))
+
+    # ------------------------------------------------------------------ forward
+    def __call__(self, tokens, attention_mask=None):
+        """tokens: int32 [batch, seq]; attention_mask: optional [batch, seq] 1/0 (left padding).
+        Returns f32 logits [batch, seq, vocab]."""
+        positions = None
+        if attention_mask is not None:
+            m = attention_mask.astype(jnp.int32)
+            positions = jnp.where(m > 0, jnp.cumsum(m, axis=-1) - 1, -1)
+        logits, _ = self.forward(tokens, positions)
+        return logits
+
+    def forward(self, tokens, positions=None, *, cache: KVCache | None = None,
+                prefix: KVCache | None = None, write: bool = True, last_only: bool = False,
+                return_hidden: bool = False):
+        """One pass over `tokens` [B, S] at `positions` [B, S] (-1 = padding, invisible).
+
+        Attends to: `prefix` (a cache of G prompts shared by B/G consecutive rows each, read
+        only), `cache` (the rows' own cache, slots written before this call), and the current
+        tokens (causally by position). If `cache` is given and `write`, the current keys/values
+        are stored at slots [cache.index, cache.index + S) and the new cache is returned.
+        Returns (logits f32 [B, S or 1, V] (or final hidden [B, S, D] if return_hidden), cache).
+        """
+        cfg = self.config
+        B, S = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+        positions = positions.astype(jnp.int32)
+        cos, sin = rope_tables(inv_frequencies(cfg), jnp.maximum(positions, 0))
+        cd = self.compute_dtype
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
+
+        layer_params = {n: getattr(self, n)[...] for n in
+                        ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")}
+        xs = {"p": layer_params}
+        if cache is not None:
+            xs["ck"], xs["cv"] = cache.k, cache.v
+        if prefix is not None:
+            xs["pk"], xs["pv"] = prefix.k, prefix.v
+
+        def layer(x, xs):
+            p = xs["p"]
+            h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps).astype(cd)
+            q = jnp.einsum("bsd,dhk->bshk", h, p["wq"].astype(cd), preferred_element_type=jnp.float32)
+            k = jnp.einsum("bsd,dhk->bshk", h, p["wk"].astype(cd), preferred_element_type=jnp.float32)
+            v = jnp.einsum("bsd,dhk->bshk", h, p["wv"].astype(cd), preferred_element_type=jnp.float32)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            kv_dtype = cache.k.dtype if cache is not None else cd
+            k, v = k.astype(kv_dtype), v.astype(kv_dtype)
+            segs = []
+            if prefix is not None:
+                segs.append(Segment(xs["pk"], xs["pv"], prefix.pos))
+            if cache is not None:
+                segs.append(Segment(xs["ck"], xs["cv"], cache.pos))
+            segs.append(Segment(k, v, positions))
+            a = attend(q, positions, segs, compute_dtype=cd)
+            x = x + jnp.einsum("bshk,hkd->bsd", a.astype(cd), p["wo"].astype(cd),
+                               preferred_element_type=jnp.float32)
+            h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps).astype(cd)
+            g = jnp.einsum("bsd,df->bsf", h, p["w_gate"].astype(cd), preferred_element_type=jnp.float32)
+            u = jnp.einsum("bsd,df->bsf", h, p["w_up"].astype(cd), preferred_element_type=jnp.float32)
+            f = (jax.nn.silu(g) * u).astype(cd)
+            x = x + jnp.einsum("bsf,fd->bsd", f, p["w_down"].astype(cd), preferred_element_type=jnp.float32)
+            return x, (k, v)
+
+        if self.remat:
+            layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
+        x, (new_k, new_v) = jax.lax.scan(layer, x, xs)
+
+        new_cache = None
+        if cache is not None and write:
+            idx = cache.index
+            z = jnp.zeros((), jnp.int32)
+            new_cache = KVCache(
+                k=jax.lax.dynamic_update_slice(cache.k, new_k, (z, z, idx, z, z)),
+                v=jax.lax.dynamic_update_slice(cache.v, new_v, (z, z, idx, z, z)),
+                pos=jax.lax.dynamic_update_slice(cache.pos, positions, (z, idx)),
+                index=idx + S,
+            )
+        elif cache is not None:
+            new_cache = cache
+        if last_only:
+            x = x[:, -1:]
+        x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+        if return_hidden:
+            return x, new_cache
+        return self.logits(x), new_cache
+
+    def logits(self, h):
+        """h: f32 [..., D] final-normed hidden -> f32 logits [..., V]."""
+        cd = self.compute_dtype
+        if self.config.tie_word_embeddings:
+            return jnp.einsum("...d,vd->...v", h.astype(cd), self.embed[...].astype(cd),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dv->...v", h.astype(cd), self.lm_head[...].astype(cd),
+                          preferred_element_type=jnp.float32)
+
+
+def create_model(cfg: LlamaConfig, *, seed: int = 0, param_dtype="float32",
+                 compute_dtype="float32") -> Llama:
+    """A randomly initialised model (normal(0, 0.02) weights, unit norms)."""
+    return Llama(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, compute_dtype=compute_dtype)
+
+
+def abstract_model(cfg: LlamaConfig, *, param_dtype="float32", compute_dtype="float32") -> Llama:
+    """The model with ShapeDtypeStruct leaves: no memory allocated (`jax.eval_shape`)."""
+    return nnx.eval_shape(lambda: create_model(cfg, param_dtype=param_dtype,
+                                               compute_dtype=compute_dtype))
+
+
+def count_params(model: Llama) -> int:
+    state = nnx.state(model, nnx.Param)
+    return sum(int(x.size) for x in jax.tree.leaves(state))

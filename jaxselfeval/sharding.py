@@ -1,0 +1,136 @@
+"""Device meshes and logical-axis sharding rules.
+
+Every parameter carries `logical_axes` metadata (e.g. ("layers", "embed", "q_heads", "head_dim")).
+`RULES` maps a logical axis to mesh axes; a dimension that a mesh axis does not divide evenly is
+replicated instead (logged), so small test models shard on any mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from jaxselfeval.errors import JSEError
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "layers": None,
+    "head_dim": None,
+    "norm": None,
+    "seq": None,
+    "lora_rank": None,
+}
+
+
+def parse_mesh(spec: str | Mapping[str, int] | None) -> dict[str, int]:
+    """'fsdp=4,tensor=2' or a mapping -> {axis: size}; unnamed axes get 1, one axis may be -1."""
+    if spec is None or spec == "":
+        return {"data": 1, "fsdp": -1, "tensor": 1}
+    if isinstance(spec, str):
+        d = {}
+        for part in spec.split(","):
+            if "=" not in part:
+                raise JSEError(f"bad mesh '{spec}': write axes as name=size, e.g. fsdp=4,tensor=2")
+            k, v = part.split("=", 1)
+            try:
+                d[k.strip()] = int(v)
+            except ValueError:
+                raise JSEError(f"bad mesh size '{v}' for axis '{k}': must be an integer") from None
+        spec = d
+    out = {a: 1 for a in MESH_AXES}
+    for k, v in spec.items():
+        if k not in MESH_AXES:
+            raise JSEError(f"unknown mesh axis '{k}': use {', '.join(MESH_AXES)}")
+        out[k] = int(v)
+    return out
+
+
+def make_mesh(spec: str | Mapping[str, int] | None = None, devices: Sequence | None = None) -> Mesh:
+    """A Mesh with axes (data, fsdp, tensor), Auto axis types. `spec` e.g. 'fsdp=4,tensor=2'."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = parse_mesh(spec)
+    n = len(devices)
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise JSEError("only one mesh axis may be -1 (fill the remaining devices)")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if free:
+        if n % fixed:
+            raise JSEError(f"mesh {sizes} does not divide the {n} devices: make the product divide {n}")
+        sizes[free[0]] = n // fixed
+    if math.prod(sizes.values()) != n:
+        raise JSEError(
+            f"mesh {sizes} has {math.prod(sizes.values())} devices but {n} are available: "
+            f"make the axis sizes multiply to {n}"
+        )
+    arr = np.array(devices).reshape(tuple(sizes.values()))
+    return Mesh(arr, tuple(sizes), axis_types=(AxisType.Auto,) * len(sizes))
+
+
+def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                 rules: Mapping = RULES) -> PartitionSpec:
+    """PartitionSpec for a tensor of `shape` with logical `axes`; undividable dims replicate."""
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(axes, shape):
+        target = rules.get(name) if name is not None else None
+        if target is None:
+            out.append(None)
+            continue
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets = tuple(t for t in targets if t in mesh.shape and mesh.shape[t] > 1 and t not in used)
+        size = math.prod(mesh.shape[t] for t in targets)
+        if not targets or dim % size:
+            if targets:
+                log.debug("replicating axis %s (size %d) over %s", name, dim, targets)
+            out.append(None)
+            continue
+        used.update(targets)
+        out.append(targets[0] if len(targets) == 1 else targets)
+    return PartitionSpec(*out)
+
+
+def state_shardings(state, mesh: Mesh, rules: Mapping = RULES):
+    """NamedSharding for every Variable in an nnx State (by its `logical_axes` metadata)."""
+
+    def one(v):
+        axes = v.get_metadata().get("logical_axes") if isinstance(v, nnx.Variable) else None
+        shape = v.shape if hasattr(v, "shape") else v[...].shape
+        if axes is None:
+            return NamedSharding(mesh, PartitionSpec())
+        return NamedSharding(mesh, logical_spec(axes, shape, mesh, rules))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model, mesh: Mesh, rules: Mapping = RULES):
+    """Place every parameter of `model` on `mesh` by its logical axes (in place); returns model."""
+    graphdef, state = nnx.split(model)
+    shardings = state_shardings(state, mesh, rules)
+    state = jax.tree.map(lambda v, s: v.replace(jax.device_put(v[...], s)), state, shardings,
+                         is_leaf=lambda x: isinstance(x, nnx.Variable))
+    nnx.update(model, state)
+    return model
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Shard the leading (batch) axis over data x fsdp."""
+    axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+    lead = axes if len(axes) > 1 else (axes[0] if axes else None)
+    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random Llama models saved by transformers (HF layout)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# 8 simulated CPU devices for sharding tests; must be set before jax initialises.
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+TINY_CONFIGS = {
+    # name: transformers LlamaConfig kwargs
+    "llama3_gqa2_untied": dict(vocab_size=97, hidden_size=64, intermediate_size=96,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               rope_parameters=dict(rope_type="llama3", rope_theta=500000.0,
+                                                    factor=8.0, low_freq_factor=1.0,
+                                                    high_freq_factor=4.0,
+                                                    original_max_position_embeddings=16),
+                               tie_word_embeddings=False, max_position_embeddings=256),
+    "theta5e5_gqa4_tied": dict(vocab_size=131, hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
+                               rope_parameters=dict(rope_type="default", rope_theta=500000.0),
+                               tie_word_embeddings=True, max_position_embeddings=256),
+    "mha_headdim_odd": dict(vocab_size=61, hidden_size=48, intermediate_size=80,
+                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                            head_dim=32, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+                            tie_word_embeddings=False, max_position_embeddings=256),
+}
+
+
+def make_hf_model(path, name="llama3_gqa2_untied", seed=0, **overrides):
+    """Save a random transformers LlamaForCausalLM of a TINY_CONFIGS entry to `path`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    kw = dict(TINY_CONFIGS[name], **overrides)
+    cfg = LlamaConfig(**kw, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():  # default init has zero-ish norms; make every weight matter
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.08)
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory):
+    """name -> (dir, torch model) for every tiny config."""
+    out = {}
+    for name in TINY_CONFIGS:
+        d = tmp_path_factory.mktemp(name)
+        out[name] = (d, make_hf_model(d, name))
+    return out
