@@ -1,0 +1,9 @@
+"""Benchmarks (`jaxselfeval bench NAME`): side-by-side ratios measured in one run, never timed tests.
+
+Each module in BENCHMARKS defines `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+BENCHMARKS = {
+    "sampler": ("jaxselfeval.bench.sampler", "sampler tokens/s vs transformers; prefill+branch; probe cost; shared cache"),
+    "train": ("jaxselfeval.bench.train", "training tokens/s and MFU against this machine's measured bf16 matmul peak"),
+}
