@@ -40,7 +40,8 @@ def _partial(q, seg: Segment, q_pos, compute_dtype):
     vis = (kp >= 0) & (kp <= q_pos[..., None])  # [G, N, S, T]
     vis = vis[:, :, None, None, :, :]  # [G, N, 1, 1, S, T]
     s = jnp.where(vis, s, NEG)
-    m = jnp.max(s, axis=-1)  # [G, N, KVH, R, S]
+    # the softmax is invariant to the shift: no gradient through the running max (exact, cheaper)
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1))  # [G, N, KVH, R, S]
     p = jnp.where(vis, jnp.exp(s - m[..., None]), 0.0)
     l = jnp.sum(p, axis=-1)
     o = jnp.einsum("gnkrst,gtkd->gnskrd", p.astype(compute_dtype), v,
@@ -65,6 +66,10 @@ def attend(q, q_pos, segments, *, compute_dtype=jnp.float32):
         qg = qs.reshape(G, N, S, KVH, R, Dh)
         m, l, o = _partial(qg, seg, q_pos.reshape(G, N, S), compute_dtype)
         parts.append((m.reshape(B, KVH, R, S), l.reshape(B, KVH, R, S), o.reshape(B, S, KVH, R, Dh)))
+    if len(parts) == 1:  # one segment: plain softmax
+        _, l, o = parts[0]
+        out = o / jnp.transpose(jnp.maximum(l, 1e-30), (0, 3, 1, 2))[..., None]
+        return out.reshape(B, S, H, Dh)
     m_all = parts[0][0]
     for m, _, _ in parts[1:]:
         m_all = jnp.maximum(m_all, m)

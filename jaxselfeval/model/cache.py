@@ -33,7 +33,7 @@ class KVCache(NamedTuple):
 
     def take(self, rows) -> "KVCache":
         """Gather rows (e.g. survivors of pruning). rows: int32 [new_batch]."""
-        return KVCache(self.k[:, rows], self.v[:, rows], self.pos[rows], self.index)
+        return KVCache(self.k[:, rows], self.v[:, rows], self.pos[rows], jnp.array(self.index))
 
 
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> KVCache:

@@ -1,0 +1,223 @@
+"""The sampling engine: prefill once, branch to N candidates, decode, probe, prune, restart.
+
+Prompts are prefilled once into a *prompt cache* of G rows (left-padded to a bucketed length).
+Candidates are B = G * N rows with their own (suffix) cache; every forward attends to the prompt
+cache as a shared segment (no copy per candidate). All jitted pieces take the model as
+(graphdef, state): split outside jit, merged inside, so each shape compiles once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxselfeval.errors import JSEError
+from jaxselfeval.model.cache import KVCache, init_cache
+from jaxselfeval.sample.sampling import row_keys, sample_tokens
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Next power of two >= n (>= minimum): few distinct shapes, few compiles."""
+    b = minimum
+    while b < n:
+        b *= 2
+    return b
+
+
+class Prompts(NamedTuple):
+    """The shared prompt cache. cache: KVCache of G rows; length int32 [G]; last_logits f32 [G, V];
+    prompt_id int32 [G] (global ids, for keys)."""
+
+    cache: KVCache
+    length: jax.Array
+    last_logits: jax.Array
+    prompt_id: jax.Array
+
+
+class Candidates(NamedTuple):
+    """B = G * N candidate rows, N consecutive rows per prompt.
+
+    cache: own KVCache [B rows, T slots]; tokens int32 [B, T] emitted tokens (pad -1);
+    next_token int32 [B] sampled, not yet emitted; length int32 [B] tokens emitted;
+    done bool [B] emitted a stop token; temperature f32 [B]; top_p f32 [B];
+    prompt_id, cand_id int32 [B]; start int32 [B] position of the first generated token.
+    """
+
+    cache: KVCache
+    tokens: jax.Array
+    next_token: jax.Array
+    length: jax.Array
+    done: jax.Array
+    temperature: jax.Array
+    top_p: jax.Array
+    prompt_id: jax.Array
+    cand_id: jax.Array
+    start: jax.Array
+
+    @property
+    def step(self) -> int:
+        return int(self.cache.index)
+
+
+class Engine:
+    """Holds (graphdef, state) of a model and the jitted pieces. `stop_ids`: end tokens."""
+
+    def __init__(self, model, *, stop_ids: Sequence[int] = (), seed: int = 0, top_k: int = 0,
+                 cache_dtype=None):
+        self.graphdef, self.state = nnx.split(model)
+        self.config = model.config
+        self.stop_ids = tuple(int(s) for s in stop_ids)
+        self.key = jax.random.PRNGKey(seed)
+        self.top_k = int(top_k)
+        self.cache_dtype = cache_dtype or model.compute_dtype
+        self._prefill = jax.jit(self._prefill_fn)
+        self._decode = jax.jit(self._decode_fn, donate_argnums=(2,))
+        self._probe = jax.jit(self._probe_fn)
+
+    # ------------------------------------------------------------------ prefill
+    def _prefill_fn(self, state, tokens, positions, cache):
+        model = nnx.merge(self.graphdef, state)
+        logits, cache = model.forward(tokens, positions, cache=cache, last_only=True)
+        return logits[:, 0], cache
+
+    def prefill(self, prompt_ids: Sequence[Sequence[int]], prompt_offset: int = 0) -> Prompts:
+        """Left-pad G prompts to a bucketed length and run them once. Returns `Prompts`."""
+        G = len(prompt_ids)
+        lens = [len(p) for p in prompt_ids]
+        if G == 0:
+            raise JSEError("no prompts given")
+        if min(lens) == 0:
+            raise JSEError(f"prompt {lens.index(0)} is empty: give at least one token")
+        T = bucket(max(lens))
+        if T > self.config.max_position_embeddings:
+            raise JSEError(f"prompt of {max(lens)} tokens is longer than the model's context "
+                           f"({self.config.max_position_embeddings}): shorten it")
+        toks = np.zeros((G, T), np.int32)
+        pos = np.full((G, T), -1, np.int32)
+        for i, p in enumerate(prompt_ids):
+            toks[i, T - len(p):] = p
+            pos[i, T - len(p):] = np.arange(len(p))
+        cache = init_cache(self.config, G, T, self.cache_dtype)
+        logits, cache = self._prefill(self.state, toks, pos, cache)
+        return Prompts(cache, jnp.asarray(lens, jnp.int32), logits,
+                       jnp.arange(G, dtype=jnp.int32) + prompt_offset)
+
+    # ------------------------------------------------------------------ branch
+    def branch(self, prompts: Prompts, n: int, max_new_tokens: int, *, temperature=1.0,
+               top_p=1.0, cand_offset: int = 0) -> Candidates:
+        """N candidate rows per prompt sharing its cache; first tokens sampled from the prompt's
+        last logits. `temperature` / `top_p`: scalars or per-candidate arrays [G * n]."""
+        if n < 1:
+            raise JSEError(f"n must be >= 1, got {n}")
+        if max_new_tokens < 1:
+            raise JSEError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        G = prompts.length.shape[0]
+        B = G * n
+        if int(jnp.max(prompts.length)) + max_new_tokens > self.config.max_position_embeddings:
+            raise JSEError(f"prompt + max_new_tokens exceeds the model's context "
+                           f"({self.config.max_position_embeddings}): lower max_new_tokens")
+        temp = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (B,))
+        tp = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (B,))
+        if bool(jnp.any((tp <= 0) | (tp > 1))):
+            raise JSEError("top_p must be in (0, 1]")
+        if bool(jnp.any(temp < 0)):
+            raise JSEError("temperature must be >= 0 (0 = greedy)")
+        T = bucket(max_new_tokens)
+        pid = jnp.repeat(prompts.prompt_id, n)
+        cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
+        keys = row_keys(self.key, pid, cid, 0)
+        first = sample_tokens(jnp.repeat(prompts.last_logits, n, axis=0), keys, temp, tp, self.top_k)
+        return Candidates(
+            init_cache(self.config, B, T, self.cache_dtype), jnp.full((B, T), -1, jnp.int32),
+            first, jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool), temp, tp, pid, cid,
+            jnp.repeat(prompts.length, n))
+
+    # ------------------------------------------------------------------ decode
+    def _decode_fn(self, state, prefix, c: Candidates, until):
+        model = nnx.merge(self.graphdef, state)
+        stops = jnp.asarray(self.stop_ids or (-2,), jnp.int32)
+        T = c.tokens.shape[1]
+        until = jnp.minimum(until, T)
+
+        def cond(c):
+            return (c.cache.index < until) & ~jnp.all(c.done)
+
+        def body(c: Candidates):
+            t = c.cache.index
+            live = ~c.done
+            tok = c.next_token
+            tokens = jax.lax.dynamic_update_slice(
+                c.tokens, jnp.where(live, tok, -1)[:, None], (jnp.zeros((), jnp.int32), t))
+            pos = jnp.where(live, c.start + t, -1)[:, None]
+            logits, cache = model.forward(tok[:, None], pos, cache=c.cache, prefix=prefix.cache,
+                                          last_only=True)
+            keys = row_keys(self.key, c.prompt_id, c.cand_id, t + 1)
+            nxt = sample_tokens(logits[:, 0], keys, c.temperature, c.top_p, self.top_k)
+            done = c.done | (live & jnp.isin(tok, stops))
+            return c._replace(cache=cache, tokens=tokens, next_token=nxt,
+                              length=c.length + live.astype(jnp.int32), done=done)
+
+        return jax.lax.while_loop(cond, body, c)
+
+    def decode(self, prompts: Prompts, cands: Candidates, until: int | None = None) -> Candidates:
+        """Decode until every row is done or `until` tokens were emitted (default: buffer end).
+        The candidates' cache is donated (updated in place)."""
+        until = cands.tokens.shape[1] if until is None else until
+        return self._decode(self.state, prompts, cands, jnp.asarray(until, jnp.int32))
+
+    # ------------------------------------------------------------------ probe
+    def _probe_fn(self, state, prefix, c: Candidates, suffix, yes_no):
+        model = nnx.merge(self.graphdef, state)
+        B, K = c.tokens.shape[0], suffix.shape[0]
+        # rows that ended emitted their eot already: the suffix's leading eot is then invisible
+        toks = jnp.broadcast_to(suffix, (B, K))
+        base = c.start + c.length
+        ar = jnp.arange(K, dtype=jnp.int32)[None]
+        pos = jnp.where(c.done[:, None], base[:, None] + ar - 1, base[:, None] + ar)
+        pos = pos.at[:, 0].set(jnp.where(c.done, -1, pos[:, 0]))
+        logits, _ = model.forward(toks, pos, cache=c.cache, prefix=prefix.cache, write=False,
+                                  last_only=True)
+        p = jax.nn.softmax(logits[:, 0], axis=-1)
+        py, pn = p[:, yes_no[0]], p[:, yes_no[1]]
+        return pn / jnp.maximum(py + pn, 1e-30), py, pn
+
+    def probe(self, prompts: Prompts, cands: Candidates, spec) -> jax.Array:
+        """Self-evaluation score P(No) / (P(Yes) + P(No)) per candidate, f32 [B]. The candidates'
+        cache and positions are not touched (nothing is written)."""
+        suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
+        score, _, _ = self._probe(self.state, prompts, cands, suffix,
+                                  jnp.asarray([spec.yes, spec.no], jnp.int32))
+        return score
+
+    # ------------------------------------------------------------------ select
+    @staticmethod
+    def top_rows(scores, n: int, keep: int) -> jax.Array:
+        """Row indices of the `keep` best-scored of each prompt's n candidates, in row order."""
+        G = scores.shape[0] // n
+        s = scores.reshape(G, n)
+        idx = jnp.sort(jax.lax.top_k(s, keep)[1], axis=-1)
+        return (idx + jnp.arange(G)[:, None] * n).reshape(-1)
+
+    @staticmethod
+    def select(cands: Candidates, rows) -> Candidates:
+        """Keep candidate rows `rows` (their cache rows gathered: later steps run smaller)."""
+        rows = jnp.asarray(rows, jnp.int32)
+        return Candidates(cands.cache.take(rows), *(x[rows] for x in cands[1:]))
+
+    @staticmethod
+    def select_prompts(prompts: Prompts, rows) -> Prompts:
+        """Keep prompts `rows` (compaction between rounds)."""
+        rows = jnp.asarray(rows, jnp.int32)
+        return Prompts(prompts.cache.take(rows), prompts.length[rows], prompts.last_logits[rows],
+                       prompts.prompt_id[rows])
+
+    @staticmethod
+    def outputs(cands: Candidates) -> list[list[int]]:
+        """Emitted tokens per row (host lists)."""
+        toks, lens = np.asarray(cands.tokens), np.asarray(cands.length)
+        return [toks[i, :lens[i]].tolist() for i in range(len(lens))]
+

@@ -1,0 +1,69 @@
+"""Optimizer and the jitted, sharded train step (grad accumulation by `lax.scan`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxselfeval.sharding import batch_sharding, state_shardings
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """AdamW with linear warmup + cosine decay, global-norm clipping, no decay on norms."""
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
+        cfg.lr * cfg.min_lr_ratio)
+
+    def decay_mask(params):
+        return jax.tree.map(lambda x: x.ndim > 1 and x.shape[-1] > 1, params)
+
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                       optax.adamw(sched, b1=0.9, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                                   mask=decay_mask))
+
+
+def make_train_step(graphdef, loss_fn, tx, *, accum: int = 1):
+    """step(params, opt_state, batch) -> (params, opt_state, metrics).
+
+    params: nnx.State of f32 master weights; batch leaves [B, ...] split into `accum`
+    micro-batches whose gradients are averaged.
+    """
+
+    def grad_fn(params, mb):
+        def lf(p):
+            return loss_fn(nnx.merge(graphdef, p), mb)
+
+        (loss, metrics), g = jax.value_and_grad(lf, has_aux=True)(params)
+        return g, metrics
+
+    def step(params, opt_state, batch):
+        if accum == 1:
+            grads, metrics = grad_fn(params, batch)
+        else:
+            mbs = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+            def body(acc, mb):
+                g, m = grad_fn(params, mb)
+                return jax.tree.map(jnp.add, acc, g), m
+
+            zero = jax.tree.map(jnp.zeros_like, params)
+            grads, ms = jax.lax.scan(body, zero, mbs)
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            metrics = jax.tree.map(jnp.mean, ms)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, metrics
+
+    return step
+
+
+def jit_train_step(step, params, opt_state, mesh):
+    """jax.jit with explicit in/out shardings (params by logical axes, batch over data axes)."""
+    p_sh = state_shardings(params, mesh)
+    o_sh = jax.tree.map(lambda x: x.sharding, opt_state)
+    b_sh = batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(p_sh, o_sh, b_sh), out_shardings=(p_sh, o_sh, None),
+                   donate_argnums=(0, 1))

@@ -1,0 +1,135 @@
+"""Sampler: greedy parity with transformers, branching == independent runs, probes leave
+continuations unchanged, pruning keeps survivors' tokens, self_evaluate == a full forward."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jaxselfeval as jse
+from jaxselfeval.sample import Engine, probe_spec
+
+PROMPTS = [[5, 6, 7, 8, 9], [11, 12, 13], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
+
+
+@pytest.fixture(scope="module")
+def model(hf_models):
+    return jse.load_pretrained(hf_models["llama3_gqa2_untied"][0])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from jaxselfeval.tokenizer import build_tokenizer
+
+    return build_tokenizer(["3 + 4 = 7\n#### 7", "Tom has 3 apples."] * 50, vocab_size=300)
+
+
+def test_greedy_equals_transformers_generate(hf_models, model):
+    tm = hf_models["llama3_gqa2_untied"][1]
+    out = jse.generate(model, PROMPTS, n=1, max_new_tokens=12, temperature=0.0, stop_ids=())
+    for p, o in zip(PROMPTS, out):
+        ref = tm.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+        assert o[0] == ref
+
+
+def _run(eng, prompts, n, steps, cand_offset=0, temp=1.0, offset=0):
+    P = eng.prefill(prompts, prompt_offset=offset)
+    C = eng.branch(P, n, steps, temperature=temp, cand_offset=cand_offset)
+    return P, eng.decode(P, C, until=steps)
+
+
+def test_branch_equals_independent_runs(model):
+    eng = Engine(model, seed=7)
+    _, C = _run(eng, PROMPTS, 4, 10)
+    branched = Engine.outputs(C)
+    for g, p in enumerate(PROMPTS):
+        for c in range(4):
+            _, one = _run(eng, [p], 1, 10, cand_offset=c, offset=g)
+            assert Engine.outputs(one)[0] == branched[g * 4 + c]
+    assert len({tuple(r) for r in branched}) == len(branched)  # candidates differ
+
+
+def test_probe_leaves_continuations_unchanged_and_prune_keeps_survivors(model, tokenizer):
+    spec = probe_spec(tokenizer)
+    spec = type(spec)(eot=3, suffix=(9, 10, 11), yes=40, no=41)  # ids valid in the tiny vocab
+    eng = Engine(model, seed=1)
+    _, full = _run(eng, PROMPTS, 4, 16)
+    ref = Engine.outputs(full)
+    P = eng.prefill(PROMPTS)
+    C = eng.branch(P, 4, 16)
+    C = eng.decode(P, C, until=5)
+    scores = eng.probe(P, C, spec)
+    assert scores.shape == (12,) and bool(jnp.all((scores >= 0) & (scores <= 1)))
+    rows = Engine.top_rows(scores, 4, 2)
+    assert np.array_equal(np.asarray(rows).reshape(3, 2),
+                          np.sort(np.argsort(-np.asarray(scores).reshape(3, 4), axis=1)[:, :2], 1)
+                          + np.arange(3)[:, None] * 4)
+    kept = Engine.select(C, rows)
+    kept = eng.decode(P, kept, until=16)
+    for r, out in zip(np.asarray(rows), Engine.outputs(kept)):
+        assert out == ref[r]
+    C2 = eng.decode(P, C, until=16)  # probed but unpruned: identical to never probed
+    assert Engine.outputs(C2) == ref
+
+
+def test_probe_equals_self_evaluate_equals_full_forward(model, tokenizer):
+    spec = probe_spec(tokenizer)
+    assert spec.eot == tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    # use a model whose vocab covers the tokenizer
+    cfg = model.config.replace(vocab_size=len(tokenizer))
+    m = jse.create_model(cfg, seed=3)
+    eng = Engine(m, seed=2, stop_ids=(spec.eot,))
+    P = eng.prefill(PROMPTS)
+    C = eng.branch(P, 2, 8)
+    C = eng.decode(P, C, until=6)  # partial responses
+    s_engine = np.asarray(eng.probe(P, C, spec))
+    outs = Engine.outputs(C)
+    prompts = [PROMPTS[i // 2] for i in range(6)]
+    s_api = jse.self_evaluate(m, tokenizer, prompts, outs)
+    np.testing.assert_allclose(s_engine, s_api, atol=1e-5)
+    # and by hand: one row, a plain forward, no padding
+    seq = prompts[0] + outs[0] + spec.after(outs[0])
+    lg = np.asarray(m(jnp.asarray([seq])))[0, -1]
+    p = np.exp(lg - lg.max())
+    assert abs(p[spec.no] / (p[spec.yes] + p[spec.no]) - s_api[0]) < 1e-5
+
+
+def test_completed_responses_probe(model, tokenizer):
+    spec = probe_spec(tokenizer)
+    m = jse.create_model(model.config.replace(vocab_size=len(tokenizer)), seed=4)
+    eng = Engine(m, seed=0, stop_ids=tuple(range(len(tokenizer))))  # every token ends a row
+    P = eng.prefill(PROMPTS)
+    C = eng.decode(P, eng.branch(P, 2, 4))
+    outs = Engine.outputs(C)
+    assert all(len(o) == 1 for o in outs) and bool(jnp.all(C.done))
+    spec2 = type(spec)(eot=outs[0][0], suffix=spec.suffix, yes=spec.yes, no=spec.no)
+    s = np.asarray(eng.probe(P, C, spec2))
+    # rows whose single token equals eot were "complete": no extra eot is inserted for them
+    ref = jse.self_evaluate(m, tokenizer, [PROMPTS[i // 2] for i in range(6)],
+                            [o if o[-1] == spec2.eot else o for o in outs])
+    del ref  # self_evaluate uses the tokenizer's eot; compare by hand for row 0
+    seq = PROMPTS[0] + outs[0] + list(spec2.suffix)
+    lg = np.asarray(m(jnp.asarray([seq])))[0, -1]
+    p = np.exp(lg - lg.max())
+    assert abs(p[spec.no] / (p[spec.yes] + p[spec.no]) - s[0]) < 1e-5
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(n=0), "n must be >= 1"),
+    (dict(top_p=0.0), "top_p must be in"),
+    (dict(top_p=1.5), "top_p must be in"),
+    (dict(max_new_tokens=1000), "exceeds the model's context"),
+])
+def test_bad_sampling_arguments(model, kw, msg):
+    args = dict(n=2, max_new_tokens=4)
+    args.update(kw)
+    with pytest.raises(jse.JSEError, match=msg):
+        jse.generate(model, PROMPTS, **args)
+
+
+def test_bad_prompts(model):
+    with pytest.raises(jse.JSEError, match="empty"):
+        jse.generate(model, [[1, 2], []])
+    with pytest.raises(jse.JSEError, match="longer than the model's context"):
+        jse.generate(model, [list(range(3, 90)) * 4])
