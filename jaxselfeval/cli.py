@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": ("jaxselfeval.commands.demo", "the main job: build, train and evaluate the capability token on the tiny model"),
     "train": ("jaxselfeval.commands.train", "train models: the tiny base model, the capability token"),
+    "accuracy": ("jaxselfeval.commands.accuracy", "sample@1 and pass@N of a model on a task split"),
     "bench": ("jaxselfeval.commands.bench", "benchmarks: side-by-side speed ratios measured in one run"),
     "info": ("jaxselfeval.commands.info", "show an HF model directory's config and parameter count"),
     "convert": ("jaxselfeval.commands.info", "load an HF directory and export it again (dtype, shards)"),

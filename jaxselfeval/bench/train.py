@@ -48,7 +48,7 @@ def run(args) -> int:
     import jaxselfeval as jse
     from jaxselfeval.configs import load_model_config
     from jaxselfeval.train import TrainConfig, lm_loss
-    from jaxselfeval.train.step import jit_train_step, make_optimizer, make_train_step
+    from jaxselfeval.train.step import init_opt_state, jit_train_step, make_optimizer, make_train_step
 
     cfg = load_model_config(args.model)
     peak = matmul_peak()
@@ -71,7 +71,7 @@ def run(args) -> int:
         mesh = make_mesh("data=1,fsdp=-1")
         graphdef, params = nnx.split(model, nnx.Param)
         tx = make_optimizer(tcfg)
-        opt = jax.jit(tx.init)(params)
+        opt = init_opt_state(tx, params, mesh)
         step = jit_train_step(make_train_step(graphdef, lm_loss, tx), params, opt, mesh)
         state = {"p": params, "o": opt}
 

@@ -15,9 +15,9 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.sharding import make_mesh, shard_model
+from jaxselfeval.sharding import batch_sharding, make_mesh, shard_model
 from jaxselfeval.train.checkpoint import Checkpointer
-from jaxselfeval.train.step import jit_train_step, make_optimizer, make_train_step
+from jaxselfeval.train.step import init_opt_state, jit_train_step, make_optimizer, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,16 @@ class _Preempted:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True):
+def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True, devices=None,
+                 on_step=None):
     """Train `model` (in place) for cfg.steps optimizer steps on `batches` (a `Batches`).
 
     Resumes from the latest checkpoint in out_dir/ckpt; returns (model, history list of
-    metric dicts). Raises JSEError on NaN loss (the last good checkpoint is kept).
+    metric dicts). `on_step(step, metrics)` is called after every step (host side). Raises JSEError on NaN loss (the last good checkpoint is kept).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh, devices)
     data_size = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % data_size or (cfg.batch_size // cfg.grad_accum) % data_size:
         raise JSEError(f"batch_size {cfg.batch_size} (micro-batch {cfg.batch_size // cfg.grad_accum})"
@@ -61,7 +62,7 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
     shard_model(model, mesh)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg)
-    opt_state = jax.jit(tx.init)(params)
+    opt_state = init_opt_state(tx, params, mesh)
     ckpt = Checkpointer(out_dir, keep=cfg.keep_checkpoints, every=cfg.checkpoint_every,
                         model_config=model.config)
     start = 0
@@ -72,6 +73,7 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
         log.info("resumed from step %d in %s", latest, out_dir)
     step_fn = jit_train_step(make_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
                              params, opt_state, mesh)
+    b_sh = batch_sharding(mesh)
     metrics_path = out_dir / "metrics.jsonl"
     history = []
     if metrics_path.exists():  # keep the history up to the resumed step
@@ -88,6 +90,9 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
         with _Preempted() as pre:
             for step in range(start, cfg.steps):
                 batch = batches.batch(step)
+                if jax.process_count() > 1:  # each host holds its slice of the global batch
+                    batch = {k: jax.make_array_from_process_local_data(b_sh, v)
+                             for k, v in batch.items()}
                 params, opt_state, m = step_fn(params, opt_state, batch)
                 loss = float(m["loss"])
                 if not math.isfinite(loss):
@@ -103,6 +108,8 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
                     mf.flush()
                 if ckpt.save(done, params, opt_state, force=(done == cfg.steps or pre.flag)):
                     last_good = done
+                if on_step is not None:
+                    on_step(done, rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if pre.flag:

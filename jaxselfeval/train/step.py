@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxselfeval.sharding import batch_sharding, state_shardings
 
@@ -58,6 +59,25 @@ def make_train_step(graphdef, loss_fn, tx, *, accum: int = 1):
         return params, opt_state, metrics
 
     return step
+
+
+def init_opt_state(tx, params, mesh):
+    """Optimizer state on `mesh`: a moment takes its parameter's sharding (matched by key-path
+    suffix), everything else (step counts) is replicated."""
+    p_sh = state_shardings(params, mesh)
+    by_path = {tuple(map(str, k)): v for k, v in jax.tree_util.tree_flatten_with_path(p_sh)[0]}
+    rep = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, _):
+        keys = tuple(map(str, path))
+        for i in range(len(keys)):
+            if keys[i:] in by_path:
+                return by_path[keys[i:]]
+        return rep
+
+    abstract = jax.eval_shape(tx.init, params)
+    o_sh = jax.tree_util.tree_map_with_path(pick, abstract)
+    return jax.jit(tx.init, out_shardings=o_sh)(params)
 
 
 def jit_train_step(step, params, opt_state, mesh):

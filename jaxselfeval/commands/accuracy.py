@@ -1,0 +1,35 @@
+"""`jaxselfeval accuracy`: sample@1 and pass@N of a model on a task split."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None, help="HF model directory (default: the shipped tiny base)")
+    p.add_argument("--task", default="arithmetic", help="arithmetic | gsm8k")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=300, help="number of problems")
+    p.add_argument("--n", type=int, default=16, help="samples per problem")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--out", default=None, help="write the JSON result here")
+
+
+def run(args) -> int:
+    import jaxselfeval as jse
+    from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.evaluate.accuracy import format_accuracy, sample_accuracy
+    from jaxselfeval.tasks import get_task
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    path = args.model or default_model_dir()
+    model = jse.load_pretrained(path)
+    tok = load_tokenizer(path)
+    res = sample_accuracy(model, tok, get_task(args.task), split=args.split, limit=args.limit,
+                          n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    print(format_accuracy(res))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0

@@ -1,0 +1,117 @@
+"""Trainer: sharded == single device, same seed == same run, SIGKILL + resume == uninterrupted,
+NaN stops at a named step keeping the last good checkpoint, bad configs fail clearly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxselfeval as jse
+from jaxselfeval.train import TrainConfig, lm_loss, run_training
+from jaxselfeval.train.data import Batches
+
+CFG = jse.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+
+def _data(n=64, seq=16, seed=0):
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(0, 64, (n, seq)).astype(np.int32)
+    toks[:, 1::2] = (toks[:, ::2] + 1) % 64  # learnable: odd tokens follow even ones
+    mask = np.ones((n, seq), np.float32)
+    return Batches(toks, mask, 8, seed)
+
+
+def _train(tmp, steps=6, devices=None, mesh="data=-1", slow_step=0.0, **kw):
+    """Train the tiny model; writes the final parameters to tmp/final.npz."""
+    args = dict(steps=steps, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=3,
+                mesh=mesh, compute_dtype="float32", log_every=1)
+    cfg = TrainConfig(**{**args, **kw})
+    model = jse.create_model(CFG, seed=0)
+    model, hist = run_training(model, _data(), lm_loss, cfg, out_dir=tmp, progress=False,
+                               devices=devices, on_step=lambda *a: time.sleep(slow_step))
+    np.savez(Path(tmp) / "final.npz", **_params(model))
+    return model, hist
+
+
+def _params(model):
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_same_seed_same_run_and_loss_falls(tmp_path):
+    m1, h1 = _train(tmp_path / "a", devices=jax.devices()[:1])
+    m2, h2 = _train(tmp_path / "b", devices=jax.devices()[:1])
+    assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
+    p1, p2 = _params(m1), _params(m2)
+    assert all(np.array_equal(p1[k], p2[k]) for k in p1)
+    assert h1[-1]["loss"] < h1[0]["loss"]
+
+
+def test_eight_device_mesh_matches_one_device(tmp_path):
+    """Same loss curve within 1e-5 (f32; only the reduction order differs)."""
+    _, h1 = _train(tmp_path / "one", devices=jax.devices()[:1])
+    _, h8 = _train(tmp_path / "eight", mesh="data=2,fsdp=2,tensor=2")
+    np.testing.assert_allclose([h["loss"] for h in h8], [h["loss"] for h in h1], rtol=1e-5, atol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(jse.JSEError, match=r"loss is (nan|inf) at step \d+.*checkpoint \(step \d+\)"):
+        _train(tmp_path / "nan", steps=12, lr=1e9, clip_norm=1e9)
+    assert (tmp_path / "nan" / "ckpt" / "3").exists()
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(jse.JSEError, match="unknown config key 'stpes' \\(did you mean 'steps'\\?\\)"):
+        TrainConfig.from_dict({"stpes": 3})
+    with pytest.raises(jse.JSEError, match="batch_size 12 .* not divisible by the data axes"):
+        b = _data()
+        run_training(jse.create_model(CFG), Batches(b.tokens, b.mask, 12, 0), lm_loss,
+                     TrainConfig(batch_size=12, mesh="data=8", steps=1), out_dir=tmp_path / "d",
+                     progress=False)
+    _train(tmp_path / "shape", steps=3, devices=jax.devices()[:1])
+    other = jse.create_model(CFG.replace(hidden_size=64), seed=0)
+    with pytest.raises(jse.JSEError, match="holds a model of another shape \\(hidden_size: 32"):
+        run_training(other, _data(), lm_loss, TrainConfig(steps=3, batch_size=8, mesh="data=-1"),
+                     out_dir=tmp_path / "shape", progress=False, devices=jax.devices()[:1])
+
+
+SCRIPT = """
+import sys, jax
+sys.path.insert(0, {tests!r})
+from test_train import _train
+_train({out!r}, steps=12, devices=jax.devices()[:1], slow_step={slow})
+"""
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    tests = str(Path(__file__).parent)
+
+    def launch(out, slow):
+        return subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=tests, out=str(out),
+                                                                     slow=slow)], env=env)
+
+    full = launch(tmp_path / "full", 0.0)
+    assert full.wait(timeout=300) == 0
+    victim = launch(tmp_path / "killed", 0.3)
+    deadline = time.time() + 240
+    while not (tmp_path / "killed" / "ckpt" / "6").exists():
+        assert time.time() < deadline and victim.poll() is None
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert (tmp_path / "killed" / "ckpt").exists()
+    resumed = launch(tmp_path / "killed", 0.0)
+    assert resumed.wait(timeout=300) == 0
+    a = np.load(tmp_path / "full" / "final.npz")
+    b = np.load(tmp_path / "killed" / "final.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        assert np.array_equal(a[k], b[k]), k
