@@ -7,6 +7,7 @@ The raw files are `train.jsonl` / `test.jsonl` ({"question", "answer"} per line)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,15 +19,21 @@ N_VALIDATION = 500
 
 
 def raw_dir(path: str | os.PathLike | None = None) -> Path:
-    cands = [path, os.environ.get("JSE_GSM8K_DIR"),
-             Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"]
-    for c in cands:
-        if c and (Path(c) / "test.jsonl").exists():
-            return Path(c)
-    raise JSEError("GSM8K files not found: set JSE_GSM8K_DIR (or pass raw_dir) to a directory "
-                   "holding train.jsonl and test.jsonl")
+    """The directory with train.jsonl/test.jsonl: `path`, else $JSE_GSM8K_DIR, else shared/."""
+    for given, what in ((path, "the given directory"), (os.environ.get("JSE_GSM8K_DIR"), "$JSE_GSM8K_DIR")):
+        if given:
+            if not (Path(given) / "test.jsonl").exists():
+                raise JSEError(f"no GSM8K test.jsonl in '{given}' ({what}): point it at a directory "
+                               "holding train.jsonl and test.jsonl")
+            return Path(given)
+    default = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
+    if (default / "test.jsonl").exists():
+        return default
+    raise JSEError("GSM8K files not found: set JSE_GSM8K_DIR to a directory holding train.jsonl "
+                   "and test.jsonl")
 
 
+@functools.lru_cache(maxsize=None)  # tfds registers the class by name: define it once
 def _builder_cls():
     import tensorflow_datasets as tfds
 
@@ -75,7 +82,7 @@ class GSM8KTask(Task):
         self._rows: dict[str, list[Example]] = {}
 
     def _load(self, split: str) -> list[Example]:
-            b = build(self._raw, self._data_dir)
+        b = build(self._raw, self._data_dir)
         src = b.as_data_source(split=split)  # random-access array_record reader, no TensorFlow
         out = []
         for r in src:
