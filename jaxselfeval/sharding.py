@@ -129,8 +129,8 @@ def shard_model(model, mesh: Mesh, rules: Mapping = RULES):
     return model
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Shard the leading (batch) axis over data x fsdp."""
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Shard the leading (batch) axis over data x fsdp (any rank >= 1)."""
     axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
     lead = axes if len(axes) > 1 else (axes[0] if axes else None)
-    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
+    return NamedSharding(mesh, PartitionSpec(lead))

@@ -11,9 +11,33 @@ def add_arguments(p):
     b.add_argument("--config", default="configs/train_tiny.yaml", help="YAML train config")
     b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200")
     b.add_argument("--no-progress", action="store_true")
+    e = sub.add_parser("selfeval", help="fine-tune the capability token on a built dataset",
+                       description="Fine-tune the probe position (soft cross-entropy on Yes/No) "
+                                   "plus an optional LM term; validates AUROC/Brier/ECE; exports HF.")
+    e.add_argument("--config", default="configs/selfeval_tiny.yaml", help="YAML config")
+    e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200")
+    e.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> int:
+    if args.train_kind == "selfeval":
+        import dataclasses
+        import json
+
+        from jaxselfeval.configs import apply_overrides, find_config, load_yaml
+        from jaxselfeval.errors import JSEError, closest
+        from jaxselfeval.selfeval.train import SelfEvalConfig, train_selfeval
+
+        base = dataclasses.asdict(SelfEvalConfig())
+        d = load_yaml(find_config(args.config))
+        for k in d:
+            if k not in base:
+                raise JSEError(f"unknown config key '{k}'{closest(k, base)}")
+        cfg = SelfEvalConfig(**apply_overrides({**base, **d}, args.overrides))
+        out, final = train_selfeval(cfg, progress=not args.no_progress)
+        print(json.dumps({k: round(v, 4) for k, v in final.items()}, indent=2))
+        print(f"wrote {out}")
+        return 0
     from jaxselfeval.train.config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)

@@ -1,6 +1,6 @@
 """Embedded GSM-style arithmetic word problems, generated from a seed.
 
-Difficulty d (1..4) is the number of operations; numbers grow with d. Solutions show one
+Difficulty d (1..4) is the number of operations; the starting number grows with d. Solutions show one
 operation per line and end with '#### <answer>'. Splits are disjoint by question text.
 """
 
@@ -17,28 +17,27 @@ LOSS = ["gives away {n}", "loses {n}", "sells {n}"]
 
 
 def _problem(rng: random.Random, d: int):
+    """d operations on small numbers (start <= 10 * (d + 1), operands 1..9, x2/x3 on small values):
+    learnable by a few-million-parameter model, with errors compounding over steps."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    hi = [0, 20, 50, 99, 99][min(d, 4)]
-    x = rng.randint(2, hi)
+    pron = "He" if name in ("Tom", "Sam", "Ben", "Leo") else "She"
+    x = rng.randint(2, 10 * (d + 1))
     parts = [f"{name} has {x} {item}."]
     lines = []
     for k in range(d):
-        if d >= 3 and k == 0 and rng.random() < 0.5:
-            m = rng.randint(2, 5)
+        if d >= 3 and k == 0 and x <= 12 and rng.random() < 0.5:
+            m = rng.randint(2, 3)
             parts.append(f"Then the {item} are multiplied by {m}.")
             lines.append(f"{x} * {m} = {x * m}")
             x *= m
-            continue
-        if rng.random() < 0.5 or x < 3:
-            n = rng.randint(1, hi)
-            parts.append(f"{'He' if name in ('Tom', 'Sam', 'Ben', 'Leo') else 'She'} "
-                         + rng.choice(GAIN).format(n=n) + ".")
+        elif rng.random() < 0.5 or x < 3:
+            n = rng.randint(1, 9)
+            parts.append(f"{pron} " + rng.choice(GAIN).format(n=n) + ".")
             lines.append(f"{x} + {n} = {x + n}")
             x += n
         else:
-            n = rng.randint(1, x - 1)
-            parts.append(f"{'He' if name in ('Tom', 'Sam', 'Ben', 'Leo') else 'She'} "
-                         + rng.choice(LOSS).format(n=n) + ".")
+            n = rng.randint(1, min(9, x - 1))
+            parts.append(f"{pron} " + rng.choice(LOSS).format(n=n) + ".")
             lines.append(f"{x} - {n} = {x - n}")
             x -= n
     parts.append(f"How many {item} does {name} have now?")

@@ -41,9 +41,11 @@ class Batches:
     only its part).
     """
 
-    def __init__(self, tokens, mask, batch_size: int, seed: int):
+    def __init__(self, tokens, mask, batch_size: int, seed: int, **extra):
+        """tokens/mask (and any `extra` arrays) share their leading [N] axis."""
         if len(tokens) < batch_size:
             raise JSEError(f"only {len(tokens)} examples for batch_size {batch_size}")
+        self.arrays = {"tokens": tokens, "mask": mask, **extra}
         self.tokens, self.mask, self.bs, self.seed = tokens, mask, batch_size, seed
         self.per_epoch = len(tokens) // batch_size
 
@@ -56,4 +58,4 @@ class Batches:
         idx = self.indices(step)
         n, k = jax.process_count(), jax.process_index()
         idx = np.array_split(idx, n)[k]
-        return {"tokens": self.tokens[idx], "mask": self.mask[idx]}
+        return {k: v[idx] for k, v in self.arrays.items()}

@@ -49,7 +49,8 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
     """Train `model` (in place) for cfg.steps optimizer steps on `batches` (a `Batches`).
 
     Resumes from the latest checkpoint in out_dir/ckpt; returns (model, history list of
-    metric dicts). `on_step(step, metrics)` is called after every step (host side). Raises JSEError on NaN loss (the last good checkpoint is kept).
+    metric dicts). `on_step(step, metrics, get_model)` is called after every step (host side;
+    `get_model()` gives the model with the current parameters, e.g. for validation). Raises JSEError on NaN loss (the last good checkpoint is kept).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
                 if ckpt.save(done, params, opt_state, force=(done == cfg.steps or pre.flag)):
                     last_good = done
                 if on_step is not None:
-                    on_step(done, rec)
+                    on_step(done, rec, lambda p=params: nnx.merge(graphdef, p))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if pre.flag:

@@ -1,0 +1,29 @@
+"""`jaxselfeval data build`: the on-policy capability dataset (resumable)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def add_arguments(p):
+    sub = p.add_subparsers(dest="data_cmd", metavar="CMD", required=True)
+    b = sub.add_parser("build", help="sample n responses per prompt, verify, label, write TFDS",
+                       description="Build the capability dataset on-policy. Shards are written "
+                                   "atomically; re-running resumes where a killed build stopped.")
+    b.add_argument("--config", default="configs/data_tiny.yaml", help="YAML build config")
+    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n=16")
+    b.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from jaxselfeval.configs import apply_overrides, find_config, load_yaml
+    from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset, load_rows
+
+    base = dataclasses.asdict(BuildConfig())
+    d = load_yaml(find_config(args.config))
+    BuildConfig.from_dict(d)  # names unknown keys
+    cfg = BuildConfig.from_dict(apply_overrides({**base, **d}, args.overrides))
+    out = build_dataset(cfg, progress=not args.no_progress)
+    counts = {s: len(load_rows(out, s)) for s in cfg.splits}
+    print(f"wrote {out}: rows per split {counts}")
+    return 0

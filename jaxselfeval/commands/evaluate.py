@@ -1,0 +1,47 @@
+"""`jaxselfeval eval`: every strategy on a task split -> results.json, report.md, plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None, help="HF model directory (default: the shipped tiny base)")
+    p.add_argument("--task", default="arithmetic", help="arithmetic | gsm8k")
+    p.add_argument("--out", default="runs/eval", help="output directory")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value overrides of the eval config (limit, n, threshold, rounds, ...)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def check_selfeval_trained(model_dir) -> bool:
+    if not (Path(model_dir) / "selfeval.json").exists():
+        log.warning("%s was never self-eval-trained (no selfeval.json): its self-evaluation scores "
+                    "are meaningless; train it with `jaxselfeval train selfeval`", model_dir)
+        return False
+    return True
+
+
+def run(args) -> int:
+    import jaxselfeval as jse
+    from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.configs import apply_overrides
+    from jaxselfeval.evaluate.harness import EvalConfig, evaluate
+    from jaxselfeval.tasks import get_task
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    path = args.model or str(default_model_dir())
+    check_selfeval_trained(path)
+    base = dataclasses.asdict(EvalConfig())
+    d = apply_overrides({**base, "task": args.task}, args.overrides)
+    cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    model = jse.load_pretrained(path)
+    tok = load_tokenizer(path)
+    res = evaluate(model, tok, get_task(cfg.task), cfg, args.out, progress=not args.no_progress)
+    print((Path(args.out) / "report.md").read_text())
+    del res
+    return 0

@@ -1,0 +1,183 @@
+"""`jaxselfeval data build`: the capability dataset, sampled on-policy.
+
+For every prompt: n samples from the current model, a reward per sample (the task's verifier),
+the capability target per sample, and mid-generation copies truncated at configured token counts
+with the same target. Shards of `shard_prompts` prompts are written atomically (tmp + rename)
+as JSONL, so a build killed at any moment resumes with no row lost or duplicated; sampling keys
+depend only on (seed, prompt index, candidate), so a resumed build equals an uninterrupted one.
+Finally a TFDS builder turns the shards into array_record files read with `tfds.data_source`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxselfeval.errors import JSEError, closest
+from jaxselfeval.selfeval.labels import capability_targets, truncation_points
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    model: str | None = None  # HF directory (default: the shipped tiny base model)
+    task: str = "arithmetic"
+    splits: dict = dataclasses.field(default_factory=lambda: {"train": 600, "validation": 150})
+    n: int = 8
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    truncations: list = dataclasses.field(default_factory=lambda: [8, 16])
+    margin: float = 0.0
+    shard_prompts: int = 50
+    seed: int = 0
+    out_dir: str = "runs/capability_data"
+
+    @classmethod
+    def from_dict(cls, d):
+        names = [f.name for f in dataclasses.fields(cls)]
+        for k in d:
+            if k not in names:
+                raise JSEError(f"unknown config key '{k}'{closest(k, names)}")
+        return cls(**d)
+
+
+def _write_atomic(path: Path, rows: list[dict]):
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sample_rows(engine, tokenizer, task, examples, *, offset, cfg: BuildConfig) -> list[dict]:
+    """Rows for a chunk of examples (prompt index = offset + i keys the sampler)."""
+    from jaxselfeval.sample import Engine
+    from jaxselfeval.tokenizer import encode_chat
+
+    prompts = [encode_chat(tokenizer, task.messages(e)) for e in examples]
+    P = engine.prefill(prompts, prompt_offset=offset)
+    C = engine.decode(P, engine.branch(P, cfg.n, cfg.max_new_tokens, temperature=cfg.temperature))
+    outs = Engine.outputs(C)
+    rows = []
+    for i, e in enumerate(examples):
+        resp = outs[i * cfg.n:(i + 1) * cfg.n]
+        rewards = [task.verify(e, tokenizer.decode(r)) for r in resp]
+        targets = capability_targets(rewards, cfg.margin)
+        for c, (r, rew, t) in enumerate(zip(resp, rewards, targets)):
+            for tr in [0] + truncation_points(len(r), cfg.truncations):
+                rows.append({"id": f"{offset + i}-{c}-{tr}", "example": e.id, "prompt_ids": prompts[i],
+                             "response_ids": r if tr == 0 else r[:tr], "truncation": tr,
+                             "target": float(t), "reward": float(rew),
+                             "difficulty": int(e.difficulty)})
+    return rows
+
+
+def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
+    """Sample every split's prompts shard by shard (skipping finished shards), then write TFDS."""
+    import jaxselfeval as jse
+    from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.sample import Engine
+    from jaxselfeval.tasks import get_task
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    out = Path(cfg.out_dir)
+    shards = out / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    model_dir = cfg.model or str(default_model_dir())
+    (out / "build_config.json").write_text(json.dumps(dataclasses.asdict(cfg) | {"model": model_dir},
+                                                      indent=2))
+    task = get_task(cfg.task)
+    todo = []
+    for split, limit in cfg.splits.items():
+        exs = task.examples(split)[:limit]
+        for s in range(0, len(exs), cfg.shard_prompts):
+            path = shards / f"{split}-{s // cfg.shard_prompts:05d}.jsonl"
+            if not path.exists():
+                todo.append((split, s, exs[s:s + cfg.shard_prompts], path))
+    if todo:
+        model = jse.load_pretrained(model_dir)
+        tok = load_tokenizer(model_dir)
+        eng = Engine(model, stop_ids=(tok.eos_token_id,), seed=cfg.seed)
+        base = {"train": 0, "validation": 10**6, "test": 2 * 10**6}
+        for split, s, exs, path in tqdm(todo, desc="sampling shards", disable=not progress):
+            rows = sample_rows(eng, tok, task, exs, offset=base.get(split, 0) + s, cfg=cfg)
+            _write_atomic(path, rows)
+    else:
+        log.info("all shards present in %s: nothing to sample", shards)
+    write_tfds(out)
+    return out
+
+
+def _builder(out: Path):
+    return _builder_cls()(shards=str(out / "shards"), data_dir=str(out / "tfds"),
+                          file_format="array_record")
+
+
+@functools.lru_cache(maxsize=None)  # tfds registers builder classes by name: define it once
+def _builder_cls():
+    import tensorflow_datasets as tfds
+
+    class JseCapability(tfds.core.GeneratorBasedBuilder):
+        """Capability-token training rows (prompt, response or its prefix, target)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+        name = "jse_capability"
+
+        def __init__(self, *, shards, **kw):
+            self._shards = Path(shards)
+            super().__init__(**kw)
+
+        def _info(self):
+            ids = tfds.features.Sequence(np.int32)
+            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+                "id": tfds.features.Text(), "example": tfds.features.Text(), "prompt_ids": ids,
+                "response_ids": ids, "truncation": np.int32, "target": np.float32,
+                "reward": np.float32, "difficulty": np.int32}))
+
+        def _split_generators(self, dl_manager):
+            splits = sorted({p.name.split("-")[0] for p in self._shards.glob("*.jsonl")})
+            return {s: self._generate_examples(sorted(self._shards.glob(f"{s}-*.jsonl")))
+                    for s in splits}
+
+        def _generate_examples(self, files):
+            for f in files:
+                for line in f.read_text().splitlines():
+                    r = json.loads(line)
+                    yield r["id"], r
+
+    return JseCapability
+
+
+def write_tfds(out: Path):
+    """(Re)write the array_record dataset from the shards."""
+    import shutil
+
+    tf_dir = Path(out) / "tfds"
+    if tf_dir.exists():
+        shutil.rmtree(tf_dir)
+    _builder(Path(out)).download_and_prepare()
+
+
+def load_rows(out_dir, split: str) -> list[dict]:
+    """Rows of one split from the array_record files (random access, no TensorFlow)."""
+    b = _builder(Path(out_dir))
+    if split not in b.info.splits:
+        raise JSEError(f"split '{split}' not in the dataset at {out_dir}: built splits are "
+                       f"{', '.join(b.info.splits)}")
+    rows = []
+    for r in b.as_data_source(split=split):
+        r = dict(r)
+        for k in ("id", "example"):
+            r[k] = r[k].decode() if isinstance(r[k], bytes) else r[k]
+        rows.append(r)
+    return rows

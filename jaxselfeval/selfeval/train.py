@@ -1,0 +1,178 @@
+"""`jaxselfeval train selfeval`: fine-tune the capability token on the probe position.
+
+Each row is prompt + response (or its prefix) + the probe turn; the loss is the cross-entropy of
+the probe position's next-token distribution against the soft target (No: t, Yes: 1 - t), plus an
+optional LM term on full sampled responses that keeps the policy where it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxselfeval.errors import JSEError
+from jaxselfeval.selfeval import metrics as M
+
+log = logging.getLogger(__name__)
+
+
+def encode_rows(rows, spec, seq_len: int):
+    """tokens int32 [N, S] right-padded; last int32 [N] probe position; target f32 [N];
+    mask f32 [N, S] LM mask on full responses' tokens (aligned with next-token targets)."""
+    N = len(rows)
+    toks = np.zeros((N, seq_len), np.int32)
+    mask = np.zeros((N, seq_len), np.float32)
+    last = np.zeros(N, np.int32)
+    keep = []
+    for i, r in enumerate(rows):
+        p, resp = list(r["prompt_ids"]), list(r["response_ids"])
+        seq = p + resp + spec.after(resp)
+        if len(seq) > seq_len:
+            continue
+        keep.append(i)
+        j = len(keep) - 1
+        toks[j, :len(seq)] = seq
+        last[j] = len(seq) - 1
+        if int(r["truncation"]) == 0:
+            mask[j, len(p) - 1:len(p) + len(resp) - 1] = 1.0
+    n = len(keep)
+    tgt = np.asarray([rows[i]["target"] for i in keep], np.float32)
+    return toks[:n], mask[:n], last[:n], tgt, keep
+
+
+def make_loss(yes: int, no: int, lm_weight: float):
+    def loss_fn(model, batch):
+        tokens, last, t = batch["tokens"], batch["last"], batch["target"]
+        logits = model(tokens)
+        lp = jax.nn.log_softmax(jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], -1)
+        probe = -(t * lp[:, no] + (1 - t) * lp[:, yes]).mean()
+        loss = probe
+        out = {"probe_loss": probe}
+        if lm_weight:
+            m = batch["mask"][:, :-1]
+            import optax
+
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
+            lm = (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+            loss = loss + lm_weight * lm
+            out["lm_loss"] = lm
+        out["loss"] = loss
+        return loss, out
+
+    return loss_fn
+
+
+def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarray:
+    """P(No) / (P(Yes) + P(No)) at each row's probe position. f32 [N]."""
+    from flax import nnx
+
+    g, st = nnx.split(model)
+    spec_ids = jnp.asarray([yes, no], jnp.int32)
+
+    @jax.jit
+    def f(st, t, l):
+        lg = nnx.merge(g, st)(t)
+        lg = jnp.take_along_axis(lg, l[:, None, None], axis=1)[:, 0]
+        p = jax.nn.softmax(lg, -1)[:, spec_ids]
+        return p[:, 1] / jnp.maximum(p.sum(-1), 1e-30)
+
+    out = []
+    for s in range(0, len(tokens), batch):
+        t, l = tokens[s:s + batch], last[s:s + batch]
+        pad = batch - len(t)
+        if pad:
+            t = np.concatenate([t, np.zeros((pad, t.shape[1]), t.dtype)])
+            l = np.concatenate([l, np.zeros(pad, l.dtype)])
+        out.append(np.asarray(f(st, t, l))[:batch - pad])
+    return np.concatenate(out)
+
+
+
+def validate(model, val, spec) -> dict:
+    """AUROC (win vs lose) of full responses and of the earliest truncation, Brier, ECE."""
+    s = scores(model, val["tokens"], val["last"], spec.yes, spec.no)
+    tr, rew, tgt = val["truncation"], val["reward"], val["target"]
+    full = tr == 0
+    res = {"auroc_full": M.auroc(s[full], rew[full] > 0.5),
+           "brier_full": M.brier(s[full], tgt[full]), "ece_full": M.ece(s[full], tgt[full]),
+           "ece_all": M.ece(s, tgt), "mean_score": float(s.mean())}
+    for t in sorted(set(tr[~full].tolist())):
+        res[f"auroc_trunc{t}"] = M.auroc(s[tr == t], rew[tr == t] > 0.5)
+    res["_scores"] = s
+    return res
+
+
+@dataclasses.dataclass
+class SelfEvalConfig:
+    data_dir: str = "runs/capability_data"
+    model: str | None = None  # the policy the data was sampled from (default: from the data)
+    out_dir: str = "runs/selfeval"
+    export_dir: str | None = None
+    seq_len: int = 192
+    batch_size: int = 32
+    steps: int = 400
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    lm_weight: float = 0.1
+    seed: int = 0
+    eval_every: int = 200
+    compute_dtype: str = "float32"
+    mesh: str = "data=-1"
+
+
+def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
+    import jaxselfeval as jse
+    from jaxselfeval.sample.probe import probe_spec
+    from jaxselfeval.selfeval.dataset import load_rows
+    from jaxselfeval.tokenizer import load_tokenizer
+    from jaxselfeval.train import TrainConfig, run_training
+    from jaxselfeval.train.data import Batches
+
+    data = Path(cfg.data_dir)
+    if not (data / "build_config.json").exists():
+        raise JSEError(f"no capability dataset in '{data}': run `jaxselfeval data build` first")
+    model_dir = cfg.model or json.loads((data / "build_config.json").read_text())["model"]
+    tok = load_tokenizer(model_dir)
+    spec = probe_spec(tok)
+    model = jse.load_pretrained(model_dir, compute_dtype=cfg.compute_dtype)
+    tr_rows = load_rows(data, "train")
+    tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
+    va_rows = load_rows(data, "validation")
+    vt, vm, vl, vtg, keep = encode_rows(va_rows, spec, cfg.seq_len)
+    val = {"tokens": vt, "last": vl, "target": vtg,
+           "truncation": np.asarray([va_rows[i]["truncation"] for i in keep]),
+           "reward": np.asarray([va_rows[i]["reward"] for i in keep])}
+    log.info("%d train rows, %d validation rows", len(tk), len(vt))
+    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                       warmup_steps=cfg.warmup_steps, seed=cfg.seed, mesh=cfg.mesh,
+                       compute_dtype=cfg.compute_dtype, checkpoint_every=max(cfg.steps // 4, 1),
+                       min_lr_ratio=0.1, weight_decay=0.0)
+    history = []
+
+    def on_step(step, rec, get_model):
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            v = validate(get_model(), val, spec)
+            v.pop("_scores")
+            history.append({"step": step, **v})
+            log.info("step %d validation: %s", step, {k: round(x, 4) for k, x in v.items()})
+
+    batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
+    model, _ = run_training(model, batches, make_loss(spec.yes, spec.no, cfg.lm_weight), tcfg,
+                            out_dir=cfg.out_dir, progress=progress, on_step=on_step)
+    final = validate(model, val, spec)
+    s = final.pop("_scores")
+    out = Path(cfg.out_dir)
+    M.plot_reliability(s, val["target"], out / "reliability.png",
+                       title="Capability token on held-out prompts")
+    (out / "validation.json").write_text(json.dumps({"final": final, "history": history}, indent=2))
+    export = Path(cfg.export_dir or out / "hf")
+    jse.save_pretrained(model, export, tokenizer_dir=model_dir)
+    (export / "selfeval.json").write_text(json.dumps({"trained": True, "validation": final,
+                                                      "base_model": str(model_dir)}, indent=2))
+    return export, final

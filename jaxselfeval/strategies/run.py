@@ -1,0 +1,212 @@
+"""Strategies over a batch of prompts, composed from the sampler's pieces.
+
+Every function takes a `Runner` and a list of task examples and returns one `PromptRecord` per
+example (plus details). Candidate randomness is keyed by (prompt, candidate, step), so the same
+candidate draws the same tokens under every strategy: pooled statistics (Best-of-N for N < 16,
+threshold and prune sweeps) are exact, not estimates.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+
+from jaxselfeval.evaluate.records import PromptRecord
+from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig
+
+
+class Runner:
+    """Model + tokenizer + task, with one sampling engine and the probe spec."""
+
+    def __init__(self, model, tokenizer, task, *, seed: int = 0, max_new_tokens: int = 96):
+        from jaxselfeval.sample import Engine, probe_spec
+
+        self.tok, self.task, self.max_new = tokenizer, task, max_new_tokens
+        self.eng = Engine(model, stop_ids=(tokenizer.eos_token_id,), seed=seed)
+        self.spec = probe_spec(tokenizer)
+        self.probe_len = len(self.spec.suffix) + 1
+
+    def prompts(self, examples, offset=0):
+        from jaxselfeval.tokenizer import encode_chat
+
+        ids = [encode_chat(self.tok, self.task.messages(e)) for e in examples]
+        return self.eng.prefill(ids, prompt_offset=offset)
+
+    def correct(self, example, ids) -> float:
+        return self.task.verify(example, self.tok.decode(ids))
+
+
+def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,), offset=0):
+    """n full samples per prompt, probed at each `probe_at` token count and at the end.
+
+    Returns dict: correct [P, n], score [P, n] (final), score_at {t: [P, n]}, length [P, n],
+    answers [P][n], wall_s (decode + final probe).
+    """
+    from jaxselfeval.sample import Engine
+
+    P = run.prompts(examples, offset)
+    t0 = time.perf_counter()
+    C = run.eng.branch(P, n, run.max_new, temperature=temperature)
+    score_at = {}
+    for t in sorted(probe_at):
+        C = run.eng.decode(P, C, until=t)
+        score_at[t] = np.asarray(run.eng.probe(P, C, run.spec)).reshape(-1, n)
+    C = run.eng.decode(P, C)
+    score = np.asarray(run.eng.probe(P, C, run.spec)).reshape(-1, n)
+    wall = time.perf_counter() - t0
+    outs = Engine.outputs(C)
+    G = len(examples)
+    correct = np.array([[run.correct(examples[g], outs[g * n + j]) for j in range(n)] for g in range(G)])
+    answers = [[run.task.extract_answer(run.tok.decode(outs[g * n + j])) for j in range(n)] for g in range(G)]
+    length = np.array([len(o) for o in outs]).reshape(G, n)
+    return {"correct": correct, "score": score, "score_at": score_at, "length": length,
+            "answers": answers, "wall_s": wall, "n": n}
+
+
+def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_len: int = 0):
+    """Records of pooled strategies over the first `n` candidates:
+    one / bon_self / majority / oracle."""
+    n = n or pool["n"]
+    recs = []
+    for g, e in enumerate(examples):
+        c, s, L = pool["correct"][g, :n], pool["score"][g, :n], pool["length"][g, :n]
+        probes = 0
+        if strategy == "one":
+            ok, n_used, toks = c[0], 1, L[0]
+        elif strategy == "bon_self":
+            ok, n_used, toks, probes = c[int(np.argmax(s))], n, L.sum(), n * probe_len
+        elif strategy == "majority":
+            votes = collections.Counter(a for a in pool["answers"][g][:n] if a is not None)
+            if votes:
+                best = votes.most_common(1)[0][0]
+                ok = float(best == e.answer)
+            else:
+                ok = 0.0
+            n_used, toks = n, L.sum()
+        elif strategy == "oracle":
+            ok, n_used, toks = c.max(), n, L.sum()
+        else:
+            raise ValueError(strategy)
+        recs.append(PromptRecord(e.id, float(ok), int(n_used), int(toks), int(probes),
+                                 difficulty=e.difficulty,
+                                 chosen_score=float(s.max()) if strategy == "bon_self" else None))
+    return recs
+
+
+def prune_records(pool, examples, cfg: PruneConfig, probe_len: int):
+    """Early pruning, from the pool: keep the top `keep` by the score at `at_tokens`, return the
+    best final score among them. Exact: survivors' tokens equal their unpruned runs."""
+    n, keep, t = cfg.n, cfg.keep, cfg.at_tokens
+    recs = []
+    for g, e in enumerate(examples):
+        s_at = pool["score_at"][t][g, :n]
+        kept = np.sort(np.argsort(-s_at, kind="stable")[:keep])
+        best = kept[int(np.argmax(pool["score"][g, kept]))]
+        L = pool["length"][g, :n]
+        toks = int(np.minimum(L, t).sum() + np.maximum(L[kept] - t, 0).sum())
+        recs.append(PromptRecord(e.id, float(pool["correct"][g, best]), n, toks,
+                                 (n + keep) * probe_len, difficulty=e.difficulty,
+                                 chosen_score=float(pool["score"][g, best])))
+    return recs
+
+
+def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=False):
+    """Adaptive sampling: rounds of growing size over the prompts still active; a prompt stops
+    when its best score reaches the threshold. The prompt cache is prefilled once and compacted
+    (gathered) between rounds, so finished prompts cost nothing and restarts never prefill.
+
+    With trace=True every round runs for every prompt (no stopping) and the per-round best
+    scores/correctness are returned too, for exact threshold sweeps.
+    """
+    from jaxselfeval.sample import Engine
+
+    G = len(examples)
+    P = run.prompts(examples, offset)
+    t0 = time.perf_counter()
+    best = np.full(G, -1.0)
+    best_ok = np.zeros(G)
+    samples = np.zeros(G, int)
+    gen = np.zeros(G, int)
+    probes = np.zeros(G, int)
+    active = np.arange(G)
+    cand = 0
+    rounds = []
+    for r, temp in zip(cfg.rounds, cfg.temperatures):
+        if len(active) == 0:
+            break
+        Pk = P if len(active) == G else Engine.select_prompts(P, active)
+        C = run.eng.decode(Pk, run.eng.branch(Pk, r, run.max_new, temperature=temp, cand_offset=cand))
+        s = np.asarray(run.eng.probe(Pk, C, run.spec)).reshape(-1, r)
+        outs = Engine.outputs(C)
+        for i, g in enumerate(active):
+            j = int(np.argmax(s[i]))
+            samples[g] += r
+            gen[g] += sum(len(outs[i * r + k]) for k in range(r))
+            probes[g] += r * run.probe_len
+            if s[i, j] > best[g]:
+                best[g] = s[i, j]
+                best_ok[g] = run.correct(examples[g], outs[i * r + j])
+        rounds.append({"best": best.copy(), "ok": best_ok.copy(), "samples": samples.copy(),
+                       "gen": gen.copy(), "probes": probes.copy()})
+        cand += r
+        if not trace:
+            active = np.array([g for g in active if best[g] < cfg.threshold], int)
+    wall = time.perf_counter() - t0
+    recs = [PromptRecord(e.id, float(best_ok[g]), int(samples[g]), int(gen[g]), int(probes[g]),
+                         wall_s=wall / G, difficulty=e.difficulty, chosen_score=float(best[g]))
+            for g, e in enumerate(examples)]
+    return (recs, rounds) if trace else recs
+
+
+def threshold_sweep(rounds, examples, thresholds):
+    """Records for each threshold from a trace: a prompt stops after the first round whose best
+    score reaches the threshold (identical to running `adaptive` with that threshold)."""
+    out = {}
+    for th in thresholds:
+        recs = []
+        for g, e in enumerate(examples):
+            k = next((i for i, r in enumerate(rounds) if r["best"][g] >= th), len(rounds) - 1)
+            r = rounds[k]
+            recs.append(PromptRecord(e.id, float(r["ok"][g]), int(r["samples"][g]), int(r["gen"][g]),
+                                     int(r["probes"][g]), difficulty=e.difficulty,
+                                     chosen_score=float(r["best"][g])))
+        out[float(th)] = recs
+    return out
+
+
+def prune_run(run: Runner, examples, cfg: PruneConfig, *, offset=0):
+    """A real pruned run (for wall time): branch n, decode to `at_tokens`, probe, gather the top
+    `keep` per prompt, decode only those, probe, return the best."""
+    from jaxselfeval.sample import Engine
+
+    P = run.prompts(examples, offset)
+    t0 = time.perf_counter()
+    C = run.eng.branch(P, cfg.n, run.max_new, temperature=cfg.temperature)
+    C = run.eng.decode(P, C, until=cfg.at_tokens)
+    s = run.eng.probe(P, C, run.spec)
+    early = np.asarray(C.length).reshape(-1, cfg.n)
+    rows = Engine.top_rows(s, cfg.n, cfg.keep)
+    C = Engine.select(C, rows)
+    kept_early = np.asarray(C.length).reshape(-1, cfg.keep)
+    C = run.eng.decode(P, C)
+    fs = np.asarray(run.eng.probe(P, C, run.spec)).reshape(-1, cfg.keep)
+    wall = time.perf_counter() - t0
+    outs = Engine.outputs(C)
+    final = np.asarray(C.length).reshape(-1, cfg.keep)
+    gen = early.sum(1) + (final - kept_early).sum(1)
+    return [PromptRecord(e.id, run.correct(e, outs[g * cfg.keep + int(np.argmax(fs[g]))]), cfg.n,
+                         int(gen[g]), (cfg.n + cfg.keep) * run.probe_len,
+                         wall_s=wall / len(examples), difficulty=e.difficulty,
+                         chosen_score=float(fs[g].max()))
+            for g, e in enumerate(examples)], wall
+
+
+def full_run_wall(run: Runner, examples, n: int, temperature=1.0, *, offset=0) -> float:
+    """Wall time of Best-of-n without pruning (decode all n fully + final probe)."""
+    P = run.prompts(examples, offset)
+    t0 = time.perf_counter()
+    C = run.eng.decode(P, run.eng.branch(P, n, run.max_new, temperature=temperature))
+    np.asarray(run.eng.probe(P, C, run.spec))
+    return time.perf_counter() - t0

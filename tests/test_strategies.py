@@ -1,0 +1,135 @@
+"""Strategies on a tiny random model: stopping rule, round sizes, temperatures, pruning keeps the
+highest scores, compaction keeps prompt order, exact sweeps, harness counting, bad input."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import jaxselfeval as jse
+from jaxselfeval.evaluate.records import PromptRecord, aggregate, gain_recovered
+from jaxselfeval.sample import Engine
+from jaxselfeval.strategies import (AdaptiveConfig, PruneConfig, Runner, adaptive, pool_records,
+                                    prune_records, threshold_sweep)
+from jaxselfeval.tasks import get_task
+from jaxselfeval.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup():
+    task = get_task("arithmetic", n_train=300, n_validation=10, n_test=10)
+    tok = build_tokenizer([e.question + "\n" + e.solution for e in task.examples("train")], 300)
+    cfg = jse.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=256, eos_token_id=tok.eos_token_id)
+    model = jse.create_model(cfg, seed=1)
+    return Runner(model, tok, task, seed=0, max_new_tokens=12), task.examples("test")[:5]
+
+
+def test_adaptive_stopping_rule_and_round_sizes(setup):
+    run, exs = setup
+    cfg = AdaptiveConfig(rounds=(1, 1, 2), threshold=0.0, temperatures=(0.0, 0.7, 1.0), max_samples=4)
+    recs = adaptive(run, exs, cfg)
+    assert [r.samples for r in recs] == [1] * 5  # every best score >= 0: stop after round 1
+    never = AdaptiveConfig(rounds=(1, 1, 2), threshold=1.0, temperatures=(0.0, 0.7, 1.0), max_samples=4)
+    recs = adaptive(run, exs, never)
+    assert [r.samples for r in recs] == [4] * 5
+    assert all(r.probe_tokens == 4 * run.probe_len for r in recs)
+    assert [r.prompt_id for r in recs] == [e.id for e in exs]  # prompt order kept
+
+
+def test_threshold_sweep_equals_real_runs_with_compaction(setup):
+    run, exs = setup
+    cfg = AdaptiveConfig(rounds=(1, 1, 2), threshold=1.0, temperatures=(0.0, 0.7, 1.0), max_samples=4)
+    _, rounds = adaptive(run, exs, cfg, trace=True)
+    scores = sorted({float(r["best"][g]) for r in rounds for g in range(len(exs))})
+    th = scores[len(scores) // 2]  # some prompts stop early, others go on (compaction)
+    real = adaptive(run, exs, AdaptiveConfig((1, 1, 2), th, (0.0, 0.7, 1.0), 4))
+    sim = threshold_sweep(rounds, exs, [th])[th]
+    assert len({r.samples for r in real}) > 1
+    for a, b in zip(real, sim):
+        assert (a.prompt_id, a.samples, a.gen_tokens, a.correct) == (b.prompt_id, b.samples,
+                                                                      b.gen_tokens, b.correct)
+        assert a.chosen_score == pytest.approx(b.chosen_score, abs=1e-6)
+
+
+def test_per_row_temperature_first_round_greedy(setup):
+    run, exs = setup
+    P = run.prompts(exs)
+    temps = np.tile([0.0, 1.0, 0.0], len(exs))
+    C = Engine.outputs(run.eng.decode(P, run.eng.branch(P, 3, 12, temperature=temps)))
+    G = Engine.outputs(run.eng.decode(P, run.eng.branch(P, 1, 12, temperature=0.0)))
+    for g in range(len(exs)):
+        assert C[3 * g] == G[g] and C[3 * g + 2] == G[g]
+
+
+def _pool():
+    # 2 prompts x 4 candidates, hand-made
+    return {"n": 4, "correct": np.array([[0, 1, 0, 1], [0, 0, 0, 1]], float),
+            "score": np.array([[0.9, 0.2, 0.1, 0.8], [0.1, 0.3, 0.2, 0.4]]),
+            "score_at": {4: np.array([[0.1, 0.9, 0.2, 0.3], [0.5, 0.4, 0.3, 0.9]])},
+            "length": np.array([[10, 6, 8, 4], [3, 10, 10, 10]]),
+            "answers": [["1", "2", "1", "2"], [None, "5", "5", "7"]]}
+
+
+class _E:
+    def __init__(self, i, ans):
+        self.id, self.answer, self.difficulty = f"t{i}", ans, 1
+
+
+def test_pool_strategies_and_counting():
+    pool, exs = _pool(), [_E(0, "2"), _E(1, "7")]
+    one = pool_records(pool, exs, "one", probe_len=5)
+    assert [r.correct for r in one] == [0, 0] and [r.tokens for r in one] == [10, 3]
+    bon = pool_records(pool, exs, "bon_self", probe_len=5)
+    assert [r.correct for r in bon] == [0, 1]  # highest scores: cand 0 (wrong), cand 3 (right)
+    assert [r.tokens for r in bon] == [28 + 20, 33 + 20]
+    maj = pool_records(pool, exs, "majority")
+    assert [r.correct for r in maj] == [0, 0]  # tie 1/2 -> first seen ("1"); "5" beats "7"
+    assert [r.correct for r in pool_records(pool, exs, "oracle")] == [1, 1]
+    agg = aggregate(bon)
+    assert agg["accuracy"] == 0.5 and agg["mean_samples"] == 4 and agg["mean_tokens"] == 50.5
+    assert gain_recovered(0.6, 0.5, 0.7) == pytest.approx(0.5)
+
+
+def test_pruning_keeps_the_highest_early_scores():
+    pool, exs = _pool(), [_E(0, "2"), _E(1, "7")]
+    recs = prune_records(pool, exs, PruneConfig(n=4, at_tokens=4, keep_fraction=0.25), probe_len=5)
+    # prompt 0 keeps cand 1 (0.9 at 4 tokens) -> correct; prompt 1 keeps cand 3 -> correct
+    assert [r.correct for r in recs] == [1, 1]
+    # tokens: everyone decodes min(len, 4), the survivor the rest
+    assert recs[0].gen_tokens == (4 + 4 + 4 + 4) + (6 - 4)
+    assert recs[1].gen_tokens == (3 + 4 + 4 + 4) + (10 - 4)
+    two = prune_records(pool, exs, PruneConfig(n=4, at_tokens=4, keep_fraction=0.5), probe_len=5)
+    # prompt 0 keeps cands 1, 3 (0.9, 0.3); the best final score among them is cand 3 (0.8)
+    assert [r.chosen_score for r in two] == [0.8, 0.4]
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(threshold=1.5), "threshold must be in \\[0, 1\\]"),
+    (dict(threshold=-0.1), "threshold must be in \\[0, 1\\]"),
+    (dict(rounds=(1, 2, 4, 8, 16)), "more than max_samples=16"),
+    (dict(rounds=(1, 0)), "round sizes must be >= 1"),
+])
+def test_bad_strategy_config(kw, msg):
+    args = dict(rounds=(1, 1, 2, 4, 8), threshold=0.9, temperatures=1.0, max_samples=16)
+    args.update(kw)
+    with pytest.raises(jse.JSEError, match=msg):
+        AdaptiveConfig(**args)
+    with pytest.raises(jse.JSEError, match="keep_fraction"):
+        PruneConfig(keep_fraction=0.0)
+
+
+def test_untrained_model_warns(tmp_path, caplog):
+    from jaxselfeval.commands.evaluate import check_selfeval_trained
+
+    with caplog.at_level(logging.WARNING):
+        assert not check_selfeval_trained(tmp_path)
+    assert "never self-eval-trained" in caplog.text and "meaningless" in caplog.text
+    (tmp_path / "selfeval.json").write_text("{}")
+    assert check_selfeval_trained(tmp_path)
+
+
+def test_record_tokens_include_probes():
+    r = PromptRecord("x", 1.0, 2, 30, 10)
+    assert r.tokens == 40
