@@ -1,0 +1,113 @@
+"""Capability dataset and training: a SIGKILLed build resumes exactly, the training example's probe
+equals the sampler's probe, and a short capability-token training run exports a marked model."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jaxselfeval as jse
+from jaxselfeval.sample import Engine, probe_spec
+from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset, load_rows
+from jaxselfeval.selfeval.train import SelfEvalConfig, encode_rows, scores, train_selfeval
+from jaxselfeval.tasks import get_task
+from jaxselfeval.tokenizer import build_tokenizer, encode_chat, save_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random tiny Llama + the embedded tokenizer, saved as an HF directory."""
+    d = tmp_path_factory.mktemp("tiny")
+    task = get_task("arithmetic", n_train=300)
+    tok = build_tokenizer([e.question + "\n" + e.solution for e in task.examples("train")], 300)
+    save_tokenizer(tok, d / "tok")
+    cfg = jse.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+                          bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    jse.save_pretrained(jse.create_model(cfg, seed=5), d / "hf", tokenizer_dir=d / "tok")
+    return d / "hf"
+
+
+def _cfg(model, out, **kw):
+    return BuildConfig(model=str(model), splits={"train": 12, "validation": 6}, n=4,
+                       max_new_tokens=24, truncations=[4, 8], shard_prompts=3, out_dir=str(out), **kw)
+
+
+BUILD = """
+import sys
+from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
+build_dataset(BuildConfig(model={model!r}, splits={{"train": 12, "validation": 6}}, n=4,
+              max_new_tokens=24, truncations=[4, 8], shard_prompts=3, out_dir={out!r}), progress=False)
+"""
+
+
+def test_killed_build_resumes_with_no_row_lost_or_duplicated(tiny_dir, tmp_path):
+    ref = build_dataset(_cfg(tiny_dir, tmp_path / "ref"), progress=False)
+    out = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-c", BUILD.format(model=str(tiny_dir), out=str(out))])
+    shards = out / "shards"
+    deadline = time.time() + 240
+    while len(list(shards.glob("*.jsonl"))) < 2:
+        assert time.time() < deadline and p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done_before = len(list(shards.glob("*.jsonl")))
+    assert done_before < 6  # killed mid-build
+    build_dataset(_cfg(tiny_dir, out), progress=False)
+    for split in ("train", "validation"):
+        a = sorted((r["id"], r["target"], list(r["response_ids"])) for r in load_rows(ref, split))
+        b = sorted((r["id"], r["target"], list(r["response_ids"])) for r in load_rows(out, split))
+        assert a == b and len({x[0] for x in b}) == len(b)
+    rows = load_rows(ref, "train")
+    assert {r["truncation"] for r in rows} >= {0, 4}
+    for ex in {r["example"] for r in rows}:  # targets follow the rewards of the prompt's samples
+        full = [r for r in rows if r["example"] == ex and r["truncation"] == 0]
+        for r in full:
+            assert r["target"] == (1.0 if r["reward"] == 1.0 else
+                                   sum(o["reward"] == 0 for o in full if o is not r) / (len(full) - 1))
+
+
+def test_training_probe_equals_sampler_probe(tiny_dir):
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    model, tok = jse.load_pretrained(tiny_dir), load_tokenizer(tiny_dir)
+    spec = probe_spec(tok)
+    task = get_task("arithmetic")
+    exs = task.examples("test")[:3]
+    eng = Engine(model, stop_ids=(tok.eos_token_id,), seed=0)
+    prompts = [encode_chat(tok, task.messages(e)) for e in exs]
+    P = eng.prefill(prompts)
+    C = eng.decode(P, eng.branch(P, 2, 24), until=10)
+    s_engine = np.asarray(eng.probe(P, C, spec))
+    outs = Engine.outputs(C)
+    rows = [{"prompt_ids": prompts[i // 2], "response_ids": outs[i], "truncation": 0,
+             "target": 0.5} for i in range(6)]
+    toks, _, last, _, keep = encode_rows(rows, spec, 256)
+    assert keep == list(range(6))
+    assert list(toks[0, :last[0] + 1]) == prompts[0] + outs[0] + spec.after(outs[0])
+    s_train = scores(model, toks, last, spec.yes, spec.no, batch=4)
+    np.testing.assert_allclose(s_train, s_engine, atol=1e-5)
+
+
+def test_short_selfeval_training_exports_marked_model(tiny_dir, tmp_path):
+    data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
+    cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=4, batch_size=8,
+                         eval_every=2, seq_len=128)
+    out, final = train_selfeval(cfg, progress=False)
+    meta = json.loads((out / "selfeval.json").read_text())
+    assert meta["trained"] and "auroc_full" in final and 0 <= final["ece_full"] <= 1
+    assert (tmp_path / "se" / "reliability.png").stat().st_size > 5000
+    hist = json.loads((tmp_path / "se" / "validation.json").read_text())["history"]
+    assert [h["step"] for h in hist] == [2, 4]
+    assert jse.load_pretrained(out).config == jse.load_pretrained(tiny_dir).config
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(jse.JSEError, match="run `jaxselfeval data build` first"):
+        train_selfeval(SelfEvalConfig(data_dir=str(tmp_path)), progress=False)
