@@ -122,7 +122,7 @@ def _read_part(sl, groups, split_shape, perm, idx):
 
 
 def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=None,
-                    mesh=None, rules=None) -> Llama:
+                    mesh=None, rules=None, lm_head: bool = True) -> Llama:
     """Read an HF Llama directory into our NNX model (optionally sharded over `mesh`).
 
     dtype: parameter storage dtype; compute_dtype defaults to bfloat16 when dtype is bfloat16.
@@ -134,6 +134,8 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
         raise JSEError(f"model directory '{path}' does not exist")
     cfg = read_hf_config(path)
     reader = _Reader(path)
+    if not lm_head:  # a backbone for a scalar head: no [D, V] LM head is allocated
+        cfg = cfg.replace(tie_word_embeddings=True)
     pdt = as_dtype(dtype)
     cdt = compute_dtype or ("bfloat16" if pdt == jnp.bfloat16 else "float32")
     model = abstract_model(cfg, param_dtype=pdt, compute_dtype=cdt)

@@ -2,7 +2,8 @@
 
 1. base model   jaxselfeval/assets/tiny_base (trained by `jaxselfeval train base`)
 2. data build   on-policy samples, verifier rewards, capability targets (+ truncations)
-3. train        the capability token (probe position, soft targets) -> HF dir + calibration plot
+3. train        the capability token (probe position, soft targets) -> HF dir + calibration plot,
+                and the external reward-model baseline on the same rewards
 4. evaluate     every strategy on held-out problems -> runs/demo/report.md + plots
 Re-running skips finished stages.
 """
@@ -30,6 +31,7 @@ def run(args) -> int:
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
     from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
+    from jaxselfeval.selfeval.reward_model import load_reward_model, train_reward_model
     from jaxselfeval.selfeval.train import SelfEvalConfig, train_selfeval
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
@@ -59,6 +61,15 @@ def run(args) -> int:
                               steps=20 if q else 400, eval_every=10 if q else 200)
         _, val = train_selfeval(scfg, progress=prog)
 
+    rm_dir = out / "reward_model"
+    if (rm_dir / "hf" / "config.json").exists():
+        log.info("stage 3/4: external reward-model baseline already trained (%s)", rm_dir)
+    else:
+        log.info("stage 3/4: training the external reward-model baseline -> %s", rm_dir)
+        train_reward_model(bcfg.out_dir, str(base), str(rm_dir), steps=10 if q else 150,
+                           progress=prog)
+    rm = load_reward_model(rm_dir / "hf")
+
     ev_dir = out / "eval"
     if (ev_dir / "results.json").exists():
         log.info("stage 4/4: evaluation already done (%s)", ev_dir)
@@ -69,7 +80,7 @@ def run(args) -> int:
                           n=8 if q else 16, rounds=(1, 1, 2, 4) if q else (1, 1, 2, 4, 8),
                           round_temperatures=(0.0, 0.7, 1.0, 1.0) if q else (0.0, 0.7, 1.0, 1.0, 1.0))
         res = evaluate(jse.load_pretrained(hf), load_tokenizer(hf), get_task("arithmetic"), ecfg,
-                       ev_dir, progress=prog)
+                       ev_dir, progress=prog, rm=rm)
     for f in ("accuracy_vs_samples.png", "accuracy_vs_tokens.png"):
         shutil.copy2(ev_dir / f, out / f)
     shutil.copy2(se_dir / "reliability.png", out / "reliability.png")
@@ -80,7 +91,8 @@ def run(args) -> int:
     (out / "report.md").write_text(text)
     h = res["headline"]
     print(f"demo done in {time.time() - t0:.0f}s: one sample {100 * h['one_sample']:.1f}%, "
-          f"Best-of-N self-eval {100 * h['bon16_self']:.1f}%, majority {100 * h['majority']:.1f}%, "
+          f"Best-of-N self-eval {100 * h['bon16_self']:.1f}%, by RM {100 * (h['bon16_rm'] or 0):.1f}%, "
+          f"majority {100 * h['majority']:.1f}%, "
           f"adaptive@1.2 {100 * (h['adaptive_acc_at_1.2'] or 0):.1f}%; AUROC "
           f"{val.get('auroc_full', float('nan')):.3f}. Report: {out / 'report.md'}")
     return 0

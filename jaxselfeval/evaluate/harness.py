@@ -39,8 +39,9 @@ class EvalConfig:
             PruneConfig(self.n, min(self.prune_at), f)
 
 
-def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True) -> dict:
-    """Run every strategy on `cfg.limit` problems; write results.json, report.md and plots."""
+def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True, rm=None) -> dict:
+    """Run every strategy on `cfg.limit` problems; write results.json, report.md and plots.
+    `rm`: an external reward model (`RewardModel`) for the Best-of-N-by-RM baseline."""
     from tqdm import tqdm
 
     from jaxselfeval.strategies import run as S
@@ -63,7 +64,11 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True)
         ch = exs[s:s + cfg.batch_prompts]
         pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                              offset=s)
-        for name in ("one", "bon_self", "majority", "oracle"):
+        names = ["one", "bon_self", "majority", "oracle"]
+        if rm is not None:
+            S.add_rm_scores(pool, rm, tokenizer.pad_token_id)
+            names.append("bon_rm")
+        for name in names:
             recs.setdefault(name, []).extend(S.pool_records(pool, ch, name, probe_len=run.probe_len))
         for k in (1, 2, 4, 8, 16):
             if k <= cfg.n:
@@ -120,6 +125,7 @@ def _headline(summary, sw, wall, cfg) -> dict:
     return {
         "one_sample": one, "bon16_self": bon, "majority": summary["majority"]["accuracy"],
         "oracle": summary["oracle"]["accuracy"], "greedy": summary["greedy"]["accuracy"],
+        "bon16_rm": summary["bon_rm"]["accuracy"] if "bon_rm" in summary else None,
         "adaptive_threshold_at_1.2": th,
         "adaptive_acc_at_1.2": a["accuracy"] if a else None,
         "adaptive_mean_samples": a["mean_samples"] if a else None,

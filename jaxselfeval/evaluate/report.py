@@ -19,7 +19,9 @@ def plots(result: dict, out: Path):
     th = sorted(((float(k), v) for k, v in sw["threshold"].items()), key=lambda x: x[1]["mean_samples"])
     ax.plot([v["mean_samples"] for _, v in th], [100 * v["accuracy"] for _, v in th], "s-",
             label="adaptive sampling (threshold sweep)")
-    for name, mk in (("one", "x"), ("majority", "^"), ("oracle", "*")):
+    for name, mk in (("one", "x"), ("majority", "^"), ("bon_rm", "D"), ("oracle", "*")):
+        if name not in sm:
+            continue
         ax.plot([sm[name]["mean_samples"]], [100 * sm[name]["accuracy"]], mk, ms=9, label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("mean samples per prompt")
@@ -61,7 +63,8 @@ def write_report(result: dict, out: Path) -> str:
              "| strategy | accuracy | ±95% | mean samples | mean tokens (incl. probes) |",
              "| --- | --- | --- | --- | --- |"]
     names = {"greedy": "greedy", "one": "one sample (T=1)", "majority": f"majority vote of {n}",
-             "bon_self": f"Best-of-{n} by self-evaluation", "oracle": f"oracle Best-of-{n} (pass@{n})",
+             "bon_self": f"Best-of-{n} by self-evaluation",
+             "bon_rm": f"Best-of-{n} by external reward model", "oracle": f"oracle Best-of-{n} (pass@{n})",
              "adaptive": f"adaptive (threshold {cfg['threshold']})",
              "pruned_run": f"pruned at {min(cfg['prune_at'])} tokens, keep {min(cfg['keep_fractions'])}"}
     for k, label in names.items():
@@ -73,7 +76,7 @@ def write_report(result: dict, out: Path) -> str:
     lines += ["", "## Headline", "",
               f"- Best-of-{n} by self-evaluation {_pct(h['bon16_self'])} vs one sample "
               f"{_pct(h['one_sample'])} ({100 * gain:+.1f} points), majority vote {_pct(h['majority'])}, "
-              f"oracle {_pct(h['oracle'])}.",
+              f"external-RM Best-of-{n} {_pct(h.get('bon16_rm'))}, oracle {_pct(h['oracle'])}.",
               f"- Adaptive sampling at <= 1.2 mean samples (threshold {h['adaptive_threshold_at_1.2']}): "
               f"{_pct(h['adaptive_acc_at_1.2'])} with {h['adaptive_mean_samples'] or float('nan'):.2f} "
               f"samples, recovering {_pct(h['adaptive_gain_recovered'])} of the Best-of-{n} gain "

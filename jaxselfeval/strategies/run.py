@@ -46,6 +46,8 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
     """
     from jaxselfeval.sample import Engine
 
+    from jaxselfeval.tokenizer import encode_chat
+
     P = run.prompts(examples, offset)
     t0 = time.perf_counter()
     C = run.eng.branch(P, n, run.max_new, temperature=temperature)
@@ -62,7 +64,28 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
     answers = [[run.task.extract_answer(run.tok.decode(outs[g * n + j])) for j in range(n)] for g in range(G)]
     length = np.array([len(o) for o in outs]).reshape(G, n)
     return {"correct": correct, "score": score, "score_at": score_at, "length": length,
-            "answers": answers, "wall_s": wall, "n": n}
+            "answers": answers, "wall_s": wall, "n": n, "outs": outs,
+            "prompt_ids": [encode_chat(run.tok, run.task.messages(e)) for e in examples]}
+
+
+def add_rm_scores(pool, rm, pad_id: int, batch: int = 64):
+    """Score every pooled candidate with an external reward model -> pool["rm_score"] [P, n]."""
+    import jax
+
+    n = pool["n"]
+    seqs = [pool["prompt_ids"][i // n] + o for i, o in enumerate(pool["outs"])]
+    T = max(len(q) for q in seqs)
+    f = jax.jit(lambda t, m: rm.score(t, m))
+    out = []
+    for s in range(0, len(seqs), batch):
+        chunk = seqs[s:s + batch] + [[pad_id]] * (batch - len(seqs[s:s + batch]))
+        toks = np.full((batch, T), pad_id, np.int32)
+        mask = np.zeros((batch, T), np.int32)
+        for i, q in enumerate(chunk):
+            toks[i, :len(q)], mask[i, :len(q)] = q, 1
+        out.append(np.asarray(f(toks, mask))[:len(seqs[s:s + batch])])
+    pool["rm_score"] = np.concatenate(out).reshape(-1, n)
+    return pool
 
 
 def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_len: int = 0):
@@ -77,6 +100,9 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
             ok, n_used, toks = c[0], 1, L[0]
         elif strategy == "bon_self":
             ok, n_used, toks, probes = c[int(np.argmax(s))], n, L.sum(), n * probe_len
+        elif strategy == "bon_rm":  # an external RM reads every candidate once more
+            rs = pool["rm_score"][g, :n]
+            ok, n_used, toks = c[int(np.argmax(rs))], n, L.sum()
         elif strategy == "majority":
             votes = collections.Counter(a for a in pool["answers"][g][:n] if a is not None)
             if votes:
