@@ -30,6 +30,7 @@ def run(args) -> int:
     import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
+    from jaxselfeval.model.config import read_hf_config
     from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
     from jaxselfeval.selfeval.reward_model import load_reward_model, train_reward_model
     from jaxselfeval.selfeval.train import SelfEvalConfig, train_selfeval
@@ -42,7 +43,7 @@ def run(args) -> int:
     t0 = time.time()
     base = default_model_dir()
     log.info("stage 1/4: base model %s (%.2fM parameters)", base,
-             jse.count_params(jse.abstract_model(jse.read_hf_config(base))) / 1e6)
+             jse.count_params(jse.abstract_model(read_hf_config(base))) / 1e6)
 
     q = args.quick
     bcfg = BuildConfig(model=str(base), splits={"train": 40 if q else 600, "validation": 20 if q else 150},
