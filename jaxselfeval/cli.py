@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": ("jaxselfeval.commands.bench", "benchmarks: side-by-side speed ratios measured in one run"),
     "info": ("jaxselfeval.commands.info", "show an HF model directory's config and parameter count"),
     "convert": ("jaxselfeval.commands.info", "load an HF directory and export it again (dtype, shards)"),
+    "plan": ("jaxselfeval.commands.plan", "AOT-compile train/decode for a TPU/GPU mesh: bytes per device, FITS or not"),
 }
 
 
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     m = importlib.import_module(args._module)
     runner = getattr(m, f"run_{args._name}", None) or m.run
     try:
+        from jaxselfeval.distributed import initialize
+
+        initialize()  # joins the other hosts on a pod (no-op for one process)
         return int(runner(args) or 0)
     except JSEError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.model.config import LlamaConfig, read_hf_config
@@ -204,15 +203,57 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+class _Lazy:
+    """A tensor written later: shape, numpy dtype, and `get()` -> the array (host)."""
+
+    def __init__(self, shape, dtype, fn):
+        self.shape, self.dtype, self.fn = tuple(shape), np.dtype(dtype), fn
+
+    def get(self) -> np.ndarray:
+        a = np.ascontiguousarray(np.asarray(self.fn()).astype(self.dtype))
+        if a.shape != self.shape:
+            raise ValueError(f"tensor has shape {a.shape}, expected {self.shape}")
+        return a
+
+
+def save_file(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+    """`safetensors.numpy.save_file`, streamed: values are arrays or `_Lazy`, fetched one at a
+    time in file order (sorted names, as safetensors writes them) and written straight to disk,
+    so one tensor is on the host at a time. Same bytes as safetensors' own writer."""
+    items = sorted((k, v if isinstance(v, _Lazy) else _Lazy(v.shape, v.dtype, lambda v=v: v))
+                   for k, v in tensors.items())
+    header, off = ({"__metadata__": metadata} if metadata else {}), 0
+    for name, t in items:
+        n = math.prod(t.shape) * t.dtype.itemsize
+        header[name] = {"dtype": _ST_DTYPES[t.dtype.name], "shape": list(t.shape),
+                        "data_offsets": [off, off + n]}
+        off += n
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(filename, "wb") as f:
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for _name, t in items:
+            f.write(t.get().reshape(-1).view(np.uint8).data)
+
+
 def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype=None,
                     max_shard_bytes: int = 2 * 1024**3, tokenizer_dir=None) -> Path:
     """Write `model` as an HF directory transformers' LlamaForCausalLM loads.
 
     One tensor is on the host at a time; shards of at most `max_shard_bytes` with an index when
-    more than one. Tokenizer files are copied from `tokenizer_dir` (default: where the model
+    more than one. A model with LoRA adapters is written merged (`jaxselfeval.lora.merge_lora`).
+    Tokenizer files are copied from `tokenizer_dir` (default: where the model
     was loaded from). The directory appears whole or not at all.
     """
     out = Path(out_dir)
+    if getattr(model, "lora", None) is not None:  # adapters are exported merged into W
+        from jaxselfeval.lora import merge_lora
+
+        model = merge_lora(model)
     dt = np.dtype(as_dtype(dtype)) if dtype is not None else np.dtype(model.param_dtype)
     dname = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[dt.name]
     tensors = list(_hf_tensors(model))
@@ -233,14 +274,15 @@ def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype=None,
         for si, shard in enumerate(shards):
             fname = ("model.safetensors" if len(shards) == 1
                      else f"model-{si + 1:05d}-of-{len(shards):05d}.safetensors")
-            arrays = {}
-            for name, _shape, get in shard:
-                arrays[name] = get().astype(dt)
+            lazy = {name: _Lazy(shape, dt, get) for name, shape, get in shard}
+            for name, t in lazy.items():
                 weight_map[name] = fname
-                total += arrays[name].nbytes
+                total += math.prod(t.shape) * dt.itemsize
             if writer:
-                save_file(arrays, str(tmp / fname), metadata={"format": "pt"})
-            del arrays
+                save_file(lazy, str(tmp / fname), metadata={"format": "pt"})
+            else:  # the same gathers (collectives on multi-host), in the writer's order
+                for name in sorted(lazy):
+                    lazy[name].get()
         if not writer:
             return out
         if len(shards) > 1:

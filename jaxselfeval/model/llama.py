@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from jaxselfeval.model.attention import Segment, attend
 from jaxselfeval.model.cache import KVCache
@@ -48,6 +49,25 @@ def param_shapes(cfg: LlamaConfig) -> dict[str, tuple[tuple[int, ...], tuple[str
     if not cfg.tie_word_embeddings:
         shapes["lm_head"] = ((D, V), ("embed", "vocab"))
     return shapes
+
+
+LAYER_PARAMS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+
+
+def shard_batch(x):
+    """Constrain activations [B, ...] to be split on B over the (data, fsdp) axes of the mesh set
+    with `jax.set_mesh` (FSDP then gathers weights, not activations). No-op without a mesh or
+    when B does not divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+    size = 1
+    for a in axes:
+        size *= mesh.shape[a]
+    if not axes or x.shape[0] % size:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes if len(axes) > 1 else axes[0]))
 
 
 def rms_norm(x, w, eps):
@@ -108,18 +128,17 @@ class Llama(nnx.Module):
         positions = positions.astype(jnp.int32)
         cos, sin = rope_tables(inv_frequencies(cfg), jnp.maximum(positions, 0))
         cd = self.compute_dtype
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
+        x = shard_batch(jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32))
 
-        layer_params = {n: getattr(self, n)[...] for n in
-                        ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")}
-        xs = {"p": layer_params}
+        xs = {"p": self._layer_params()}
         if cache is not None:
             xs["ck"], xs["cv"] = cache.k, cache.v
         if prefix is not None:
             xs["pk"], xs["pv"] = prefix.k, prefix.v
 
         def layer(x, xs):
-            p = xs["p"]
+            p = self._layer_weights(xs["p"])
+            x = shard_batch(x)
             h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps).astype(cd)
             q = jnp.einsum("bsd,dhk->bshk", h, p["wq"].astype(cd), preferred_element_type=jnp.float32)
             k = jnp.einsum("bsd,dhk->bshk", h, p["wk"].astype(cd), preferred_element_type=jnp.float32)
@@ -165,6 +184,21 @@ class Llama(nnx.Module):
         if return_hidden:
             return x, new_cache
         return self.logits(x), new_cache
+
+    def _layer_params(self):
+        """Stacked [L, ...] arrays the layer scan slices; an adapter (`self.lora`, e.g.
+        `jaxselfeval.lora`) adds its own stacked arrays under "lora"."""
+        p = {n: getattr(self, n)[...] for n in LAYER_PARAMS}
+        lora = getattr(self, "lora", None)
+        if lora is not None:
+            p["lora"] = lora.stacked()
+        return p
+
+    def _layer_weights(self, p):
+        """One layer's weights from its slice of `_layer_params()` (adapter deltas added)."""
+        if "lora" in p:
+            p = self.lora.apply(p)
+        return p
 
     def logits(self, h):
         """h: f32 [..., D] final-normed hidden -> f32 logits [..., V]."""

@@ -1,0 +1,234 @@
+"""LoRA adapters for the capability-token fine-tuning.
+
+    model = jse.load_pretrained(path)
+    add_lora(model, LoRAConfig(rank=16, alpha=32, targets=("wq", "wv")))
+    graphdef, lora, frozen = split_trainable(model)      # only LoRAParam leaves are trained
+    step = make_lora_train_step(graphdef, loss_fn, tx)   # step(lora, frozen, opt, batch)
+    jse.save_pretrained(merge_lora(model), out)          # a plain Llama, merged weights
+
+`add_lora` attaches a `LoRA` module as `model.lora`; the layer scan (`Llama._layer_params` /
+`_layer_weights`) then uses W + (alpha / rank) * A @ B for every target, one layer at a time.
+A target W [L, in..., out...] gets A [L, in..., r] (normal, std 1/sqrt(fan_in)) and
+B [L, r, out...] (zeros: a fresh adapter is exactly the base model), both float32 `LoRAParam`
+with logical axes, so `shard_model` places them like their weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxselfeval.errors import JSEError, closest
+from jaxselfeval.model.llama import Llama, abstract_model, param_shapes
+
+TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+N_IN = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}  # input dims
+
+
+class LoRAParam(nnx.Param):
+    """A LoRA factor. A subclass of nnx.Param: filter by type to train adapters only."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """rank r, alpha (delta scale alpha / r), targets: any of TARGETS."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("wq", "wk", "wv", "wo")
+
+    def __post_init__(self):
+        t = self.targets
+        t = tuple(x.strip() for x in t.split(",")) if isinstance(t, str) else tuple(t)
+        object.__setattr__(self, "targets", t)
+        if int(self.rank) < 1:
+            raise JSEError(f"lora rank must be >= 1, got {self.rank}")
+        if not t:
+            raise JSEError(f"lora targets is empty: name some of {', '.join(TARGETS)}")
+        for x in t:
+            if x not in TARGETS:
+                raise JSEError(f"unknown lora target '{x}'{closest(x, TARGETS)}: "
+                               f"valid targets are {', '.join(TARGETS)}")
+        if len(set(t)) != len(t):
+            raise JSEError(f"lora targets {list(t)} name a module twice: list each once")
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / int(self.rank)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoRAConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        for k in d:
+            if k not in names:
+                raise JSEError(f"unknown lora config key '{k}'{closest(k, names)}: "
+                               f"use {', '.join(names)}")
+        return cls(**d)
+
+
+def load_lora_config(src=None, overrides: list[str] | None = None) -> LoRAConfig:
+    """A LoRAConfig from None (defaults), a dict, a LoRAConfig, or a YAML file (its `lora:`
+    section if it has one), with `key=value` overrides (e.g. rank=16, targets=[wq,wv])."""
+    from jaxselfeval.configs import apply_overrides, find_config, load_yaml
+
+    if isinstance(src, LoRAConfig):
+        d = dataclasses.asdict(src)
+    elif src is None:
+        d = {}
+    elif isinstance(src, dict):
+        d = dict(src)
+    else:
+        d = load_yaml(find_config(src))
+        d = d.get("lora", d)
+    base = dataclasses.asdict(LoRAConfig())
+    LoRAConfig.from_dict(d)  # unknown keys named before merging with the defaults
+    base.update(d)
+    base["targets"] = list(LoRAConfig(**base).targets)
+    return LoRAConfig.from_dict(apply_overrides(base, overrides))
+
+
+def _split_dims(name: str, shape, axes):
+    n = N_IN[name]
+    return shape[1:1 + n], shape[1 + n:], axes[1:1 + n], axes[1 + n:]
+
+
+def lora_delta(a, b, scale: float):
+    """a [in..., r], b [r, out...] -> scale * a @ b [in..., out...], float32."""
+    return scale * jnp.tensordot(a.astype(jnp.float32), b.astype(jnp.float32),
+                                 axes=((a.ndim - 1,), (0,)), precision=jax.lax.Precision.HIGHEST)
+
+
+def merged_weight(w, a, b, scale: float):
+    """One layer: W [in..., out...] + scale * a @ b, computed in f32, stored in W's dtype."""
+    return (w.astype(jnp.float32) + lora_delta(a, b, scale)).astype(w.dtype)
+
+
+class LoRA(nnx.Module):
+    """Stacked adapters for `config.targets`: `{t}_a` [L, in..., r], `{t}_b` [L, r, out...]."""
+
+    def __init__(self, model_config, config: LoRAConfig, *, rngs: nnx.Rngs):
+        self.targets = tuple(config.targets)
+        self.rank, self.scale = int(config.rank), config.scale
+        shapes = param_shapes(model_config)
+        L, r = model_config.num_hidden_layers, self.rank
+        for t in self.targets:
+            shape, axes = shapes[t]
+            in_s, out_s, in_ax, out_ax = _split_dims(t, shape, axes)
+            std = 1.0 / math.sqrt(math.prod(in_s))
+            a = std * jax.random.normal(rngs.params(), (L, *in_s, r), jnp.float32)
+            setattr(self, f"{t}_a", LoRAParam(a, logical_axes=("layers", *in_ax, "lora_rank")))
+            setattr(self, f"{t}_b", LoRAParam(jnp.zeros((L, r, *out_s), jnp.float32),
+                                              logical_axes=("layers", "lora_rank", *out_ax)))
+
+    def stacked(self) -> dict:
+        """target -> (A [L, in..., r], B [L, r, out...]) for the layer scan."""
+        return {t: (getattr(self, f"{t}_a")[...], getattr(self, f"{t}_b")[...])
+                for t in self.targets}
+
+    def apply(self, p: dict) -> dict:
+        """One layer's weights (a slice of `Llama._layer_params()`) with the deltas added."""
+        p = dict(p)
+        for t, (a, b) in p.pop("lora").items():
+            p[t] = merged_weight(p[t], a, b, self.scale)
+        return p
+
+
+def add_lora(model: Llama, config: LoRAConfig | dict | None = None, *, seed: int = 0,
+             mesh=None) -> Llama:
+    """Attach fresh adapters as `model.lora` (in place; B = 0, so logits are unchanged).
+    With `mesh`, the adapters are placed by their logical axes. Returns the model."""
+    from jaxselfeval.sharding import shard_model
+
+    cfg = config if isinstance(config, LoRAConfig) else load_lora_config(config)
+    if getattr(model, "lora", None) is not None:
+        raise JSEError("the model already has LoRA adapters: merge_lora(model) first")
+    model.lora = LoRA(model.config, cfg, rngs=nnx.Rngs(seed))
+    if mesh is not None:
+        shard_model(model.lora, mesh)
+    return model
+
+
+def merge_lora(model: Llama) -> Llama:
+    """A plain Llama (no adapters) whose target weights are W + scale * A @ B; same dtypes and
+    shardings. The input model is not changed. A model without adapters is returned as is."""
+    lora = getattr(model, "lora", None)
+    if lora is None:
+        return model
+    out = abstract_model(model.config, param_dtype=model.param_dtype,
+                         compute_dtype=model.compute_dtype)
+    graphdef, state = nnx.split(out)
+    merge_stack = jax.vmap(merged_weight, in_axes=(0, 0, 0, None))
+    for name in param_shapes(model.config):
+        w = getattr(model, name)[...]
+        if name in lora.targets:
+            a, b = getattr(lora, f"{name}_a")[...], getattr(lora, f"{name}_b")[...]
+            w = jax.jit(merge_stack, static_argnums=3, out_shardings=w.sharding)(w, a, b,
+                                                                                lora.scale)
+        state[name] = state[name].replace(w)
+    out = nnx.merge(graphdef, state)
+    out.remat = model.remat
+    if hasattr(model, "source_dir"):
+        out.source_dir = model.source_dir
+    return out
+
+
+def split_trainable(model: Llama):
+    """(graphdef, lora State, frozen State): merge back with nnx.merge(graphdef, lora, frozen)."""
+    if getattr(model, "lora", None) is None:
+        raise JSEError("the model has no LoRA adapters: call add_lora(model, config) first")
+    return nnx.split(model, LoRAParam, ...)
+
+
+def make_lora_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, *,
+                         accum: int = 1):
+    """step(lora, frozen, opt_state, batch) -> (lora, opt_state, metrics). Gradients and
+    optimizer state exist for the LoRAParam leaves only; `frozen` (the base) is read-only.
+    loss_fn(model, batch) -> (loss, metrics) as for `jaxselfeval.train.step.make_train_step`;
+    batch leaves [B, ...] are split into `accum` micro-batches whose gradients are averaged."""
+
+    def grad_fn(lora, frozen, mb):
+        def lf(p):
+            return loss_fn(nnx.merge(graphdef, p, frozen), mb)
+
+        (_, metrics), g = jax.value_and_grad(lf, has_aux=True)(lora)
+        return g, metrics
+
+    def step(lora, frozen, opt_state, batch):
+        if accum == 1:
+            grads, metrics = grad_fn(lora, frozen, batch)
+        else:
+            mbs = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+
+            def body(acc, mb):
+                g, m = grad_fn(lora, frozen, mb)
+                return jax.tree.map(jnp.add, acc, g), m
+
+            grads, ms = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, lora), mbs)
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            metrics = jax.tree.map(jnp.mean, ms)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, lora)
+        return optax.apply_updates(lora, updates), opt_state, metrics
+
+    return step
+
+
+def jit_lora_step(step, lora, frozen, opt_state, mesh):
+    """jax.jit with explicit shardings (by logical axes; batch over data axes); the adapters and
+    optimizer state are donated, the frozen base is not."""
+    from jaxselfeval.sharding import batch_sharding, state_shardings
+
+    l_sh, f_sh = state_shardings(lora, mesh), state_shardings(frozen, mesh)
+    o_sh = jax.tree.map(lambda x: x.sharding, opt_state)
+    return jax.jit(step, in_shardings=(l_sh, f_sh, o_sh, batch_sharding(mesh)),
+                   out_shardings=(l_sh, o_sh, None), donate_argnums=(0, 2))
+
+
+def count_lora_params(model: Llama) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, LoRAParam)))

@@ -1,0 +1,141 @@
+"""LoRA: a fresh adapter is the base model, merged weights give the adapter's logits, only the
+adapters train, targets/rank come from config, and adapters shard like their weights."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxselfeval as jse
+from jaxselfeval.lora import (TARGETS, LoRAConfig, LoRAParam, add_lora, count_lora_params,
+                              jit_lora_step, load_lora_config, make_lora_train_step, merge_lora,
+                              split_trainable)
+from jaxselfeval.model.config import LlamaConfig
+from jaxselfeval.sharding import make_mesh, shard_model
+from jaxselfeval.train.step import init_opt_state
+
+CFG = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  rope_type="llama3", rope_factor=8.0, rope_original_max_position_embeddings=16,
+                  eos_token_id=2)
+TOKS = np.random.default_rng(0).integers(3, 97, (4, 12)).astype(np.int32)
+
+
+def _randomize_b(model, seed=1):
+    """Non-zero B factors (a trained adapter)."""
+    rng = np.random.default_rng(seed)
+    for t in model.lora.targets:
+        b = getattr(model.lora, f"{t}_b")
+        b.value = jax.numpy.asarray(rng.normal(0, 0.05, b.shape).astype(np.float32))
+
+
+def _loss(model, batch):
+    logits = model(batch["tokens"])[:, :-1]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tokens"][:, 1:]).mean()
+    return ce, {"loss": ce}
+
+
+def test_fresh_adapter_equals_base_exactly():
+    model = jse.create_model(CFG, seed=0)
+    ref = np.asarray(model(TOKS))
+    add_lora(model, {"rank": 4, "alpha": 8, "targets": list(TARGETS)})
+    assert count_lora_params(model) > 0
+    assert np.array_equal(np.asarray(model(TOKS)), ref)
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_merged_weights_give_adapter_logits(param_dtype, tmp_path):
+    model = jse.create_model(CFG, seed=0, param_dtype=param_dtype)
+    base = np.asarray(model(TOKS))
+    add_lora(model, LoRAConfig(rank=4, alpha=16, targets=("wq", "wo", "w_down", "w_up")))
+    _randomize_b(model)
+    adapted = np.asarray(model(TOKS))
+    assert np.abs(adapted - base).max() > 1e-3  # the adapter matters
+    merged = merge_lora(model)
+    assert getattr(merged, "lora", None) is None and type(merged).__name__ == "Llama"
+    assert merged.wq[...].dtype == model.wq[...].dtype
+    assert np.abs(np.asarray(merged(TOKS)) - adapted).max() <= 1e-5
+    assert np.array_equal(np.asarray(merged.wk[...]), np.asarray(model.wk[...]))  # not a target
+    # export writes the merged weights; the input model keeps its adapters
+    out = jse.save_pretrained(model, tmp_path / "hf")
+    assert model.lora is not None
+    again = jse.load_pretrained(out, dtype=param_dtype, compute_dtype="float32")
+    assert np.abs(np.asarray(again(TOKS)) - adapted).max() <= 1e-5
+
+
+def test_sampler_runs_the_adapter_model():
+    model = jse.create_model(CFG, seed=0)
+    add_lora(model, {"rank": 2, "targets": ["wv", "w_gate"]})
+    _randomize_b(model)
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    outs = jse.generate(model, prompts, n=2, max_new_tokens=6, temperature=0.0, stop_ids=[])
+    assert outs == jse.generate(merge_lora(model), prompts, n=2, max_new_tokens=6,
+                                temperature=0.0, stop_ids=[])
+
+
+def test_grad_step_changes_only_lora_params():
+    model = jse.create_model(CFG, seed=0)
+    add_lora(model, {"rank": 4, "targets": ["wq", "wv", "w_down"]})
+    graphdef, lora, frozen = split_trainable(model)
+    assert all(isinstance(v, LoRAParam) for v in jax.tree.leaves(
+        lora, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    tx = optax.adamw(1e-2, weight_decay=0.0)
+    opt = tx.init(lora)
+    step = jax.jit(make_lora_train_step(graphdef, _loss, tx))
+    before_f = jax.tree.map(np.asarray, frozen)
+    before_l = jax.tree.map(np.asarray, lora)
+    new_lora, opt, m = step(lora, frozen, opt, {"tokens": TOKS})
+    assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b)), before_f, frozen)
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before_l, new_lora)
+    flat = {"/".join(map(str, k)): v for k, v in jax.tree_util.tree_flatten_with_path(changed)[0]}
+    assert all(v for k, v in flat.items() if k.split("/")[-2].endswith("_b")), flat
+    # a second step moves A too (its gradient is non-zero once B is)
+    newer, _, m2 = step(new_lora, frozen, opt, {"tokens": TOKS})
+    assert float(m2["loss"]) < float(m["loss"])
+    assert not np.array_equal(np.asarray(newer["lora"]["wq_a"].value),
+                              np.asarray(new_lora["lora"]["wq_a"].value))
+
+
+def test_sharded_lora_step_equals_single_device():
+    assert jax.device_count() == 8
+    mesh = make_mesh("fsdp=4,tensor=2")
+    results = []
+    for m in (None, mesh):
+        model = jse.create_model(CFG, seed=0)
+        add_lora(model, {"rank": 4, "targets": ["wq", "wo", "w_up"]})
+        _randomize_b(model)
+        if m is not None:
+            shard_model(model, m)
+            assert len(model.lora.w_up_a[...].sharding.device_set) == 8
+        graphdef, lora, frozen = split_trainable(model)
+        tx = optax.adamw(1e-2)
+        mm = m if m is not None else make_mesh("data=1", jax.devices()[:1])
+        opt = init_opt_state(tx, lora, mm)
+        step = jit_lora_step(make_lora_train_step(graphdef, _loss, tx, accum=2), lora, frozen,
+                             opt, mm)
+        with jax.set_mesh(mm):
+            lora, opt, met = step(lora, frozen, opt, {"tokens": TOKS})
+        results.append((float(met["loss"]), np.asarray(lora["lora"]["wo_b"].value)))
+    assert abs(results[0][0] - results[1][0]) < 1e-5
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
+
+
+def test_lora_config_from_yaml_and_errors(tmp_path):
+    p = tmp_path / "sft.yaml"
+    p.write_text("steps: 10\nlora:\n  rank: 16\n  alpha: 32\n  targets: [wq, wv]\n")
+    c = load_lora_config(p, ["rank=8"])
+    assert (c.rank, c.alpha, c.targets, c.scale) == (8, 32, ("wq", "wv"), 4.0)
+    assert load_lora_config({"targets": "wk, w_gate"}).targets == ("wk", "w_gate")
+    with pytest.raises(jse.JSEError, match="unknown lora target 'w_dwn'.*did you mean 'w_down'"):
+        LoRAConfig(targets=("wq", "w_dwn"))
+    with pytest.raises(jse.JSEError, match="rank must be >= 1"):
+        LoRAConfig(rank=0)
+    with pytest.raises(jse.JSEError, match="unknown lora config key 'rnak'.*'rank'"):
+        load_lora_config({"rnak": 4})
+    model = add_lora(jse.create_model(CFG), {"rank": 2})
+    with pytest.raises(jse.JSEError, match="already has LoRA"):
+        add_lora(model)
+    with pytest.raises(jse.JSEError, match="no LoRA adapters"):
+        split_trainable(jse.create_model(CFG))
