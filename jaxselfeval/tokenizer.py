@@ -2,10 +2,14 @@
 
 Same special tokens and chat template as Llama 3.1 Instruct, so everything downstream treats the
 tiny model exactly like a real one. "Yes" and "No" (the probe answers) are single tokens.
+Specials are ids 0..5 in SPECIALS' order; digits are single tokens; `encode(text)` prepends
+<|begin_of_text|> like Llama 3 (chat templates render it themselves: encode chats with
+`encode_chat` / `apply_chat_template`, and responses with add_special_tokens=False).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -27,7 +31,7 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     """Train a byte-level BPE on `texts` (+ the probe turn) -> PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -41,6 +45,10 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
                                   show_progress=False)
     extra = [PROBE_QUESTION, "Yes.", "No.", "Yes", "No"] * 200 + ["user assistant system"] * 200
     tok.train_from_iterator(list(texts) + extra, trainer=trainer)
+    # like Llama 3: encode(text) (add_special_tokens=True) prepends <|begin_of_text|>
+    bos = SPECIALS[0]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, tok.token_to_id(bos))])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
         pad_token="<|pad|>", chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
@@ -51,9 +59,21 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
 
 
 def save_tokenizer(tok, out_dir) -> Path:
+    """Save as a Llama 3.1 Instruct tokenizer directory: tokenizer.json, tokenizer_config.json
+    (class PreTrainedTokenizerFast, with the chat_template), special_tokens_map.json and
+    transformers 5's chat_template.jinja (the same template), readable by transformers 4 and 5."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if tok.chat_template:
+        cfg["chat_template"] = tok.chat_template
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "pad_token")
+                if getattr(tok, k, None)}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
     return out
 
 

@@ -1,14 +1,24 @@
 """Tasks: GSM8K ground truth verifies (altered answers fail), arithmetic is seeded, correct and
 split-disjoint, TFDS array_record round trip, answer extraction edge cases."""
 
+import hashlib
 import json
+import os
 import re
 
-import pytest
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jaxselfeval as jse
-from jaxselfeval.tasks import extract_answer, get_task
-from jaxselfeval.tasks.gsm8k import raw_dir
+import pytest  # noqa: E402
+
+import jaxselfeval as jse  # noqa: E402
+from jaxselfeval.tasks import extract_answer, get_task  # noqa: E402
+from jaxselfeval.tasks.base import SYSTEM, canonical_number  # noqa: E402
+from jaxselfeval.tasks.gsm8k import build, raw_dir  # noqa: E402
+
+# sha256 of repr(test + validation examples) of ArithmeticTask(seed=0): the shipped tiny model
+# was trained on seed 0's train split, so its held-out numbers stay valid only while this holds.
+SEED0_HELD_OUT_SHA = "24462e0e4b09fead95c916aec60a3242"
+
 
 @pytest.fixture(scope="module")
 def gsm8k(tmp_path_factory):
@@ -23,24 +33,80 @@ def test_every_gsm8k_test_answer_verifies_and_altered_fail(gsm8k):
         assert gsm8k.verify(e, e.solution) == 1.0, e.id
         wrong = e.solution.rsplit("####", 1)[0] + f"#### {int(float(e.answer)) + 1}"
         assert gsm8k.verify(e, wrong) == 0.0, e.id
-    # read back through tfds.data_source equals the raw file
-    assert [e.question for e in exs] == [r["question"] for r in raw]
+        assert gsm8k.verify(e, e.solution.rsplit("####", 1)[0]) == 0.0, e.id  # no '####'
+        assert e.difficulty == len(e.solution.splitlines()) - 1 >= 1
+    # read back through the array_record data source, in the file's order
+    assert [(e.question, e.solution) for e in exs] == [(r["question"], r["answer"]) for r in raw]
+    assert gsm8k.messages(exs[0]) == [{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": raw[0]["question"]}]
 
 
 def test_gsm8k_splits(gsm8k):
     tr, va = gsm8k.examples("train"), gsm8k.examples("validation")
-    assert len(tr) + len(va) == 7473 and len(va) == 500
-    assert not {e.id for e in tr} & {e.id for e in va}
-    with pytest.raises(jse.JSEError, match="unknown split 'dev'"):
+    assert len(tr) == 6973 and len(va) == 500
+    assert [e.id for e in tr + va] == [f"train-{i}" for i in range(7473)]
+    assert not {e.question for e in tr} & {e.question for e in va}
+    with pytest.raises(jse.JSEError, match="unknown split 'dev': use one of train, validation, test"):
         gsm8k.examples("dev")
+
+
+def _write(d, rows_by_split):
+    d.mkdir(parents=True, exist_ok=True)
+    for split, rows in rows_by_split.items():
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_tfds_builder_small_copy_and_data_source(tmp_path):
+    import tensorflow_datasets as tfds
+
+    rows = {s: [{"question": f"{s} q{i}?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1:,}"}
+                for i in range(n)] for s, n in (("train", 30), ("test", 7))}
+    rows["test"][3]["answer"] = "Half is 2.50\n#### $2.50"
+    _write(tmp_path / "raw", rows)
+    data = tmp_path / "tfds"
+    b = build(tmp_path / "raw", data)
+    assert sorted(p.name for p in (data / "jse_gsm8k" / "1.0.0").glob("*.array_record*")) == [
+        "jse_gsm8k-test.array_record-00000-of-00001", "jse_gsm8k-train.array_record-00000-of-00001"]
+    assert b.info.splits["train"].num_examples == 30
+    ds = tfds.data_source("jse_gsm8k", data_dir=str(data), split="test")
+    got = sorted((ds[i] for i in range(len(ds))), key=lambda r: int(r["id"].decode().split("-")[1]))
+    assert [r["question"].decode() for r in got] == [r["question"] for r in rows["test"]]
+    assert [r["final"].decode() for r in got][:4] == ["1", "2", "3", "$2.50"]
+
+    task = get_task("gsm8k", raw_dir=str(tmp_path / "raw"), data_dir=str(data))
+    ex = task.examples("test")
+    assert [e.answer for e in ex][:5] == ["1", "2", "3", "2.5", "5"]
+    assert task.verify(ex[3], "so #### 2.5") == 1.0 and task.verify(ex[3], "#### 25") == 0.0
+    assert [len(task.examples(s)) for s in ("train", "validation")] == [27, 3]  # a tenth
+
+    # the prepared dir no longer matches the raw files: a clear error, not stale rows
+    _write(tmp_path / "raw", {"test": rows["test"][:5]})
+    with pytest.raises(jse.JSEError, match="has 7 test rows but .* has 5: delete it or use another"):
+        build(tmp_path / "raw", data)
+
+
+def test_tfds_builder_bad_row(tmp_path):
+    _write(tmp_path / "raw", {"train": [{"question": "q", "answer": "1\n#### 1"}],
+                              "test": [{"question": "q", "answer": "no final line"}]})
+    with pytest.raises(jse.JSEError, match=r"test.jsonl:1: not a GSM8K row"):
+        build(tmp_path / "raw", tmp_path / "tfds")
 
 
 @pytest.mark.parametrize("text,ans", [
     ("so #### 1,000", "1000"), ("#### $18.00", "18"), ("#### -3", "-3"), ("#### 2.50", "2.5"),
-    ("The answer is 5", None), ("#### 7.\n", "7"), ("#### 3\n#### 4", "4"),
+    ("The answer is 5", None), ("#### 7.\n", "7"), ("#### 3\n#### 4", "4"), ("#### 5.0", "5"),
+    ("#### -$3", "-3"), ("#### .5", "0.5"), ("#### 007", "7"), ("#### 1,234.50 dollars", "1234.5"),
+    ("####", None), ("#### \nfoo", None), ("#### many", None), ("#### -0", "0"),
+    ("x\n#### 12 apples\n", "12"), ("#### " + "9" * 40, "9" * 40),
 ])
 def test_extraction(text, ans):
     assert extract_answer(text) == ans
+
+
+def test_canonical_number_equalities():
+    assert canonical_number("1,000") == canonical_number("1000") == "1000"
+    assert canonical_number("5.0") == canonical_number("5") == canonical_number("$5.") == "5"
+    assert canonical_number("100") == "100" and canonical_number("-12.30") == "-12.3"
 
 
 def test_arithmetic_seeded_correct_disjoint():
@@ -48,25 +114,54 @@ def test_arithmetic_seeded_correct_disjoint():
     b = get_task("arithmetic", seed=3, n_train=2000)
     assert a.examples("test") == b.examples("test")
     assert a.examples("test") != get_task("arithmetic", seed=4).examples("test")
-    qs = {s: {e.question for e in a.examples(s)} for s in ("train", "validation", "test")}
+    sizes = {s: len(a.examples(s)) for s in ("train", "validation", "test")}
+    assert sizes == {"train": 2000, "validation": 500, "test": 500}
+    qs = {s: {e.question for e in a.examples(s)} for s in sizes}
+    assert [len(q) for q in qs.values()] == list(sizes.values())  # no duplicates within a split
     assert not qs["train"] & qs["test"] and not qs["train"] & qs["validation"]
     assert not qs["validation"] & qs["test"]
-    diffs = {e.difficulty for e in a.examples("test")}
-    assert diffs == {1, 2, 3, 4}
-    for e in a.examples("train"):
+    for split in sizes:
+        assert {e.difficulty for e in a.examples(split)} == {1, 2, 3, 4}
+    ops = set()
+    for e in a.examples("train") + a.examples("test"):
         assert a.verify(e, e.solution) == 1.0
-        for line in e.solution.splitlines()[:-1]:
-            x, op, y, _, z = line.split()
+        assert a.verify(e, e.solution.rsplit("####", 1)[0] + f"#### {int(e.answer) + 1}") == 0.0
+        lines = e.solution.splitlines()
+        assert len(lines) == e.difficulty + 1 and lines[-1] == f"#### {e.answer}"
+        prev = int(re.search(r"has (\d+)", e.question).group(1))
+        for line in lines[:-1]:  # one operation a line, chained from the question's start number
+            x, op, y, eq, z = line.split()
+            ops.add(op)
+            assert eq == "=" and int(x) == prev
             assert {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y)}[op] == int(z)
-        assert e.solution.splitlines()[-1] == f"#### {e.answer}"
-        assert len(re.findall(r"\n", e.solution)) == e.difficulty
+            assert 0 < int(z) < 1000
+            prev = int(z)
+        assert str(prev) == e.answer
+        assert len(e.question.split()) <= 40
+    assert ops == {"+", "-", "*"}
+    assert a.messages(a.examples("test")[0]) == [{"role": "user", "content": a.examples("test")[0].question}]
+
+
+def test_arithmetic_held_out_fixed():
+    """Held-out splits do not depend on n_train, and seed 0's are pinned (see SEED0_HELD_OUT_SHA)."""
+    small, big = get_task("arithmetic", n_train=10), get_task("arithmetic", n_train=40000)
+    held = small.examples("test") + small.examples("validation")
+    assert held == big.examples("test") + big.examples("validation")
+    assert not {e.question for e in held} & {e.question for e in big.examples("train")}
+    assert hashlib.sha256(repr(held).encode()).hexdigest()[:32] == SEED0_HELD_OUT_SHA
+    with pytest.raises(jse.JSEError, match="unknown split 'val'"):
+        small.examples("val")
 
 
 def test_unknown_task_and_missing_dir(monkeypatch, tmp_path):
-    with pytest.raises(jse.JSEError, match="unknown task 'gsm9k' \\(did you mean 'gsm8k'\\?\\)"):
+    with pytest.raises(jse.JSEError, match="unknown task 'gsm9k' \\(did you mean 'gsm8k'\\?\\): "
+                                           "use one of arithmetic, gsm8k"):
         get_task("gsm9k")
     with pytest.raises(jse.JSEError, match="no GSM8K test.jsonl in"):
         raw_dir(tmp_path)
     monkeypatch.setenv("JSE_GSM8K_DIR", str(tmp_path))
     with pytest.raises(jse.JSEError, match="JSE_GSM8K_DIR"):
         get_task("gsm8k", data_dir=str(tmp_path)).examples("test")
+    with pytest.raises(jse.JSEError, match="task 'arithmetic' has no option 'n_trian' \\(did you mean "
+                                           "'n_train'\\?\\): its options are seed, n_train"):
+        get_task("arithmetic", n_trian=5)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import decimal
 import re
 
 from jaxselfeval.errors import JSEError
 
 SPLITS = ("train", "validation", "test")
 SYSTEM = "Solve the problem step by step. End with a line '#### <answer>'."
-_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+_NUM = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+_CTX = decimal.Context(prec=200)  # exact for any plausible answer (the default 28 digits rounds)
 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
+    """One problem: `solution` is the reference response, `answer` its canonical final number."""
+
     id: str
     question: str
     solution: str  # step-by-step, last line "#### <number>"
@@ -23,21 +27,20 @@ class Example:
 
 
 def canonical_number(s: str) -> str | None:
-    """'1,000' -> '1000', '$5.00' -> '5', '-3.' -> '-3'; None if no number."""
-    s = s.strip().replace(",", "").replace("$", "").rstrip(".").strip()
-    m = _NUM.search(s)
+    """The first number in `s`, canonical: '1,000' -> '1000', '$5.00' -> '5', '-3.' -> '-3',
+    '.5' -> '0.5', '007' -> '7'; None if there is no number."""
+    m = _NUM.search(s.replace(",", "").replace("$", ""))
     if not m:
         return None
-    v = m.group(0)
-    if "." in v:
-        v = v.rstrip("0").rstrip(".")
-    if v in ("-0", ""):
-        v = "0"
-    return v
+    v = format(decimal.Decimal(m.group(0)).normalize(_CTX), "f")
+    return "0" if v == "-0" else v
 
 
 def extract_answer(text: str) -> str | None:
-    """The GSM8K convention: the number after the last '####'; None when there is no '####'."""
+    """The GSM8K convention: the first number on the line after the last '####', canonical.
+
+    None when the text has no '####' (no fallback to "the last number in the text": a response
+    that never states its answer counts as wrong)."""
     if "####" not in text:
         return None
     tail = text.rsplit("####", 1)[1].strip().splitlines()
@@ -45,6 +48,9 @@ def extract_answer(text: str) -> str | None:
 
 
 class Task(abc.ABC):
+    """A problem set with a verifier: `examples(split)`, `messages(example)` (the prompt's chat
+    turns) and `verify(example, response)` (1.0 / 0.0 on the extracted final answer)."""
+
     name: str = ""
 
     @abc.abstractmethod
@@ -52,10 +58,11 @@ class Task(abc.ABC):
         """All examples of `split` (train, validation or test)."""
 
     def extract_answer(self, text: str) -> str | None:
+        """The canonical final answer of a response (the number after the last '####') or None."""
         return extract_answer(text)
 
     def verify(self, example: Example, response: str) -> float:
-        """1.0 if the response's final answer equals the example's, else 0.0."""
+        """1.0 if the response's (assistant text's) final answer equals the example's, else 0.0."""
         return 1.0 if self.extract_answer(response) == example.answer else 0.0
 
     def messages(self, example: Example) -> list[dict]:

@@ -1,14 +1,14 @@
-"""GSM8K through a TFDS builder (array_record files, read with `tfds.data_source`, no TensorFlow).
+"""GSM8K through the `jse_gsm8k` TFDS builder (array_record files, read with `tfds.data_source`;
+no TensorFlow). See tasks/gsm8k_builder.py for the build/read recipe.
 
 The raw files are `train.jsonl` / `test.jsonl` ({"question", "answer"} per line) in a directory:
-`data_dir=` argument, else $JSE_GSM8K_DIR, else `../shared/data/gsm8k` beside the repository.
-"validation" is the last 500 problems of train (train then holds the rest).
+the `raw_dir=` argument, else $JSE_GSM8K_DIR, else `../shared/data/gsm8k` beside the repository.
+"validation" is the last 500 problems of the file's train split (a tenth if it has under 5000);
+"train" holds the rest, so they never overlap. Rows keep the files' order.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from pathlib import Path
 
@@ -33,48 +33,34 @@ def raw_dir(path: str | os.PathLike | None = None) -> Path:
                    "and test.jsonl")
 
 
-@functools.lru_cache(maxsize=None)  # tfds registers the class by name: define it once
-def _builder_cls():
+def build(raw: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None):
+    """Prepare (once per data_dir) and return the `jse_gsm8k` TFDS builder (array_record files).
+
+    data_dir: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets. A prepared data_dir is
+    reused as is; if its row counts no longer match the raw files, this raises (use a fresh one).
+    """
     import tensorflow_datasets as tfds
 
-    class JseGsm8k(tfds.core.GeneratorBasedBuilder):
-        """GSM8K grade-school math (MIT), from local jsonl files."""
+    from jaxselfeval.tasks.gsm8k_builder import SPLIT_FILES, JseGsm8k
 
-        VERSION = tfds.core.Version("1.0.0")
-        name = "jse_gsm8k"
-
-        def __init__(self, *, raw: Path, **kw):
-            self._raw = Path(raw)
-            super().__init__(**kw)
-
-        def _info(self):
-            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(), "question": tfds.features.Text(),
-                "answer": tfds.features.Text(), "final": tfds.features.Text()}))
-
-        def _split_generators(self, dl_manager):
-            return {s: self._generate_examples(self._raw / f"{s}.jsonl") for s in ("train", "test")}
-
-        def _generate_examples(self, path):
-            with open(path) as f:
-                for i, line in enumerate(f):
-                    d = json.loads(line)
-                    final = d["answer"].rsplit("####", 1)[1].strip()
-                    yield f"{path.stem}-{i}", {"id": f"{path.stem}-{i}", "question": d["question"],
-                                               "answer": d["answer"], "final": final}
-
-    return JseGsm8k
-
-
-def build(raw: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None):
-    """Prepare (once) and return the TFDS builder; files are array_record under data_dir."""
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR", str(Path.home() / "tensorflow_datasets"))
-    b = _builder_cls()(raw=raw_dir(raw), data_dir=str(data_dir), file_format="array_record")
-    b.download_and_prepare()
+    src = raw_dir(raw)
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets"
+    b = JseGsm8k(data_dir=str(data_dir), file_format="array_record")
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(src)))
+    for split, fname in SPLIT_FILES.items():
+        with open(src / fname, encoding="utf-8") as f:
+            n = sum(1 for line in f if line.strip())
+        if b.info.splits[split].num_examples != n:
+            raise JSEError(f"the GSM8K dataset in '{b.data_dir}' has {b.info.splits[split].num_examples}"
+                           f" {split} rows but '{src / fname}' has {n}: delete it or use another "
+                           "data_dir")
     return b
 
 
 class GSM8KTask(Task):
+    """GSM8K: train / validation (last N_VALIDATION of train) / test; difficulty = the number of
+    solution lines before '####' (the reasoning steps)."""
+
     name = "gsm8k"
 
     def __init__(self, raw_dir: str | None = None, data_dir: str | None = None):
@@ -83,12 +69,13 @@ class GSM8KTask(Task):
 
     def _load(self, split: str) -> list[Example]:
         b = build(self._raw, self._data_dir)
-        src = b.as_data_source(split=split)  # random-access array_record reader, no TensorFlow
+        src = b.as_data_source(split=split)  # == tfds.data_source(...): array_record, no TensorFlow
         out = []
         for r in src:
             txt = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in r.items()}
+            steps = txt["answer"].rsplit("####", 1)[0].strip().count("\n") + 1
             out.append(Example(txt["id"], txt["question"], txt["answer"],
-                               canonical_number(txt["final"]) or "", 0))
+                               canonical_number(txt["final"]) or "", steps))
         return out
 
     def examples(self, split: str) -> list[Example]:
@@ -97,8 +84,9 @@ class GSM8KTask(Task):
         if base not in self._rows:
             self._rows[base] = sorted(self._load(base), key=lambda e: int(e.id.split("-")[1]))
         rows = self._rows[base]
+        n_val = min(N_VALIDATION, len(rows) // 10)
         if split == "train":
-            return rows[:-N_VALIDATION]
+            return rows[:len(rows) - n_val]
         if split == "validation":
-            return rows[-N_VALIDATION:]
+            return rows[len(rows) - n_val:]
         return rows
