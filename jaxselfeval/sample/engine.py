@@ -126,7 +126,7 @@ class Engine:
             raise JSEError("top_p must be in (0, 1]")
         if bool(jnp.any(temp < 0)):
             raise JSEError("temperature must be >= 0 (0 = greedy)")
-        T = bucket(max_new_tokens)
+        T = max_new_tokens  # the buffer ends decoding: exactly max_new_tokens per candidate
         pid = jnp.repeat(prompts.prompt_id, n)
         cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
         keys = row_keys(self.key, pid, cid, 0)
