@@ -7,7 +7,9 @@ def add_arguments(p):
     sub = p.add_subparsers(dest="train_kind", metavar="KIND", required=True)
     b = sub.add_parser("base", help="train the tiny base model from scratch on the embedded task",
                        description="Train a small Llama from scratch on a task (LM loss on answers), "
-                                   "then export an HF directory. Resumes from out_dir if present.")
+                                   "export an HF directory, then print sample@1 / pass@N on held-out "
+                                   "problems by difficulty. Resumes from out_dir if present; SIGTERM "
+                                   "saves a checkpoint and stops.")
     b.add_argument("--config", default="configs/train_tiny.yaml", help="YAML train config")
     b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200")
     b.add_argument("--no-progress", action="store_true")
@@ -42,8 +44,16 @@ def run(args) -> int:
 
     cfg = load_train_config(args.config, args.overrides)
     if args.train_kind == "base":
+        from jaxselfeval.evaluate.accuracy import format_accuracy
         from jaxselfeval.train.base import train_base
 
-        out = train_base(cfg, progress=not args.no_progress)
+        out, summary = train_base(cfg, progress=not args.no_progress)
+        print(f"trained {summary['steps']} steps ({summary['params'] / 1e6:.2f}M parameters) in "
+              f"{summary['train_seconds']:.0f}s this run; final loss {summary['final_loss']}")
+        if "accuracy" in summary:
+            acc = summary["accuracy"]
+            print(f"held-out {cfg.task} ({acc['problems']} {cfg.eval_split} problems, "
+                  f"{acc['samples']} samples each at T=1.0):")
+            print(format_accuracy(acc))
         print(f"wrote {out}")
     return 0

@@ -1,4 +1,9 @@
-"""Training configuration: YAML in configs/ + `key=value` overrides, validated."""
+"""Training configuration: YAML in configs/ + `key=value` overrides, validated.
+
+    cfg = load_train_config("configs/train_tiny.yaml", ["steps=200", "model.num_hidden_layers=2"])
+
+An unknown key (top level, or under `model.`) is a JSEError naming the closest valid key.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +15,34 @@ from jaxselfeval.errors import JSEError, closest
 @dataclasses.dataclass
 class TrainConfig:
     model_config: str = "tiny"  # configs/models/NAME.yaml, for training from scratch
-    model: dict = dataclasses.field(default_factory=dict)  # overrides of its fields
-    init_from: str | None = None  # HF directory to start from instead
+    model: dict = dataclasses.field(default_factory=dict)  # overrides of its LlamaConfig fields
     task: str = "arithmetic"
     task_args: dict = dataclasses.field(default_factory=dict)
     tokenizer_vocab: int = 512
-    seq_len: int = 192
+    seq_len: int = 192  # padded length; longer examples are dropped (counted in the log)
     batch_size: int = 32  # global, per optimizer step
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum each)
     steps: int = 2000
     lr: float = 3e-3
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.1
     clip_norm: float = 1.0
     b2: float = 0.95
-    seed: int = 0
-    param_dtype: str = "float32"
-    compute_dtype: str = "bfloat16"
-    remat: bool = False
+    seed: int = 0  # model init and data order
+    param_dtype: str = "float32"  # master weights
+    compute_dtype: str = "bfloat16"  # matmul inputs (accumulation is always float32)
+    remat: bool = False  # jax.checkpoint per layer (less memory; on CPU often faster too)
     mesh: str = "data=-1"
     out_dir: str = "runs/train"
     export_dir: str | None = None  # HF directory written at the end (default out_dir/hf)
+    export_dtype: str | None = None  # dtype of the exported weights (default param_dtype)
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 20
-    eval_problems: int = 300
+    tensorboard: bool = True  # also write TensorBoard events when tensorboardX/tensorboard is installed
+    eval_split: str = "test"
+    eval_problems: int = 300  # held-out problems for the final sample@1 / pass@N (0: skip)
     eval_samples: int = 16
     max_new_tokens: int = 96
 
@@ -50,21 +57,53 @@ class TrainConfig:
         return cfg
 
     def validate(self):
+        from jaxselfeval.model.config import LlamaConfig
+        from jaxselfeval.model.llama import DTYPES
+        from jaxselfeval.sharding import parse_mesh
+
+        fields = [f.name for f in dataclasses.fields(LlamaConfig)]
+        for k in self.model:
+            if k not in fields:
+                raise JSEError(f"unknown config key 'model.{k}'{closest(k, fields)}: model "
+                               "overrides are LlamaConfig fields")
         if self.batch_size % self.grad_accum:
             raise JSEError(f"batch_size {self.batch_size} is not divisible by grad_accum "
-                           f"{self.grad_accum}")
-        for k in ("steps", "seq_len", "batch_size", "checkpoint_every"):
+                           f"{self.grad_accum}: change one of them")
+        for k in ("steps", "seq_len", "batch_size", "grad_accum", "checkpoint_every",
+                  "keep_checkpoints", "log_every"):
             if getattr(self, k) < 1:
-                raise JSEError(f"{k} must be >= 1")
+                raise JSEError(f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("param_dtype", "compute_dtype", "export_dtype"):
+            v = getattr(self, k)
+            if v is not None and v not in DTYPES:
+                raise JSEError(f"{k} '{v}' is not a dtype: use one of {', '.join(DTYPES)}")
+        if not self.lr > 0 or self.warmup_steps < 0:
+            raise JSEError(f"lr must be > 0 and warmup_steps >= 0 (got {self.lr}, {self.warmup_steps})")
+        parse_mesh(self.mesh)
 
 
 def load_train_config(path, overrides=None) -> TrainConfig:
+    """TrainConfig from a YAML file (or configs/NAME) plus `key=value` / `model.key=value`
+    overrides (values parsed as YAML)."""
     from jaxselfeval.configs import apply_overrides, find_config, load_yaml
 
     d = load_yaml(find_config(path))
     base = dataclasses.asdict(TrainConfig())
-    base.update(d)
     for k in d:
-        if k not in dataclasses.asdict(TrainConfig()):
-            raise JSEError(f"unknown config key '{k}'{closest(k, list(base))}")
-    return TrainConfig.from_dict(apply_overrides(base, overrides))
+        if k not in base:
+            raise JSEError(f"unknown config key '{k}' in {path}{closest(k, list(base))}")
+    base.update(d)
+    model_ov, rest = [], []
+    for ov in overrides or []:
+        (model_ov if ov.startswith("model.") else rest).append(ov)
+    cfg = apply_overrides(base, rest)
+    if model_ov:  # model.X=... may add keys the YAML did not set: validated against LlamaConfig
+        import yaml
+
+        cfg["model"] = dict(cfg.get("model") or {})
+        for ov in model_ov:
+            if "=" not in ov:
+                raise JSEError(f"override '{ov}' must be key=value")
+            key, val = ov.split("=", 1)
+            cfg["model"][key[len("model."):]] = yaml.safe_load(val)
+    return TrainConfig.from_dict(cfg)

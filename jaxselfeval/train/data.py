@@ -1,6 +1,17 @@
-"""Tokenised training batches with loss masks; order is a pure function of (seed, step)."""
+"""Tokenised training batches with loss masks; order is a pure function of (seed, step).
+
+    tokens, mask, dropped = encode_sft(tok, task, task.examples("train"), seq_len=104)
+    batches = Batches(tokens, mask, batch_size=32, seed=0)
+    batches.batch(step)   # {"tokens": int32 [B/P, S], "mask": f32 [B/P, S]}: this process's rows
+
+The data position is the optimizer step: a checkpoint at step k resumes with `batch(k)`.
+`Batches.describe()` (seed, sizes, a content fingerprint) is stored in every checkpoint so a
+resume on other data is refused instead of silently diverging.
+"""
 
 from __future__ import annotations
+
+import zlib
 
 import jax
 import numpy as np
@@ -10,11 +21,11 @@ from jaxselfeval.tokenizer import encode_chat
 
 
 def encode_sft(tok, task, examples, seq_len: int):
-    """Prompt (chat template) + solution + <|eot_id|>, right-padded.
+    """Prompt (chat template, generation prompt) + solution + <|eot_id|>, right-padded.
 
-    Returns tokens int32 [N, seq_len], loss_mask f32 [N, seq_len] (1 where the *next* token is
-    part of the answer, i.e. mask aligned with targets tokens[:, 1:]), and the count dropped
-    for being longer than seq_len.
+    Returns tokens int32 [N, seq_len], loss_mask f32 [N, seq_len] (1 at position t when
+    tokens[t + 1] is an answer token: the mask is aligned with the inputs, targets are
+    tokens[:, 1:]), and the count dropped for being longer than seq_len.
     """
     toks, masks, dropped = [], [], 0
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
@@ -35,27 +46,45 @@ def encode_sft(tok, task, examples, seq_len: int):
 
 
 class Batches:
-    """Epoch-shuffled batches: `batch(step)` depends only on (seed, step).
+    """Epoch-shuffled fixed-size batches: `batch(step)` depends only on (seed, step).
 
-    Each process gets its contiguous slice of the global batch (multi-host: each host reads
-    only its part).
+    Each process takes its contiguous share of the global batch (`jax.process_index()` of
+    `jax.process_count()`), so on a pod every host reads only its rows.
     """
 
     def __init__(self, tokens, mask, batch_size: int, seed: int, **extra):
         """tokens/mask (and any `extra` arrays) share their leading [N] axis."""
         if len(tokens) < batch_size:
-            raise JSEError(f"only {len(tokens)} examples for batch_size {batch_size}")
+            raise JSEError(f"only {len(tokens)} examples for batch_size {batch_size}: lower "
+                           "batch_size or add data")
+        for k, v in {"mask": mask, **extra}.items():
+            if len(v) != len(tokens):
+                raise JSEError(f"'{k}' has {len(v)} rows but tokens has {len(tokens)}")
         self.arrays = {"tokens": tokens, "mask": mask, **extra}
         self.tokens, self.mask, self.bs, self.seed = tokens, mask, batch_size, seed
         self.per_epoch = len(tokens) // batch_size
+        self._fingerprint = None
 
     def indices(self, step: int) -> np.ndarray:
+        """Global row indices [batch_size] of optimizer step `step` (0-based)."""
         epoch, i = divmod(step, self.per_epoch)
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens))
         return perm[i * self.bs:(i + 1) * self.bs]
 
     def batch(self, step: int) -> dict:
-        idx = self.indices(step)
+        """This process's rows of step `step`: {name: array [batch_size / processes, ...]}."""
         n, k = jax.process_count(), jax.process_index()
-        idx = np.array_split(idx, n)[k]
-        return {k: v[idx] for k, v in self.arrays.items()}
+        if self.bs % n:
+            raise JSEError(f"batch_size {self.bs} is not divisible by the {n} processes")
+        idx = np.array_split(self.indices(step), n)[k]
+        return {name: v[idx] for name, v in self.arrays.items()}
+
+    def describe(self) -> dict:
+        """What the data order depends on, stored with each checkpoint."""
+        if self._fingerprint is None:
+            crc = 0
+            for name in sorted(self.arrays):
+                crc = zlib.crc32(np.ascontiguousarray(self.arrays[name]).tobytes(), crc)
+            self._fingerprint = f"{crc:08x}"
+        return {"seed": int(self.seed), "examples": int(len(self.tokens)),
+                "batch_size": int(self.bs), "fingerprint": self._fingerprint}

@@ -11,11 +11,17 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxselfeval.sharding import batch_sharding, state_shardings
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
-    """AdamW with linear warmup + cosine decay, global-norm clipping, no decay on norms."""
-    sched = optax.warmup_cosine_decay_schedule(
+def make_schedule(cfg):
+    """step -> learning rate: linear warmup from 0 to cfg.lr, cosine decay to lr * min_lr_ratio."""
+    return optax.warmup_cosine_decay_schedule(
         0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1),
         cfg.lr * cfg.min_lr_ratio)
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """AdamW with linear warmup + cosine decay, global-norm clipping, no decay on norms
+    (vectors); moments in the parameters' dtype (f32 master weights)."""
+    sched = make_schedule(cfg)
 
     def decay_mask(params):
         return jax.tree.map(lambda x: x.ndim > 1 and x.shape[-1] > 1, params)
@@ -29,7 +35,9 @@ def make_train_step(graphdef, loss_fn, tx, *, accum: int = 1):
     """step(params, opt_state, batch) -> (params, opt_state, metrics).
 
     params: nnx.State of f32 master weights; batch leaves [B, ...] split into `accum`
-    micro-batches whose gradients are averaged.
+    micro-batches (a `lax.scan`) whose gradients and metrics are averaged (equal to one big
+    batch when the micro-batches weigh the same, e.g. the same number of loss tokens).
+    `loss_fn(model, batch) -> (loss, metrics)`; the model computes in its compute_dtype.
     """
 
     def grad_fn(params, mb):
