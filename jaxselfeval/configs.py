@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from pathlib import Path
 
 import yaml
@@ -55,6 +57,55 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
                 node[k] = dict(node[k])
                 node = node[k]
     return cfg
+
+
+def _coerce(key: str, val, hint):
+    """val converted to the field's declared type where YAML parsed it as another (e.g. `3e-4`
+    is a string in YAML 1.1, `[1, 2]` a list for a tuple field)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if val is None and type(None) in typing.get_args(hint):
+        return None
+    base = typing.get_origin(hint) or hint
+    if base in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _coerce(key, val, args[0])
+    try:
+        if base is float and not isinstance(val, bool):
+            return float(val)
+        if base is int and not isinstance(val, bool):
+            if isinstance(val, float) and not val.is_integer():
+                raise ValueError
+            return int(val)
+        if base is bool and isinstance(val, bool):
+            return val
+        if base is bool:
+            raise ValueError
+        if base is tuple and isinstance(val, (list, tuple)):
+            return tuple(val)
+    except (TypeError, ValueError):
+        want = {float: "a number", int: "an integer", bool: "true or false"}.get(base, str(base))
+        raise JSEError(f"config key '{key}' must be {want}, got {val!r}") from None
+    return val
+
+
+def load_dataclass_config(cls, path=None, overrides: list[str] | None = None, *,
+                          defaults: dict | None = None):
+    """`cls(**values)` from its defaults, then `defaults`, then the YAML file at `path` (a path or
+    configs/NAME), then `key=value` overrides. Unknown keys are named with the closest valid one;
+    values are converted to the fields' declared types (`lr=3e-4` is a float)."""
+    base = {**dataclasses.asdict(cls()), **(defaults or {})}
+    if path is not None:
+        d = load_yaml(find_config(path))
+        for k in d:
+            if k not in base:
+                raise JSEError(f"unknown config key '{k}' in {path}{closest(k, list(base))}")
+        base.update(d)
+    return cls(**coerce_fields(cls, apply_overrides(base, overrides)))
+
+
+def coerce_fields(cls, d: dict) -> dict:
+    """`d` with each value converted to the declared type of `cls`'s field of that name."""
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(k, v, hints.get(k, typing.Any)) for k, v in d.items()}
 
 
 def load_model_config(name: str | os.PathLike, overrides: list[str] | None = None) -> LlamaConfig:

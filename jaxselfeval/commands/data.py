@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 
 def add_arguments(p):
     sub = p.add_subparsers(dest="data_cmd", metavar="CMD", required=True)
@@ -16,13 +14,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from jaxselfeval.configs import apply_overrides, find_config, load_yaml
+    from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset, load_rows
 
-    base = dataclasses.asdict(BuildConfig())
-    d = load_yaml(find_config(args.config))
-    BuildConfig.from_dict(d)  # names unknown keys
-    cfg = BuildConfig.from_dict(apply_overrides({**base, **d}, args.overrides))
+    cfg = load_dataclass_config(BuildConfig, args.config, args.overrides)
     out = build_dataset(cfg, progress=not args.no_progress)
     counts = {s: len(load_rows(out, s)) for s in cfg.splits}
     print(f"wrote {out}: rows per split {counts}")

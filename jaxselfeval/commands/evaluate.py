@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -29,16 +28,14 @@ def check_selfeval_trained(model_dir) -> bool:
 def run(args) -> int:
     import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
-    from jaxselfeval.configs import apply_overrides
+    from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
 
     path = args.model or str(default_model_dir())
     check_selfeval_trained(path)
-    base = dataclasses.asdict(EvalConfig())
-    d = apply_overrides({**base, "task": args.task}, args.overrides)
-    cfg = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    cfg = load_dataclass_config(EvalConfig, None, args.overrides, defaults={"task": args.task})
     model = jse.load_pretrained(path)
     tok = load_tokenizer(path)
     res = evaluate(model, tok, get_task(cfg.task), cfg, args.out, progress=not args.no_progress)

@@ -23,19 +23,12 @@ def add_arguments(p):
 
 def run(args) -> int:
     if args.train_kind == "selfeval":
-        import dataclasses
         import json
 
-        from jaxselfeval.configs import apply_overrides, find_config, load_yaml
-        from jaxselfeval.errors import JSEError, closest
+        from jaxselfeval.configs import load_dataclass_config
         from jaxselfeval.selfeval.train import SelfEvalConfig, train_selfeval
 
-        base = dataclasses.asdict(SelfEvalConfig())
-        d = load_yaml(find_config(args.config))
-        for k in d:
-            if k not in base:
-                raise JSEError(f"unknown config key '{k}'{closest(k, base)}")
-        cfg = SelfEvalConfig(**apply_overrides({**base, **d}, args.overrides))
+        cfg = load_dataclass_config(SelfEvalConfig, args.config, args.overrides)
         out, final = train_selfeval(cfg, progress=not args.no_progress)
         print(json.dumps({k: round(v, 4) for k, v in final.items()}, indent=2))
         print(f"wrote {out}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from jaxselfeval.errors import JSEError, closest
+from jaxselfeval.errors import JSEError
 from jaxselfeval.selfeval.labels import capability_targets, truncation_points
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,6 @@ class BuildConfig:
     shard_prompts: int = 50
     seed: int = 0
     out_dir: str = "runs/capability_data"
-
-    @classmethod
-    def from_dict(cls, d):
-        names = [f.name for f in dataclasses.fields(cls)]
-        for k in d:
-            if k not in names:
-                raise JSEError(f"unknown config key '{k}'{closest(k, names)}")
-        return cls(**d)
 
 
 def _write_atomic(path: Path, rows: list[dict]):

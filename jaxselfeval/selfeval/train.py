@@ -8,6 +8,7 @@ optional LM term on full sampled responses that keeps the policy where it was.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.selfeval import metrics as M
@@ -68,20 +70,18 @@ def make_loss(yes: int, no: int, lm_weight: float):
     return loss_fn
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _probe_scores(graphdef, state, tokens, last, ids):
+    lg = nnx.merge(graphdef, state)(tokens)
+    lg = jnp.take_along_axis(lg, last[:, None, None], axis=1)[:, 0]
+    p = jax.nn.softmax(lg, -1)[:, ids]
+    return p[:, 1] / jnp.maximum(p.sum(-1), 1e-30)
+
+
 def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarray:
-    """P(No) / (P(Yes) + P(No)) at each row's probe position. f32 [N]."""
-    from flax import nnx
-
+    """P(No) / (P(Yes) + P(No)) at each row's probe position. f32 [N] (one compile per shape)."""
     g, st = nnx.split(model)
-    spec_ids = jnp.asarray([yes, no], jnp.int32)
-
-    @jax.jit
-    def f(st, t, l):
-        lg = nnx.merge(g, st)(t)
-        lg = jnp.take_along_axis(lg, l[:, None, None], axis=1)[:, 0]
-        p = jax.nn.softmax(lg, -1)[:, spec_ids]
-        return p[:, 1] / jnp.maximum(p.sum(-1), 1e-30)
-
+    ids = jnp.asarray([yes, no], jnp.int32)
     out = []
     for s in range(0, len(tokens), batch):
         t, l = tokens[s:s + batch], last[s:s + batch]
@@ -89,9 +89,8 @@ def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarra
         if pad:
             t = np.concatenate([t, np.zeros((pad, t.shape[1]), t.dtype)])
             l = np.concatenate([l, np.zeros(pad, l.dtype)])
-        out.append(np.asarray(f(st, t, l))[:batch - pad])
+        out.append(np.asarray(_probe_scores(g, st, t, l, ids))[:batch - pad])
     return np.concatenate(out)
-
 
 
 def validate(model, val, spec) -> dict:

@@ -52,7 +52,9 @@ class TrainConfig:
         for k in d:
             if k not in names:
                 raise JSEError(f"unknown config key '{k}'{closest(k, names)}")
-        cfg = cls(**d)
+        from jaxselfeval.configs import coerce_fields
+
+        cfg = cls(**coerce_fields(cls, d))
         cfg.validate()
         return cfg
 
