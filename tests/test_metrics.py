@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.selfeval.metrics import (auroc, brier, ece, plot_reliability,
+from jaxselfeval.selfeval.metrics import (auroc, auroc_within, brier, ece, plot_reliability,
                                           reliability_diagram)
 
 
@@ -72,3 +72,15 @@ def test_plot_reliability_writes_png(tmp_path):
     out = plot_reliability(p, y, tmp_path / "rel.png", bins=8, title="test")
     data = (tmp_path / "rel.png").read_bytes()
     assert out.endswith("rel.png") and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_auroc_within_ignores_prompt_difficulty():
+    # prompt a: everything scores high, prompt b: low; within each, the ranking is perfect
+    s = [0.9, 0.95, 0.1, 0.2, 0.15]
+    y = [0, 1, 0, 1, 1]
+    g = ["a", "a", "b", "b", "b"]
+    assert auroc_within(s, y, g) == 1.0
+    assert auroc(s, y) < 1.0  # pooled: prompt a's wrong answer outranks prompt b's right ones
+    assert auroc_within([0.5, 0.5], [0, 1], ["a", "a"]) == 0.5
+    assert auroc_within([0.3, 0.7], [1, 0], ["a", "a"]) == 0.0
+    assert np.isnan(auroc_within([0.3, 0.7], [1, 1], ["a", "b"]))

@@ -44,6 +44,26 @@ def auroc(scores, labels) -> float:
     return float((r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def auroc_within(scores, labels, groups) -> float:
+    """AUROC over the (positive, negative) pairs of the SAME group (prompt), ties count 1/2:
+    how well the score ranks a prompt's own samples, which is what Best-of-N and pruning use
+    (the pooled `auroc` also rewards telling easy prompts from hard ones). nan if no group has
+    both classes."""
+    s, y = _pair(scores, labels, "auroc_within")
+    g = np.asarray(groups).reshape(-1)
+    if g.shape != s.shape:
+        raise JSEError(f"auroc_within: {s.size} scores but {g.size} group ids")
+    y = y > 0.5
+    num = den = 0.0
+    for key in np.unique(g):
+        i = g == key
+        a, b = s[i][y[i]], s[i][~y[i]]
+        if len(a) and len(b):
+            num += (a[:, None] > b[None]).sum() + 0.5 * (a[:, None] == b[None]).sum()
+            den += len(a) * len(b)
+    return float(num / den) if den else float("nan")
+
+
 def brier(probs, targets) -> float:
     """Mean squared error of the probabilities against the (soft) targets."""
     p, t = _pair(probs, targets, "brier")

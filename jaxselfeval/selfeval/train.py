@@ -94,15 +94,19 @@ def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarra
 
 
 def validate(model, val, spec) -> dict:
-    """AUROC (win vs lose) of full responses and of the earliest truncation, Brier, ECE."""
+    """AUROC (win vs lose; pooled over prompts and within each prompt) of full responses and of
+    each truncation point, Brier and ECE against the soft targets."""
     s = scores(model, val["tokens"], val["last"], spec.yes, spec.no)
     tr, rew, tgt = val["truncation"], val["reward"], val["target"]
     full = tr == 0
+    ex = val["example"]
     res = {"auroc_full": M.auroc(s[full], rew[full] > 0.5),
+           "auroc_within_full": M.auroc_within(s[full], rew[full], ex[full]),
            "brier_full": M.brier(s[full], tgt[full]), "ece_full": M.ece(s[full], tgt[full]),
            "ece_all": M.ece(s, tgt), "mean_score": float(s.mean())}
     for t in sorted(set(tr[~full].tolist())):
         res[f"auroc_trunc{t}"] = M.auroc(s[tr == t], rew[tr == t] > 0.5)
+        res[f"auroc_within_trunc{t}"] = M.auroc_within(s[tr == t], rew[tr == t], ex[tr == t])
     res["_scores"] = s
     return res
 
@@ -146,7 +150,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     vt, vm, vl, vtg, keep = encode_rows(va_rows, spec, cfg.seq_len)
     val = {"tokens": vt, "last": vl, "target": vtg,
            "truncation": np.asarray([va_rows[i]["truncation"] for i in keep]),
-           "reward": np.asarray([va_rows[i]["reward"] for i in keep])}
+           "reward": np.asarray([va_rows[i]["reward"] for i in keep]),
+           "example": np.asarray([va_rows[i]["example"] for i in keep])}
     log.info("%d train rows, %d validation rows", len(tk), len(vt))
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        warmup_steps=cfg.warmup_steps, seed=cfg.seed, mesh=cfg.mesh,
