@@ -106,7 +106,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
             _write_atomic(path, rows)
     else:
         log.info("all shards present in %s: nothing to sample", shards)
-    write_tfds(out)
+    write_tfds(out, progress=progress)
     return out
 
 
@@ -150,9 +150,14 @@ def _builder_cls():
     return JseCapability
 
 
-def write_tfds(out: Path):
+def write_tfds(out: Path, *, progress: bool = True):
     """(Re)write the array_record dataset from the shards."""
     import shutil
+
+    import tensorflow_datasets as tfds
+
+    if not progress:
+        tfds.disable_progress_bar()
 
     tf_dir = Path(out) / "tfds"
     if tf_dir.exists():

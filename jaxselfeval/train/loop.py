@@ -136,7 +136,8 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
     t0 = t_log = time.time()
     tokens_since = 0
     try:
-        with _SigTerm() as sig:
+        # traced under the mesh: activations are constrained to the batch axes (as `plan` assumes)
+        with _SigTerm() as sig, jax.set_mesh(mesh):
             for step in range(start, cfg.steps):
                 batch = batches.batch(step)
                 if jax.process_count() > 1:  # each host holds its slice of the global batch
