@@ -111,3 +111,30 @@ def test_short_selfeval_training_exports_marked_model(tiny_dir, tmp_path):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(jse.JSEError, match="run `jaxselfeval data build` first"):
         train_selfeval(SelfEvalConfig(data_dir=str(tmp_path)), progress=False)
+
+
+def test_lora_selfeval_trains_adapters_and_exports_merged(tiny_dir, tmp_path):
+    """LoRA option: the exported (merged) model's probe scores equal the adapter model's, and the
+    base weights outside the adapter targets are untouched."""
+    from jaxselfeval.lora import add_lora
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
+    cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=3, batch_size=8,
+                         eval_every=3, seq_len=192, lr=1e-2,
+                         lora={"rank": 4, "alpha": 8, "targets": ["wq", "wv", "w_down"]})
+    out, final = train_selfeval(cfg, progress=False)
+    base, merged = jse.load_pretrained(tiny_dir), jse.load_pretrained(out)
+    np.testing.assert_array_equal(np.asarray(base.wk[...]), np.asarray(merged.wk[...]))
+    np.testing.assert_array_equal(np.asarray(base.embed[...]), np.asarray(merged.embed[...]))
+    assert not np.allclose(np.asarray(base.wq[...]), np.asarray(merged.wq[...]))
+    # the adapter model, rebuilt from the checkpoint's adapters, scores like the merged export
+    spec = probe_spec(load_tokenizer(out))
+    rows = load_rows(data, "validation")
+    toks, _, last, _, _ = encode_rows(rows, spec, 192)
+    s_merged = scores(merged, toks, last, spec.yes, spec.no)
+    assert abs(final["mean_score"] - float(s_merged.mean())) < 1e-4
+    assert not np.allclose(s_merged, scores(base, toks, last, spec.yes, spec.no), atol=1e-4)
+    with_adapter = add_lora(jse.load_pretrained(tiny_dir), cfg.lora)
+    np.testing.assert_allclose(scores(with_adapter, toks, last, spec.yes, spec.no),
+                               scores(base, toks, last, spec.yes, spec.no), atol=1e-6)

@@ -127,6 +127,8 @@ class SelfEvalConfig:
     eval_every: int = 200
     compute_dtype: str = "float32"
     mesh: str = "data=-1"
+    lora: dict | None = None  # e.g. {rank: 16, alpha: 32, targets: [wq, wk, wv, wo]}: train
+    #                           adapters only (base frozen); merged into the weights at export
 
 
 def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
@@ -144,6 +146,12 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     tok = load_tokenizer(model_dir)
     spec = probe_spec(tok)
     model = jse.load_pretrained(model_dir, compute_dtype=cfg.compute_dtype)
+    if cfg.lora is not None:
+        from jaxselfeval.lora import add_lora, count_lora_params
+
+        add_lora(model, cfg.lora, seed=cfg.seed)
+        log.info("LoRA: training %d adapter parameters, the base is frozen",
+                 count_lora_params(model))
     tr_rows = load_rows(data, "train")
     tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
     va_rows = load_rows(data, "validation")
@@ -176,6 +184,10 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
                        title="Capability token on held-out prompts")
     (out / "validation.json").write_text(json.dumps({"final": final, "history": history}, indent=2))
     export = Path(cfg.export_dir or out / "hf")
+    if cfg.lora is not None:
+        from jaxselfeval.lora import merge_lora
+
+        model = merge_lora(model)
     jse.save_pretrained(model, export, tokenizer_dir=model_dir)
     (export / "selfeval.json").write_text(json.dumps({"trained": True, "validation": final,
                                                       "base_model": str(model_dir)}, indent=2))

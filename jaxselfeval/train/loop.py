@@ -88,6 +88,7 @@ def _check_data(saved: dict, now: dict, out_dir):
 def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True, devices=None,
                  on_step=None):
     """Train `model` (in place) for cfg.steps optimizer steps on `batches` (a `Batches`).
+    A model with LoRA adapters (`jaxselfeval.lora.add_lora`) trains the adapters only.
 
     Resumes from the latest checkpoint in out_dir/ckpt (parameters, optimizer state and data
     position). Returns (model, history: one metrics dict per step, resumed steps included when
@@ -103,7 +104,14 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
     if cfg.remat and hasattr(model, "remat"):
         model.remat = True
     shard_model(model, mesh)
-    graphdef, params = nnx.split(model, nnx.Param)
+    adapters = getattr(model, "lora", None) is not None
+    if adapters:  # LoRA: only the adapters are trained (and checkpointed); the base is frozen
+        from jaxselfeval.lora import LoRAParam, jit_lora_step, make_lora_train_step
+
+        graphdef, params, frozen = nnx.split(model, LoRAParam, ...)
+    else:
+        graphdef, params = nnx.split(model, nnx.Param)
+        frozen = None
     tx = make_optimizer(cfg)
     sched = make_schedule(cfg)
     opt_state = init_opt_state(tx, params, mesh)
@@ -117,8 +125,21 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
         _check_data(saved, data_meta, out_dir)
         start = int(saved.get("step", latest))
         log.info("resumed from step %d in %s", start, out_dir)
-    step_fn = jit_train_step(make_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
-                             params, opt_state, mesh)
+    if adapters:
+        lora_step = jit_lora_step(make_lora_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
+                                  params, frozen, opt_state, mesh)
+
+        def step_fn(p, o, b):
+            return lora_step(p, frozen, o, b)
+
+        def merged(p):
+            return nnx.merge(graphdef, p, frozen)
+    else:
+        step_fn = jit_train_step(make_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
+                                 params, opt_state, mesh)
+
+        def merged(p):
+            return nnx.merge(graphdef, p)
     b_sh = batch_sharding(mesh)
     main = jax.process_index() == 0
     metrics_path = out_dir / "metrics.jsonl"
@@ -170,7 +191,7 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
                 if ckpt.save(done, params, opt_state, data, force=(done == cfg.steps or stop)):
                     last_good = done
                 if on_step is not None:
-                    on_step(done, rec, lambda p=params: nnx.merge(graphdef, p))
+                    on_step(done, rec, lambda p=params: merged(p))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if stop:
