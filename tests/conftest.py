@@ -59,3 +59,23 @@ def hf_models(tmp_path_factory):
         d = tmp_path_factory.mktemp(name)
         out[name] = (d, make_hf_model(d, name))
     return out
+
+
+def make_tiny_selfeval_model(d):
+    """A random 2-layer Llama with the embedded task's tokenizer, saved as an HF dir at d/hf."""
+    from pathlib import Path
+
+    import jaxselfeval as jse
+    from jaxselfeval.tasks import get_task
+    from jaxselfeval.tokenizer import build_tokenizer, save_tokenizer
+
+    d = Path(d)
+    task = get_task("arithmetic", n_train=300)
+    tok = build_tokenizer([e.question + "\n" + e.solution for e in task.examples("train")], 300)
+    save_tokenizer(tok, d / "tok")
+    cfg = jse.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+                          bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    jse.save_pretrained(jse.create_model(cfg, seed=5), d / "hf", tokenizer_dir=d / "tok")
+    return d / "hf"

@@ -1,5 +1,5 @@
-"""Two processes on localhost joined by jax.distributed.initialize (2 devices each) train with
-the same losses as one process with 4 devices."""
+"""Two processes on localhost joined by jax.distributed.initialize: training gives the losses of
+one process with the same mesh, and a dataset build writes the dataset of one process."""
 
 import json
 import socket
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 WORKER = str(Path(__file__).parent / "_dist_worker.py")
+BUILD_WORKER = str(Path(__file__).parent / "_dist_build_worker.py")
 
 
 def _port():
@@ -34,3 +35,34 @@ def test_two_processes_match_one(tmp_path):
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     one = json.loads((tmp_path / "one" / "losses.json").read_text())
     np.testing.assert_allclose(two, one, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_dataset_build_equals_one_process(tmp_path):
+    """Two processes split the shards between them; the TFDS dataset process 0 writes equals a
+    single-process build row for row."""
+    from conftest import make_tiny_selfeval_model
+    from jaxselfeval.selfeval.dataset import load_rows
+
+    model = make_tiny_selfeval_model(tmp_path / "model")
+    port = _port()
+    procs = [subprocess.Popen([sys.executable, BUILD_WORKER, str(port), "2", str(i), str(model),
+                               str(tmp_path / "two")], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    for i in range(2):  # each process sampled its half of the 6 shards
+        assert f"process {i} samples 3 of the 6 missing shards" in outs[i], outs[i][-3000:]
+    r = subprocess.run([sys.executable, BUILD_WORKER, "0", "1", "0", str(model), str(tmp_path / "one")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for split in ("train", "validation"):
+        two, one = load_rows(tmp_path / "two", split), load_rows(tmp_path / "one", split)
+        key = lambda r: r["id"]  # noqa: E731
+        two, one = sorted(two, key=key), sorted(one, key=key)
+        assert len(one) > 0 and [r["id"] for r in two] == [r["id"] for r in one]
+        for a, b in zip(two, one):
+            for k in ("prompt_ids", "response_ids"):
+                np.testing.assert_array_equal(a[k], b[k])
+            assert (a["target"], a["reward"], a["truncation"]) == (b["target"], b["reward"], b["truncation"])
+    assert len(list((tmp_path / "two" / "shards").glob("*.jsonl"))) == 6

@@ -15,22 +15,15 @@ from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset, load_rows
 from jaxselfeval.selfeval.train import SelfEvalConfig, encode_rows, scores, train_selfeval
 from jaxselfeval.tasks import get_task
-from jaxselfeval.tokenizer import build_tokenizer, encode_chat, save_tokenizer
+from jaxselfeval.tokenizer import encode_chat
+
+from conftest import make_tiny_selfeval_model
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A random tiny Llama + the embedded tokenizer, saved as an HF directory."""
-    d = tmp_path_factory.mktemp("tiny")
-    task = get_task("arithmetic", n_train=300)
-    tok = build_tokenizer([e.question + "\n" + e.solution for e in task.examples("train")], 300)
-    save_tokenizer(tok, d / "tok")
-    cfg = jse.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=256, eos_token_id=tok.eos_token_id,
-                          bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
-    jse.save_pretrained(jse.create_model(cfg, seed=5), d / "hf", tokenizer_dir=d / "tok")
-    return d / "hf"
+    return make_tiny_selfeval_model(tmp_path_factory.mktemp("tiny"))
 
 
 def _cfg(model, out, **kw):

@@ -75,9 +75,17 @@ def sample_rows(engine, tokenizer, task, examples, *, offset, cfg: BuildConfig) 
 
 
 def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
-    """Sample every split's prompts shard by shard (skipping finished shards), then write TFDS."""
+    """Sample every split's prompts shard by shard (skipping finished shards), then write TFDS.
+
+    Multi-host (after `jax.distributed.initialize`): each process samples its own contiguous part
+    of the missing shards on its local devices; process 0 writes the TFDS files once all are
+    done. Sampling keys depend only on (seed, prompt index, candidate), so the dataset is the one
+    a single process would write."""
+    import jax
+
     import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.distributed import host_shard
     from jaxselfeval.sample import Engine
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
@@ -86,8 +94,10 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     model_dir = cfg.model or str(default_model_dir())
-    (out / "build_config.json").write_text(json.dumps(dataclasses.asdict(cfg) | {"model": model_dir},
-                                                      indent=2))
+    main = jax.process_index() == 0  # starts the backend: after jax.distributed.initialize
+    if main:
+        (out / "build_config.json").write_text(
+            json.dumps(dataclasses.asdict(cfg) | {"model": model_dir}, indent=2))
     task = get_task(cfg.task)
     todo = []
     for split, limit in cfg.splits.items():
@@ -96,18 +106,36 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
             path = shards / f"{split}-{s // cfg.shard_prompts:05d}.jsonl"
             if not path.exists():
                 todo.append((split, s, exs[s:s + cfg.shard_prompts], path))
-    if todo:
+    _sync("jse_data_build_listed")  # every process listed the same missing shards before writing
+    mine = host_shard(todo, jax.process_index(), jax.process_count())
+    if jax.process_count() > 1:
+        log.info("process %d samples %d of the %d missing shards", jax.process_index(), len(mine),
+                 len(todo))
+    if mine:
         model = jse.load_pretrained(model_dir)
         tok = load_tokenizer(model_dir)
         eng = Engine(model, stop_ids=(tok.eos_token_id,), seed=cfg.seed)
         base = {"train": 0, "validation": 10**6, "test": 2 * 10**6}
-        for split, s, exs, path in tqdm(todo, desc="sampling shards", disable=not progress):
+        for split, s, exs, path in tqdm(mine, desc="sampling shards", disable=not progress):
             rows = sample_rows(eng, tok, task, exs, offset=base.get(split, 0) + s, cfg=cfg)
             _write_atomic(path, rows)
-    else:
+    elif not todo:
         log.info("all shards present in %s: nothing to sample", shards)
-    write_tfds(out, progress=progress)
+    _sync("jse_data_build_sampled")
+    if main:
+        write_tfds(out, progress=progress)
+    _sync("jse_data_build_written")
     return out
+
+
+def _sync(name: str):
+    """Barrier across processes (no-op for one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _builder(out: Path):
