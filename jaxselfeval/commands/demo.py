@@ -29,6 +29,7 @@ def add_arguments(p):
 def run(args) -> int:
     import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
     from jaxselfeval.model.config import read_hf_config
     from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
@@ -46,8 +47,9 @@ def run(args) -> int:
              jse.count_params(jse.abstract_model(read_hf_config(base))) / 1e6)
 
     q = args.quick
-    bcfg = BuildConfig(model=str(base), splits={"train": 40 if q else 600, "validation": 20 if q else 150},
-                       n=4 if q else 8, shard_prompts=20 if q else 50, out_dir=str(out / "data"))
+    small = ["splits={train: 40, validation: 20}", "n=4", "shard_prompts=20"] if q else []
+    bcfg = load_dataclass_config(BuildConfig, "data_tiny", small + [f"model={base}",
+                                                                   f"out_dir={out / 'data'}"])
     log.info("stage 2/4: capability dataset -> %s", bcfg.out_dir)
     build_dataset(bcfg, progress=prog)
 
@@ -58,8 +60,9 @@ def run(args) -> int:
         val = json.loads((hf / "selfeval.json").read_text())["validation"]
     else:
         log.info("stage 3/4: training the capability token -> %s", se_dir)
-        scfg = SelfEvalConfig(data_dir=bcfg.out_dir, out_dir=str(se_dir), export_dir=str(hf),
-                              steps=20 if q else 400, eval_every=10 if q else 200)
+        scfg = load_dataclass_config(SelfEvalConfig, "selfeval_tiny", (
+            ["steps=20", "eval_every=10"] if q else []) + [
+            f"data_dir={bcfg.out_dir}", f"out_dir={se_dir}", f"export_dir={hf}"])
         _, val = train_selfeval(scfg, progress=prog)
 
     rm_dir = out / "reward_model"
@@ -82,18 +85,44 @@ def run(args) -> int:
                           round_temperatures=(0.0, 0.7, 1.0, 1.0) if q else (0.0, 0.7, 1.0, 1.0, 1.0))
         res = evaluate(jse.load_pretrained(hf), load_tokenizer(hf), get_task("arithmetic"), ecfg,
                        ev_dir, progress=prog, rm=rm)
+    base_acc = _base_accuracy(base, out, res["config"], prog)
+    trained = res["pool"]["sample_at_1"]
     for f in ("accuracy_vs_samples.png", "accuracy_vs_tokens.png"):
         shutil.copy2(ev_dir / f, out / f)
     shutil.copy2(se_dir / "reliability.png", out / "reliability.png")
     cal = "\n".join(f"| {k} | {v:.3f} |" for k, v in val.items() if isinstance(v, float))
     text = ((ev_dir / "report.md").read_text() +
             "\n## Capability token (held-out prompts)\n\n| metric | value |\n| --- | --- |\n" + cal +
-            "\n\n![reliability](reliability.png)\n")
+            "\n\n![reliability](reliability.png)\n\n## The policy after training\n\n"
+            f"sample@1 (T=1, {res['pool']['samples']} samples of the same problems): base model "
+            f"{100 * base_acc['sample@1']:.1f}%, after capability-token training {100 * trained:.1f}% "
+            f"({100 * (trained - base_acc['sample@1']):+.1f} points; goal: within 2).\n")
     (out / "report.md").write_text(text)
     h = res["headline"]
+    print(f"sample@1 base {100 * base_acc['sample@1']:.1f}% -> trained {100 * trained:.1f}%")
     print(f"demo done in {time.time() - t0:.0f}s: one sample {100 * h['one_sample']:.1f}%, "
           f"Best-of-N self-eval {100 * h['bon16_self']:.1f}%, by RM {100 * (h['bon16_rm'] or 0):.1f}%, "
           f"majority {100 * h['majority']:.1f}%, "
           f"adaptive@1.2 {100 * (h['adaptive_acc_at_1.2'] or 0):.1f}%; AUROC "
           f"{val.get('auroc_full', float('nan')):.3f}. Report: {out / 'report.md'}")
     return 0
+
+
+def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
+    """sample@1 of the base model on the evaluated problems (cached in out/base_accuracy.json)."""
+    path = out / "base_accuracy.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import jaxselfeval as jse
+    from jaxselfeval.evaluate.accuracy import sample_accuracy
+    from jaxselfeval.tasks import get_task
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    log.info("base model sample@1 on the same %d problems (for the policy-damage check)",
+             ecfg["limit"])
+    res = sample_accuracy(jse.load_pretrained(base), load_tokenizer(base), get_task(ecfg["task"]),
+                          split=ecfg["split"], limit=ecfg["limit"], n=ecfg["n"],
+                          temperature=ecfg["temperature"], max_new_tokens=ecfg["max_new_tokens"],
+                          seed=ecfg["seed"], progress=progress)
+    path.write_text(json.dumps(res, indent=2))
+    return res

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from jaxselfeval.evaluate.records import aggregate, gain_recovered
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold
 
@@ -55,6 +57,7 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
     recs: dict[str, list] = {}
     sweeps: dict = {"threshold": {}, "prune": {}, "bon": {}}
     wall = {"bon_full": 0.0, "pruned": 0.0, "adaptive": 0.0}
+    pooled: dict[str, list] = {}  # every pooled candidate's correctness and final score [P, n]
     chunks = range(0, len(exs), cfg.batch_prompts)
     pc = PruneConfig(cfg.n, min(cfg.prune_at), min(cfg.keep_fractions), cfg.temperature)
     # compile both timed paths once so the side-by-side wall times exclude compilation
@@ -70,6 +73,8 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
             names.append("bon_rm")
         for name in names:
             recs.setdefault(name, []).extend(S.pool_records(pool, ch, name, probe_len=run.probe_len))
+        for key in ("correct", "score"):
+            pooled.setdefault(key, []).append(pool[key])
         for k in (1, 2, 4, 8, 16):
             if k <= cfg.n:
                 sweeps["bon"].setdefault(k, []).extend(
@@ -95,13 +100,26 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
           "prune": {k: aggregate(v) for k, v in sweeps["prune"].items()},
           "bon": {k: aggregate(v) for k, v in sweeps["bon"].items()}}
     result = {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw, "wall_s": wall,
-              "headline": _headline(summary, sw, wall, cfg)}
+              "headline": _headline(summary, sw, wall, cfg),
+              "pool": pool_stats(np.concatenate(pooled["correct"]), np.concatenate(pooled["score"]))}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
     from jaxselfeval.evaluate.report import plots, write_report
 
     plots(result, out)
     write_report(result, out)
     return result
+
+
+def pool_stats(correct, score) -> dict:
+    """Of the pooled samples (correct, score: [P, n]): sample@1 (mean correctness of all samples,
+    the policy's accuracy), and how the final self-evaluation score separates right from wrong,
+    pooled over prompts and within each prompt (what Best-of-N uses)."""
+    from jaxselfeval.selfeval import metrics as M
+
+    groups = np.repeat(np.arange(correct.shape[0]), correct.shape[1])
+    return {"sample_at_1": float(correct.mean()), "samples": int(correct.size),
+            "auroc": M.auroc(score.ravel(), correct.ravel()),
+            "auroc_within": M.auroc_within(score.ravel(), correct.ravel(), groups)}
 
 
 def _greedy(run, ch, offset):

@@ -56,6 +56,44 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def verdict(result: dict) -> list[str]:
+    """The issue's goals, each marked met / not met with its numbers, and why when not."""
+    h, n = result["headline"], result["config"]["n"]
+    pool = result.get("pool") or {}
+    lines = ["## Goals", ""]
+
+    def mark(ok):
+        return "met" if ok else "NOT met"
+
+    bon = h["bon16_self"]
+    others = {"one sample": h["one_sample"], "majority vote": h["majority"]}
+    if h.get("bon16_rm") is not None:
+        others[f"external-RM Best-of-{n}"] = h["bon16_rm"]
+    for name, acc in others.items():
+        lines.append(f"- Best-of-{n} by self-evaluation beats {name}: {mark(bon > acc)} "
+                     f"({100 * (bon - acc):+.1f} points).")
+    g = h["adaptive_gain_recovered"]
+    lines.append(f"- Adaptive sampling recovers >= 80% of the Best-of-{n} gain at <= 1.2 samples: "
+                 f"{mark(g is not None and g >= 0.8)} ({_pct(g)}).")
+    lines.append(f"- Pruning >= 75% at the earliest point with <= 1 point loss and >= 2x less wall "
+                 f"time: {mark(h['prune_fraction_pruned'] >= 0.75 and h['prune_acc_loss_points'] <= 1 and h['prune_wall_speedup'] >= 2)} "
+                 f"({100 * h['prune_fraction_pruned']:.0f}% pruned, {h['prune_acc_loss_points']:+.1f} "
+                 f"points, {h['prune_wall_speedup']:.2f}x).")
+    if pool:
+        lines += ["", f"Why: over the {pool['samples']} pooled samples (the policy's sample@1 is "
+                  f"{_pct(pool['sample_at_1'])}), the final self-evaluation score separates right "
+                  f"from wrong answers with AUROC {pool['auroc']:.3f} pooled over prompts but "
+                  f"{pool['auroc_within']:.3f} among a prompt's own samples."]
+        if pool["auroc_within"] < 0.6:
+            lines.append("A within-prompt AUROC near 0.5 means the capability token tells easy "
+                         "prompts from hard ones but not a prompt's right answers from its wrong "
+                         f"ones, so Best-of-{n} by self-evaluation is close to a random pick among the "
+                         "samples (about one sample's accuracy), and what adaptive sampling gains "
+                         "comes from its near-greedy first round and from spending samples on hard "
+                         "prompts.")
+    return lines
+
+
 def write_report(result: dict, out: Path) -> str:
     sm, h, cfg = result["summary"], result["headline"], result["config"]
     n = cfg["n"]
@@ -85,7 +123,7 @@ def write_report(result: dict, out: Path) -> str:
               f"{_pct(h['prune_acc'])} ({h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
               f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "
               f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s).",
-              "", "## Threshold sweep (adaptive sampling)", "",
+              "", *verdict(result), "", "## Threshold sweep (adaptive sampling)", "",
               "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
     for th, a in sorted(result["sweeps"]["threshold"].items(), key=lambda x: float(x[0])):
         lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | {a['mean_tokens']:.0f} |")

@@ -241,6 +241,8 @@ def train_reward_model(data_dir, model_dir, out_dir, *, steps=150, batch_size=32
         raise JSEError(f"tokenizer in '{model_dir}' has no pad token: the reward model needs one "
                        "to find each row's last token")
     toks, mask, rew = [], [], []
+    longest = max((len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows), default=1)
+    seq_len = min(seq_len, -(-longest // 16) * 16)  # no padding columns nobody uses
     for r in rows:
         ids = list(r["prompt_ids"]) + list(r["response_ids"])
         if len(ids) > seq_len:

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 def encode_rows(rows, spec, seq_len: int):
     """tokens int32 [N, S] right-padded; last int32 [N] probe position; target f32 [N];
-    mask f32 [N, S] LM mask on full responses' tokens (aligned with next-token targets)."""
+    mask f32 [N, S] LM mask on full responses' tokens (aligned with next-token targets).
+    Rows longer than seq_len are left out (`keep`: the indices kept); S is the longest row
+    rounded up to a multiple of 16 (at most seq_len)."""
     N = len(rows)
     toks = np.zeros((N, seq_len), np.int32)
     mask = np.zeros((N, seq_len), np.float32)
@@ -45,21 +47,34 @@ def encode_rows(rows, spec, seq_len: int):
             mask[j, len(p) - 1:len(p) + len(resp) - 1] = 1.0
     n = len(keep)
     tgt = np.asarray([rows[i]["target"] for i in keep], np.float32)
-    return toks[:n], mask[:n], last[:n], tgt, keep
+    width = min(seq_len, -(-(int(last[:n].max(initial=0)) + 1) // 16) * 16)  # trim unused padding
+    return toks[:n, :width], mask[:n, :width], last[:n], tgt, keep
 
 
-def make_loss(yes: int, no: int, lm_weight: float):
+def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0):
+    """loss_fn(model, batch) -> (loss, metrics).
+
+    The probe term is the cross-entropy of the probe position's next-token distribution against
+    (No: t, Yes: 1 - t). It splits exactly into the binary cross-entropy of the score
+    P(No) / (P(Yes) + P(No)) against t ("score_loss") plus -log(P(Yes) + P(No)) ("mass_loss": how
+    much of the distribution the two answers hold); mass_weight 1 is that cross-entropy, a
+    smaller weight moves a model that never answered Yes/No there more gently. lm_weight adds the
+    LM loss on full sampled responses (batch["mask"]), keeping the policy where it was.
+    """
+    import optax
+
     def loss_fn(model, batch):
         tokens, last, t = batch["tokens"], batch["last"], batch["target"]
         logits = model(tokens)
         lp = jax.nn.log_softmax(jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], -1)
-        probe = -(t * lp[:, no] + (1 - t) * lp[:, yes]).mean()
-        loss = probe
-        out = {"probe_loss": probe}
+        pair = jnp.stack([lp[:, yes], lp[:, no]], -1)
+        mass = jax.nn.logsumexp(pair, -1)  # log(P(Yes) + P(No))
+        score = -(t * (pair[:, 1] - mass) + (1 - t) * (pair[:, 0] - mass)).mean()
+        mass_loss = -mass.mean()
+        loss = score + mass_weight * mass_loss
+        out = {"probe_loss": score + mass_loss, "score_loss": score, "mass_loss": mass_loss}
         if lm_weight:
             m = batch["mask"][:, :-1]
-            import optax
-
             ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
             lm = (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
             loss = loss + lm_weight * lm
@@ -123,6 +138,7 @@ class SelfEvalConfig:
     lr: float = 1e-3
     warmup_steps: int = 20
     lm_weight: float = 0.1
+    mass_weight: float = 1.0  # weight of -log(P(Yes) + P(No)) (1: plain cross-entropy)
     seed: int = 0
     eval_every: int = 200
     compute_dtype: str = "float32"
@@ -175,7 +191,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
             log.info("step %d validation: %s", step, {k: round(x, 4) for k, x in v.items()})
 
     batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
-    model, _ = run_training(model, batches, make_loss(spec.yes, spec.no, cfg.lm_weight), tcfg,
+    loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight)
+    model, _ = run_training(model, batches, loss, tcfg,
                             out_dir=cfg.out_dir, progress=progress, on_step=on_step)
     final = validate(model, val, spec)
     s = final.pop("_scores")
