@@ -143,6 +143,7 @@ class SelfEvalConfig:
     eval_every: int = 200
     compute_dtype: str = "float32"
     mesh: str = "data=-1"
+    remat: bool = False  # recompute each layer in the backward pass (less activation memory)
     lora: dict | None = None  # e.g. {rank: 16, alpha: 32, targets: [wq, wk, wv, wo]}: train
     #                           adapters only (base frozen); merged into the weights at export
 
@@ -180,6 +181,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        warmup_steps=cfg.warmup_steps, seed=cfg.seed, mesh=cfg.mesh,
                        compute_dtype=cfg.compute_dtype, checkpoint_every=max(cfg.steps // 4, 1),
+                       remat=cfg.remat,
                        min_lr_ratio=0.1, weight_decay=0.0)
     history = []
 
