@@ -25,6 +25,14 @@ cfg = TrainConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_eve
                   mesh="data=2,fsdp=-1", compute_dtype="float32", log_every=1)
 model, hist = run_training(jse.create_model(CFG, seed=0), _data(), lm_loss, cfg, out_dir=out,
                            progress=False)
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+# the final parameters, gathered from every process's shards (what the last checkpoint holds)
+params = {jax.tree_util.keystr(k): np.asarray(multihost_utils.process_allgather(v, tiled=True))
+          for k, v in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
 if jax.process_index() == 0:
     with open(os.path.join(out, "losses.json"), "w") as f:
         json.dump([h["loss"] for h in hist], f)
+    np.savez(os.path.join(out, "params.npz"), **params)

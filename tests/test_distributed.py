@@ -35,6 +35,13 @@ def test_two_processes_match_one(tmp_path):
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     one = json.loads((tmp_path / "one" / "losses.json").read_text())
     np.testing.assert_allclose(two, one, rtol=1e-5)
+    # the final checkpoint's parameters, too
+    with np.load(tmp_path / "two" / "params.npz") as p2, np.load(tmp_path / "one" / "params.npz") as p1:
+        assert sorted(p2.files) == sorted(p1.files) and len(p1.files) > 5
+        for k in p1.files:
+            np.testing.assert_allclose(p2[k], p1[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert sorted(p.name for p in (tmp_path / "two" / "ckpt").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one" / "ckpt").iterdir())
 
 
 @pytest.mark.slow
