@@ -131,3 +131,38 @@ def test_lora_selfeval_trains_adapters_and_exports_merged(tiny_dir, tmp_path):
     with_adapter = add_lora(jse.load_pretrained(tiny_dir), cfg.lora)
     np.testing.assert_allclose(scores(with_adapter, toks, last, spec.yes, spec.no),
                                scores(base, toks, last, spec.yes, spec.no), atol=1e-6)
+
+
+def test_prompt_file_build_with_reward_model(tiny_dir, tmp_path):
+    """No verifier: prompts from JSONL files (a malformed line skipped with skip_bad_lines, a
+    prompt longer than the context skipped and counted) and rewards from a reward model."""
+    from jaxselfeval.selfeval.reward_model import (init_reward_model, load_reward_model,
+                                                   save_reward_model, score_sequences)
+
+    rm_dir = save_reward_model(init_reward_model(jse.load_pretrained(tiny_dir, lm_head=False),
+                                                 seed=1), tmp_path / "rm", tokenizer_dir=tiny_dir)
+    good = [{"prompt": f"Tom has {k} apples. He buys 2 more. How many apples does Tom have now?"}
+            for k in range(5)]
+    lines = [json.dumps(x) for x in good[:3]] + ["{not json"] + [json.dumps(x) for x in good[3:]]
+    lines.append(json.dumps({"prompt": "apples " * 400}))  # over the 256-token context
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(x) for x in good[:2]) + "\n")
+    files = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "val.jsonl")}
+    cfg = dict(model=str(tiny_dir), splits={"train": 10, "validation": 10}, n=3, max_new_tokens=12,
+               truncations=[4], shard_prompts=2, prompt_files=files, reward_model=str(rm_dir),
+               margin=0.01)
+    with pytest.raises(jse.JSEError, match=r"train.jsonl:4: malformed prompt line"):
+        build_dataset(BuildConfig(**cfg, out_dir=str(tmp_path / "strict")), progress=False)
+    out = build_dataset(BuildConfig(**cfg, skip_bad_lines=True, out_dir=str(tmp_path / "d")),
+                        progress=False)
+    rows = load_rows(out, "train")
+    full = [r for r in rows if r["truncation"] == 0]
+    assert sorted({r["example"] for r in full}) == [f"train.jsonl:{i}" for i in (1, 2, 3, 5, 6)]
+    assert len(full) == 5 * 3
+    rm = load_reward_model(rm_dir)
+    want = score_sequences(rm, [list(r["prompt_ids"]) + list(r["response_ids"]) for r in full])
+    np.testing.assert_allclose([r["reward"] for r in full], want, rtol=1e-5, atol=1e-6)
+    assert len(load_rows(out, "validation")) > 0
+    with pytest.raises(jse.JSEError, match="need a reward_model"):
+        build_dataset(BuildConfig(**{**cfg, "reward_model": None}, out_dir=str(tmp_path / "x")),
+                      progress=False)

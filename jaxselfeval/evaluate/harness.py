@@ -69,7 +69,7 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
                              offset=s)
         names = ["one", "bon_self", "majority", "oracle"]
         if rm is not None:
-            S.add_rm_scores(pool, rm, tokenizer.pad_token_id)
+            S.add_rm_scores(pool, rm)
             names.append("bon_rm")
         for name in names:
             recs.setdefault(name, []).extend(S.pool_records(pool, ch, name, probe_len=run.probe_len))

@@ -39,6 +39,13 @@ class BuildConfig:
     shard_prompts: int = 50
     seed: int = 0
     out_dir: str = "runs/capability_data"
+    # Without a verifier: prompts from JSONL files of user turns ({"prompt": ...} or
+    # {"messages": [...]}, one per line), e.g. {train: a.jsonl, validation: b.jsonl}, and the
+    # rewards of an HF LlamaForSequenceClassification reward model (also usable with a task).
+    prompt_files: dict | None = None
+    reward_model: str | None = None
+    skip_bad_lines: bool = False  # malformed prompt-file lines: skip (counted) instead of an error
+    on_too_long: str = "skip"  # prompts longer than the context minus max_new_tokens: skip | error
 
 
 def _write_atomic(path: Path, rows: list[dict]):
@@ -51,27 +58,75 @@ def _write_atomic(path: Path, rows: list[dict]):
     os.replace(tmp, path)
 
 
-def sample_rows(engine, tokenizer, task, examples, *, offset, cfg: BuildConfig) -> list[dict]:
-    """Rows for a chunk of examples (prompt index = offset + i keys the sampler)."""
-    from jaxselfeval.sample import Engine
+@dataclasses.dataclass
+class Item:
+    """One prompt to sample: id, chat-template token ids, difficulty (0 when unknown) and the
+    task example it came from (None for prompt-file prompts)."""
+
+    id: str
+    prompt_ids: list
+    difficulty: int = 0
+    example: object = None
+
+
+def task_items(task, tokenizer, split: str, limit: int) -> list[Item]:
     from jaxselfeval.tokenizer import encode_chat
 
-    prompts = [encode_chat(tokenizer, task.messages(e)) for e in examples]
+    return [Item(e.id, encode_chat(tokenizer, task.messages(e)), int(e.difficulty), e)
+            for e in task.examples(split)[:limit]]
+
+
+def file_items(path, tokenizer, limit: int, cfg: "BuildConfig", context: int) -> list[Item]:
+    from jaxselfeval.selfeval.prompts import load_prompts
+
+    ps = load_prompts(path, tokenizer, max_prompt_len=context - cfg.max_new_tokens,
+                      on_too_long=cfg.on_too_long, skip_bad_lines=cfg.skip_bad_lines)
+    return [Item(f"{Path(path).name}:{ln}", ids) for ids, ln in
+            zip(ps.token_ids[:limit], ps.line[:limit])]
+
+
+def sample_rows(engine, tokenizer, items: list[Item], reward, *, offset,
+                cfg: BuildConfig) -> list[dict]:
+    """Rows for a chunk of prompts (prompt index = offset + i keys the sampler).
+    reward(items, responses per item) -> one reward list per item."""
+    from jaxselfeval.sample import Engine
+
+    prompts = [it.prompt_ids for it in items]
     P = engine.prefill(prompts, prompt_offset=offset)
     C = engine.decode(P, engine.branch(P, cfg.n, cfg.max_new_tokens, temperature=cfg.temperature))
     outs = Engine.outputs(C)
+    resps = [outs[i * cfg.n:(i + 1) * cfg.n] for i in range(len(items))]
     rows = []
-    for i, e in enumerate(examples):
-        resp = outs[i * cfg.n:(i + 1) * cfg.n]
-        rewards = [task.verify(e, tokenizer.decode(r)) for r in resp]
+    for i, (it, resp, rewards) in enumerate(zip(items, resps, reward(items, resps))):
         targets = capability_targets(rewards, cfg.margin)
         for c, (r, rew, t) in enumerate(zip(resp, rewards, targets)):
             for tr in [0] + truncation_points(len(r), cfg.truncations):
-                rows.append({"id": f"{offset + i}-{c}-{tr}", "example": e.id, "prompt_ids": prompts[i],
-                             "response_ids": r if tr == 0 else r[:tr], "truncation": tr,
-                             "target": float(t), "reward": float(rew),
-                             "difficulty": int(e.difficulty)})
+                rows.append({"id": f"{offset + i}-{c}-{tr}", "example": it.id,
+                             "prompt_ids": prompts[i], "response_ids": r if tr == 0 else r[:tr],
+                             "truncation": tr, "target": float(t), "reward": float(rew),
+                             "difficulty": it.difficulty})
     return rows
+
+
+def make_reward(cfg: BuildConfig, task, tokenizer):
+    """reward(items, responses) from the reward model if configured, else the task's verifier."""
+    if cfg.reward_model:
+        from jaxselfeval.selfeval.reward_model import load_reward_model, score_sequences
+
+        rm = load_reward_model(cfg.reward_model)
+
+        def by_rm(items, resps):
+            seqs = [it.prompt_ids + r for it, rs in zip(items, resps) for r in rs]
+            s = score_sequences(rm, seqs).tolist()
+            return [s[i * cfg.n:(i + 1) * cfg.n] for i in range(len(items))]
+
+        return by_rm
+
+    def by_verifier(items, resps):
+        return [[task.verify(it.example, tokenizer.decode(r)) for r in rs]
+                for it, rs in zip(items, resps)]
+
+    return by_verifier
 
 
 def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
@@ -98,10 +153,18 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     if main:
         (out / "build_config.json").write_text(
             json.dumps(dataclasses.asdict(cfg) | {"model": model_dir}, indent=2))
-    task = get_task(cfg.task)
+    check_build_config(cfg)
+    task = None if cfg.prompt_files else get_task(cfg.task)
+    tok = load_tokenizer(model_dir)
     todo = []
     for split, limit in cfg.splits.items():
-        exs = task.examples(split)[:limit]
+        if cfg.prompt_files:
+            from jaxselfeval.model.config import read_hf_config
+
+            ctx = read_hf_config(model_dir).max_position_embeddings
+            exs = file_items(cfg.prompt_files[split], tok, limit, cfg, ctx)
+        else:
+            exs = task_items(task, tok, split, limit)
         for s in range(0, len(exs), cfg.shard_prompts):
             path = shards / f"{split}-{s // cfg.shard_prompts:05d}.jsonl"
             if not path.exists():
@@ -113,11 +176,11 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
                  len(todo))
     if mine:
         model = jse.load_pretrained(model_dir)
-        tok = load_tokenizer(model_dir)
         eng = Engine(model, stop_ids=(tok.eos_token_id,), seed=cfg.seed)
+        reward = make_reward(cfg, task, tok)
         base = {"train": 0, "validation": 10**6, "test": 2 * 10**6}
         for split, s, exs, path in tqdm(mine, desc="sampling shards", disable=not progress):
-            rows = sample_rows(eng, tok, task, exs, offset=base.get(split, 0) + s, cfg=cfg)
+            rows = sample_rows(eng, tok, exs, reward, offset=base.get(split, 0) + s, cfg=cfg)
             _write_atomic(path, rows)
     elif not todo:
         log.info("all shards present in %s: nothing to sample", shards)
@@ -126,6 +189,27 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
         write_tfds(out, progress=progress)
     _sync("jse_data_build_written")
     return out
+
+
+def check_build_config(cfg: BuildConfig):
+    """One-line errors for settings that cannot work together."""
+    if cfg.prompt_files is not None:
+        if not cfg.reward_model:
+            raise JSEError("prompt_files need a reward_model (an HF LlamaForSequenceClassification "
+                           "directory): prompts from a file have no verifier")
+        missing = [s for s in cfg.splits if s not in cfg.prompt_files]
+        if missing:
+            raise JSEError(f"prompt_files has no file for split(s) {', '.join(missing)}: give "
+                           f"prompt_files={{{', '.join(f'{s}: FILE' for s in cfg.splits)}}}")
+        for s in cfg.splits:
+            if not Path(cfg.prompt_files[s]).is_file():
+                raise JSEError(f"prompt file '{cfg.prompt_files[s]}' (split {s}) does not exist")
+    if cfg.reward_model and not (Path(cfg.reward_model) / "config.json").is_file():
+        raise JSEError(f"reward_model '{cfg.reward_model}' is not an HF directory (no config.json)")
+    if cfg.on_too_long not in ("skip", "error"):
+        raise JSEError(f"on_too_long={cfg.on_too_long!r}: use 'skip' or 'error'")
+    if cfg.n < 1:
+        raise JSEError(f"n must be >= 1, got {cfg.n}")
 
 
 def _sync(name: str):

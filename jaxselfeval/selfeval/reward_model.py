@@ -84,6 +84,29 @@ class RewardModel(nnx.Module):
         return self(tokens, attention_mask)[:, 0]
 
 
+def score_sequences(rm: "RewardModel", seqs, *, batch: int = 64) -> np.ndarray:
+    """Reward of each token sequence (prompt + response ids), right-padded with the RM's pad
+    token in batches of `batch` rows (one compile per padded length). f32 [len(seqs)]."""
+    pad = rm.pad_token_id
+    if pad is None:
+        raise JSEError("the reward model has no pad_token_id: set pad_token_id in its config.json "
+                       "so each row's last token can be found")
+    if not seqs:
+        return np.zeros(0, np.float32)
+    T = -(-max(len(q) for q in seqs) // 16) * 16
+    f = jax.jit(lambda t, m: rm.score(t, m))
+    out = []
+    for s in range(0, len(seqs), batch):
+        chunk = seqs[s:s + batch]
+        toks = np.full((batch, T), pad, np.int32)
+        mask = np.zeros((batch, T), np.int32)
+        for i, q in enumerate(chunk):
+            toks[i, :len(q)], mask[i, :len(q)] = q, 1
+        mask[len(chunk):, 0] = 1  # filler rows: one visible token
+        out.append(np.asarray(f(toks, mask))[:len(chunk)])
+    return np.concatenate(out).astype(np.float32)
+
+
 def init_reward_model(backbone, seed: int = 0, *, num_labels: int = 1,
                       pad_token_id: int | None = None) -> RewardModel:
     """A fresh head (normal(0, 0.02), as transformers initialises `score`) on `backbone`.

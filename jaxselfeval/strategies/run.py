@@ -68,23 +68,13 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
             "prompt_ids": [encode_chat(run.tok, run.task.messages(e)) for e in examples]}
 
 
-def add_rm_scores(pool, rm, pad_id: int, batch: int = 64):
+def add_rm_scores(pool, rm, batch: int = 64):
     """Score every pooled candidate with an external reward model -> pool["rm_score"] [P, n]."""
-    import jax
+    from jaxselfeval.selfeval.reward_model import score_sequences
 
     n = pool["n"]
     seqs = [pool["prompt_ids"][i // n] + o for i, o in enumerate(pool["outs"])]
-    T = max(len(q) for q in seqs)
-    f = jax.jit(lambda t, m: rm.score(t, m))
-    out = []
-    for s in range(0, len(seqs), batch):
-        chunk = seqs[s:s + batch] + [[pad_id]] * (batch - len(seqs[s:s + batch]))
-        toks = np.full((batch, T), pad_id, np.int32)
-        mask = np.zeros((batch, T), np.int32)
-        for i, q in enumerate(chunk):
-            toks[i, :len(q)], mask[i, :len(q)] = q, 1
-        out.append(np.asarray(f(toks, mask))[:len(seqs[s:s + batch])])
-    pool["rm_score"] = np.concatenate(out).reshape(-1, n)
+    pool["rm_score"] = score_sequences(rm, seqs, batch=batch).reshape(-1, n)
     return pool
 
 
