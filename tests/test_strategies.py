@@ -133,3 +133,23 @@ def test_untrained_model_warns(tmp_path, caplog):
 def test_record_tokens_include_probes():
     r = PromptRecord("x", 1.0, 2, 30, 10)
     assert r.tokens == 40
+
+
+def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
+    """The real (timed) pruned run is the earliest prune point with the smallest keep fraction,
+    and equals that setting's entry of the exact prune sweep computed from the pool."""
+    from flax import nnx
+
+    from jaxselfeval.evaluate.harness import EvalConfig, evaluate
+
+    run, _ = setup
+    cfg = EvalConfig(limit=5, n=4, batch_prompts=5, max_new_tokens=12, rounds=(1, 1, 2),
+                     round_temperatures=(0.0, 0.7, 1.0), thresholds=(0.5,), prune_at=(2, 4),
+                     keep_fractions=(0.25, 0.5))
+    model = nnx.merge(run.eng.graphdef, run.eng.state)
+    res = evaluate(model, run.tok, run.task, cfg, tmp_path, progress=False)
+    real, swept = res["summary"]["pruned_run"], res["sweeps"]["prune"]["2:0.25"]
+    for k in ("accuracy", "mean_gen_tokens", "mean_probe_tokens", "mean_samples"):
+        assert real[k] == swept[k], k
+    assert res["pool"]["samples"] == 5 * 4 and 0 <= res["pool"]["sample_at_1"] <= 1
+    assert "## Goals" in (tmp_path / "report.md").read_text()

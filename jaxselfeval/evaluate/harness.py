@@ -81,8 +81,9 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
                     S.pool_records(pool, ch, "bon_self", n=k, probe_len=run.probe_len))
         for t in cfg.prune_at:
             for f in cfg.keep_fractions:
-                pc = PruneConfig(cfg.n, t, f, cfg.temperature)
-                sweeps["prune"].setdefault(f"{t}:{f}", []).extend(S.prune_records(pool, ch, pc, run.probe_len))
+                sc = PruneConfig(cfg.n, t, f, cfg.temperature)  # `pc` stays the timed setting
+                sweeps["prune"].setdefault(f"{t}:{f}", []).extend(
+                    S.prune_records(pool, ch, sc, run.probe_len))
         recs.setdefault("greedy", []).extend(_greedy(run, ch, s))
         ar = S.adaptive(run, ch, acfg, offset=s)
         recs.setdefault("adaptive", []).extend(ar)
