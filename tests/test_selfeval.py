@@ -166,3 +166,4 @@ def test_prompt_file_build_with_reward_model(tiny_dir, tmp_path):
     with pytest.raises(jse.JSEError, match="need a reward_model"):
         build_dataset(BuildConfig(**{**cfg, "reward_model": None}, out_dir=str(tmp_path / "x")),
                       progress=False)
+    assert not (tmp_path / "x").exists()  # nothing half-written

@@ -78,6 +78,9 @@ def run(args) -> int:
     if (ev_dir / "results.json").exists():
         log.info("stage 4/4: evaluation already done (%s)", ev_dir)
         res = json.loads((ev_dir / "results.json").read_text())
+        from jaxselfeval.evaluate.report import write_report
+
+        write_report(res, ev_dir)  # the report follows this version's code
     else:
         log.info("stage 4/4: evaluating every strategy -> %s", ev_dir)
         ecfg = EvalConfig(limit=24 if q else 300, batch_prompts=24 if q else 100,

@@ -77,8 +77,9 @@ def verdict(result: dict) -> list[str]:
                  f"{mark(g is not None and g >= 0.8)} ({_pct(g)}).")
     lines.append(f"- Pruning >= 75% at the earliest point with <= 1 point loss and >= 2x less wall "
                  f"time: {mark(h['prune_fraction_pruned'] >= 0.75 and h['prune_acc_loss_points'] <= 1 and h['prune_wall_speedup'] >= 2)} "
-                 f"({100 * h['prune_fraction_pruned']:.0f}% pruned, {h['prune_acc_loss_points']:+.1f} "
-                 f"points, {h['prune_wall_speedup']:.2f}x).")
+                 f"({100 * h['prune_fraction_pruned']:.0f}% pruned, accuracy "
+                 f"{-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}, "
+                 f"{h['prune_wall_speedup']:.2f}x).")
     if pool:
         lines += ["", f"Why: over the {pool['samples']} pooled samples (the policy's sample@1 is "
                   f"{_pct(pool['sample_at_1'])}), the final self-evaluation score separates right "
@@ -120,7 +121,7 @@ def write_report(result: dict, out: Path) -> str:
               f"samples, recovering {_pct(h['adaptive_gain_recovered'])} of the Best-of-{n} gain "
               "(goal >= 80%; the paper reports 74%).",
               f"- Pruning {100 * h['prune_fraction_pruned']:.0f}% of candidates at {h['prune_at']} tokens: "
-              f"{_pct(h['prune_acc'])} ({h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
+              f"{_pct(h['prune_acc'])} ({-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
               f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "
               f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s).",
               "", *verdict(result), "", "## Threshold sweep (adaptive sampling)", "",

@@ -85,8 +85,7 @@ def file_items(path, tokenizer, limit: int, cfg: "BuildConfig", context: int) ->
             zip(ps.token_ids[:limit], ps.line[:limit])]
 
 
-def sample_rows(engine, tokenizer, items: list[Item], reward, *, offset,
-                cfg: BuildConfig) -> list[dict]:
+def sample_rows(engine, items: list[Item], reward, *, offset, cfg: BuildConfig) -> list[dict]:
     """Rows for a chunk of prompts (prompt index = offset + i keys the sampler).
     reward(items, responses per item) -> one reward list per item."""
     from jaxselfeval.sample import Engine
@@ -145,6 +144,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
 
+    check_build_config(cfg)  # before anything is written
     out = Path(cfg.out_dir)
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,6 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     if main:
         (out / "build_config.json").write_text(
             json.dumps(dataclasses.asdict(cfg) | {"model": model_dir}, indent=2))
-    check_build_config(cfg)
     task = None if cfg.prompt_files else get_task(cfg.task)
     tok = load_tokenizer(model_dir)
     todo = []
@@ -180,7 +179,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
         reward = make_reward(cfg, task, tok)
         base = {"train": 0, "validation": 10**6, "test": 2 * 10**6}
         for split, s, exs, path in tqdm(mine, desc="sampling shards", disable=not progress):
-            rows = sample_rows(eng, tok, exs, reward, offset=base.get(split, 0) + s, cfg=cfg)
+            rows = sample_rows(eng, exs, reward, offset=base.get(split, 0) + s, cfg=cfg)
             _write_atomic(path, rows)
     elif not todo:
         log.info("all shards present in %s: nothing to sample", shards)
