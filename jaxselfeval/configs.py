@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _coerce(key: str, val, hint):
     if val is None and type(None) in typing.get_args(hint):
         return None
     base = typing.get_origin(hint) or hint
-    if base in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if base in (typing.Union, types.UnionType) and len(args) == 1:
         return _coerce(key, val, args[0])
     try:
         if base is float and not isinstance(val, bool):

@@ -1,0 +1,35 @@
+"""YAML configs + key=value overrides: values take the fields' declared types, bad ones are one
+clear error naming the key."""
+
+import pytest
+
+import jaxselfeval as jse
+from jaxselfeval.configs import load_dataclass_config
+from jaxselfeval.evaluate.harness import EvalConfig
+from jaxselfeval.selfeval.dataset import BuildConfig
+from jaxselfeval.selfeval.train import SelfEvalConfig
+from jaxselfeval.train.config import load_train_config
+
+
+def test_overrides_take_the_declared_types():
+    cfg = load_dataclass_config(SelfEvalConfig, "selfeval_tiny", ["lr=3e-4", "steps=12",
+                                                                  "lora=null", "remat=true"])
+    assert cfg.lr == 3e-4 and isinstance(cfg.lr, float) and cfg.steps == 12
+    assert cfg.lora is None and cfg.remat is True
+    ev = load_dataclass_config(EvalConfig, None, ["rounds=[1, 2]", "threshold=1"])
+    assert ev.rounds == (1, 2) and ev.threshold == 1.0
+    b = load_dataclass_config(BuildConfig, "data_tiny", ["prompt_files={train: a.jsonl}"])
+    assert b.prompt_files == {"train": "a.jsonl"} and b.n == 8
+    assert load_train_config("train_tiny", ["lr=1e-4"]).lr == 1e-4
+
+
+@pytest.mark.parametrize("ov, msg", [
+    ("steps=abc", "config key 'steps' must be an integer, got 'abc'"),
+    ("steps=1.5", "config key 'steps' must be an integer"),
+    ("lr=fast", "config key 'lr' must be a number"),
+    ("remat=maybe", "config key 'remat' must be true or false"),
+    ("stepz=3", "unknown config key 'stepz'.*steps"),
+])
+def test_bad_values_name_the_key(ov, msg):
+    with pytest.raises(jse.JSEError, match=msg):
+        load_dataclass_config(SelfEvalConfig, "selfeval_tiny", [ov])
