@@ -115,7 +115,9 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
     """sample@1 of the base model on the evaluated problems (cached in out/base_accuracy.json)."""
     path = out / "base_accuracy.json"
     if path.exists():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if (cached["problems"], cached["samples"]) == (ecfg["limit"], ecfg["n"]):
+            return cached
     import jaxselfeval as jse
     from jaxselfeval.evaluate.accuracy import sample_accuracy
     from jaxselfeval.tasks import get_task
@@ -127,5 +129,7 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
                           split=ecfg["split"], limit=ecfg["limit"], n=ecfg["n"],
                           temperature=ecfg["temperature"], max_new_tokens=ecfg["max_new_tokens"],
                           seed=ecfg["seed"], progress=progress)
-    path.write_text(json.dumps(res, indent=2))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    tmp.replace(path)
     return res

@@ -93,7 +93,9 @@ def score_sequences(rm: "RewardModel", seqs, *, batch: int = 64) -> np.ndarray:
                        "so each row's last token can be found")
     if not seqs:
         return np.zeros(0, np.float32)
-    T = -(-max(len(q) for q in seqs) // 16) * 16
+    from jaxselfeval.train.data import padded_len
+
+    T = padded_len(max(len(q) for q in seqs))
     f = jax.jit(lambda t, m: rm.score(t, m))
     out = []
     for s in range(0, len(seqs), batch):
@@ -255,7 +257,7 @@ def train_reward_model(data_dir, model_dir, out_dir, *, steps=150, batch_size=32
     from jaxselfeval.selfeval.dataset import load_rows
     from jaxselfeval.tokenizer import load_tokenizer
     from jaxselfeval.train import TrainConfig, run_training
-    from jaxselfeval.train.data import Batches
+    from jaxselfeval.train.data import Batches, padded_len
 
     tok = load_tokenizer(model_dir)
     rows = [r for r in load_rows(data_dir, "train") if int(r["truncation"]) == 0]
@@ -265,7 +267,7 @@ def train_reward_model(data_dir, model_dir, out_dir, *, steps=150, batch_size=32
                        "to find each row's last token")
     toks, mask, rew = [], [], []
     longest = max((len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows), default=1)
-    seq_len = min(seq_len, -(-longest // 16) * 16)  # no padding columns nobody uses
+    seq_len = min(seq_len, padded_len(longest))  # no padding columns nobody uses
     for r in rows:
         ids = list(r["prompt_ids"]) + list(r["response_ids"])
         if len(ids) > seq_len:

@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.selfeval import metrics as M
+from jaxselfeval.train.data import padded_len
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def encode_rows(rows, spec, seq_len: int):
             mask[j, len(p) - 1:len(p) + len(resp) - 1] = 1.0
     n = len(keep)
     tgt = np.asarray([rows[i]["target"] for i in keep], np.float32)
-    width = min(seq_len, -(-(int(last[:n].max(initial=0)) + 1) // 16) * 16)  # trim unused padding
+    width = min(seq_len, padded_len(int(last[:n].max(initial=0)) + 1))  # trim unused padding
     return toks[:n, :width], mask[:n, :width], last[:n], tgt, keep
 
 

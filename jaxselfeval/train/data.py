@@ -20,6 +20,12 @@ from jaxselfeval.errors import JSEError
 from jaxselfeval.tokenizer import encode_chat
 
 
+def padded_len(n: int, multiple: int = 16) -> int:
+    """n rounded up to a multiple of `multiple` (the padded width of a batch whose longest row
+    has n tokens: few distinct shapes to compile, few padding columns)."""
+    return -(-int(n) // multiple) * multiple
+
+
 def encode_sft(tok, task, examples, seq_len: int):
     """Prompt (chat template, generation prompt) + solution + <|eot_id|>, right-padded.
 
