@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": ("jaxselfeval.commands.demo", "the main job: build, train and evaluate the capability token on the tiny model"),
     "train": ("jaxselfeval.commands.train", "train models: the tiny base model, the capability token"),
+    "generate": ("jaxselfeval.commands.generate", "answer prompts with one strategy (greedy, Best-of-N, adaptive, pruning) -> JSONL"),
     "eval": ("jaxselfeval.commands.evaluate", "evaluate every strategy on a task: report.md, plots, JSON"),
     "data": ("jaxselfeval.commands.data", "build the on-policy capability dataset"),
     "accuracy": ("jaxselfeval.commands.accuracy", "sample@1 and pass@N of a model on a task split"),

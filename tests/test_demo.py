@@ -26,3 +26,22 @@ def test_demo_quick_runs_every_stage_and_resumes(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0
     assert "already trained" in r2.stderr and "evaluation already done" in r2.stderr
+
+
+def test_demo_refuses_to_resume_from_another_base_model(tmp_path):
+    import jaxselfeval as jse
+    from jaxselfeval.commands.demo import _check_same_base
+
+    base, out = tmp_path / "base", tmp_path / "demo"
+    base.mkdir()
+    out.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights v1")
+    _check_same_base(base, out)  # a fresh directory: records the base model
+    (out / "data").mkdir()
+    _check_same_base(base, out)  # same model: resumes
+    (base / "model.safetensors").write_bytes(b"weights v2")
+    with pytest.raises(jse.JSEError, match="made from another base model .* remove it, or pass --out"):
+        _check_same_base(base, out)
+    (out / "base_model.json").unlink()
+    with pytest.raises(jse.JSEError, match="files of an older demo"):
+        _check_same_base(base, out)

@@ -90,6 +90,11 @@ def test_pool_strategies_and_counting():
     agg = aggregate(bon)
     assert agg["accuracy"] == 0.5 and agg["mean_samples"] == 4 and agg["mean_tokens"] == 50.5
     assert gain_recovered(0.6, 0.5, 0.7) == pytest.approx(0.5)
+    # each record carries the chosen candidate's tokens
+    pool["outs"] = [[g, j] for g in range(2) for j in range(4)]
+    chosen = {"one": [0, 0], "bon_self": [0, 3], "majority": [0, 1], "oracle": [1, 3]}
+    for name, js in chosen.items():
+        assert [r.output for r in pool_records(pool, exs, name)] == [[0, js[0]], [1, js[1]]], name
 
 
 def test_pruning_keeps_the_highest_early_scores():
@@ -153,3 +158,19 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
         assert real[k] == swept[k], k
     assert res["pool"]["samples"] == 5 * 4 and 0 <= res["pool"]["sample_at_1"] <= 1
     assert "## Goals" in (tmp_path / "report.md").read_text()
+
+
+def test_verdict_reads_each_goal_from_the_headline():
+    from jaxselfeval.evaluate.report import verdict
+
+    h = {"one_sample": 0.70, "bon16_self": 0.80, "majority": 0.75, "bon16_rm": 0.78,
+         "oracle": 0.95, "adaptive_acc_at_1.2": 0.79, "adaptive_gain_recovered": 0.9,
+         "prune_fraction_pruned": 0.875, "prune_acc_loss_points": 0.5, "prune_wall_speedup": 2.5}
+    res = {"headline": h, "config": {"n": 16}}
+    text = "\n".join(verdict(res))
+    assert "NOT met" not in text and "recovering 90.0% of the Best-of-16 gain" in text
+    h.update(bon16_self=0.40, adaptive_gain_recovered=gain_recovered(0.79, 0.70, 0.40))
+    text = "\n".join(verdict(res))
+    assert "beats one sample: NOT met (-30.0 points)" in text
+    assert "no gain to recover; adaptive itself is +9.0 points over one sample" in text
+    assert "no evidence for the capability score" in text  # pruning "met" against a bad Best-of-16

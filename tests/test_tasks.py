@@ -165,3 +165,48 @@ def test_unknown_task_and_missing_dir(monkeypatch, tmp_path):
     with pytest.raises(jse.JSEError, match="task 'arithmetic' has no option 'n_trian' \\(did you mean "
                                            "'n_train'\\?\\): its options are seed, n_train"):
         get_task("arithmetic", n_trian=5)
+
+
+def test_arithmetic_checking_documents_mark_exactly_the_slipped_line():
+    from jaxselfeval.tasks.arithmetic import MARK_BAD, MARK_OK
+
+    task = get_task("arithmetic", seed=0, n_train=500)
+    docs = task.checking_documents(task.examples("train"), 400, seed=5)
+    assert docs == task.checking_documents(task.examples("train"), 400, seed=5)  # seeded
+    n_bad = 0
+    for messages, segs in docs:
+        q = messages[0]["content"]
+        assert q.startswith("Check: ") and len(messages) == 1
+        assert [t for t, tr in segs if tr] == [s for s, _ in segs[1::3]]  # only marks trained
+        prev = int(re.search(r"has (\d+)", q).group(1))
+        marks = []
+        for line, (mark, _), _ in zip(segs[0::3], segs[1::3], segs[2::3]):
+            x, op, y, _, z = line[0].split()
+            right = {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y)}[op]
+            assert int(x) == prev and int(z) >= 0  # a slip is carried on by the later lines
+            assert mark == (MARK_OK if int(z) == right else MARK_BAD)
+            marks.append(mark)
+            prev = int(z)
+        assert segs[-1][0] == f"#### {prev}"
+        assert marks.count(MARK_BAD) <= 1
+        n_bad += MARK_BAD in marks
+    assert 150 < n_bad < 250  # p_slip 0.5
+
+
+def test_encode_segments_masks_only_trained_segments():
+    from jaxselfeval.tokenizer import encode_chat, load_tokenizer
+    from jaxselfeval.assets import ASSETS
+    from jaxselfeval.train.data import encode_segments
+
+    tok = load_tokenizer(ASSETS / "tiny_base")
+    msgs = [{"role": "user", "content": "Check: Tom has 3 pens."}]
+    segs = [("3 + 4 = 8", False), (" bad", True), ("\n", False), ("#### 8", False)]
+    toks, mask, dropped = encode_segments(tok, [(msgs, segs)], 64)
+    p = encode_chat(tok, msgs)
+    bad = tok.encode(" bad", add_special_tokens=False)
+    assert dropped == 0 and list(toks[0, :len(p)]) == p
+    targets = toks[0, 1:][mask[0, :-1] == 1]  # the next tokens the loss sees
+    assert list(targets) == bad
+    assert len(toks[0]) == 64 and mask[0].sum() == len(bad)
+    with pytest.raises(jse.JSEError, match="every document is longer than seq_len=8"):
+        encode_segments(tok, [(msgs, segs)], 8)

@@ -70,6 +70,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_bad_inputs(tmp_path):
     with pytest.raises(jse.JSEError, match="unknown config key 'stpes' \\(did you mean 'steps'\\?\\)"):
         TrainConfig.from_dict({"stpes": 3})
+    with pytest.raises(jse.JSEError, match="checking_fraction must be in \\[0, 1\\], got 1.5"):
+        TrainConfig.from_dict({"checking_fraction": 1.5})
     with pytest.raises(jse.JSEError, match="batch_size 12 .* not divisible by the data axes"):
         b = _data()
         run_training(jse.create_model(CFG), Batches(b.tokens, b.mask, 12, 0), lm_loss,

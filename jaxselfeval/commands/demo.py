@@ -46,6 +46,7 @@ def run(args) -> int:
     log.info("stage 1/4: base model %s (%.2fM parameters)", base,
              jse.count_params(jse.abstract_model(read_hf_config(base))) / 1e6)
 
+    _check_same_base(base, out)
     q = args.quick
     small = ["splits={train: 40, validation: 20}", "n=4", "shard_prompts=20"] if q else []
     bcfg = load_dataclass_config(BuildConfig, "data_tiny", small + [f"model={base}",
@@ -109,6 +110,35 @@ def run(args) -> int:
           f"adaptive@1.2 {100 * (h['adaptive_acc_at_1.2'] or 0):.1f}%; AUROC "
           f"{val.get('auroc_full', float('nan')):.3f}. Report: {out / 'report.md'}")
     return 0
+
+
+def _fingerprint(model_dir: Path) -> str:
+    """sha256 over the directory's file names, sizes and first MiB (cheap for an 8B model too)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                h.update(f"{f.name}:{f.stat().st_size}:".encode() + fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def _check_same_base(base: Path, out: Path):
+    """Refuse to resume a demo directory made from another base model (its stages would be
+    skipped and mixed with the new model's)."""
+    from jaxselfeval.errors import JSEError
+
+    path, fp = out / "base_model.json", _fingerprint(base)
+    if path.exists():
+        if json.loads(path.read_text())["fingerprint"] != fp:
+            raise JSEError(f"{out} was made from another base model than {base}: remove it, or "
+                           "pass --out NEW_DIR")
+    elif any(out.iterdir()):
+        raise JSEError(f"{out} holds files of an older demo (no base_model.json): remove it, or "
+                       "pass --out NEW_DIR")
+    else:
+        path.write_text(json.dumps({"model": str(base), "fingerprint": fp}, indent=2))
 
 
 def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:

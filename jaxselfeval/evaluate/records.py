@@ -23,6 +23,7 @@ class PromptRecord:
     wall_s: float = 0.0  # share of the batch's wall time
     difficulty: int | None = None
     chosen_score: float | None = None
+    output: list | None = None  # the chosen response's token ids (not aggregated)
 
     @property
     def tokens(self) -> int:

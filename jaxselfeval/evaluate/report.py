@@ -72,14 +72,16 @@ def verdict(result: dict) -> list[str]:
     for name, acc in others.items():
         lines.append(f"- Best-of-{n} by self-evaluation beats {name}: {mark(bon > acc)} "
                      f"({100 * (bon - acc):+.1f} points).")
-    g = h["adaptive_gain_recovered"]
     lines.append(f"- Adaptive sampling recovers >= 80% of the Best-of-{n} gain at <= 1.2 samples: "
-                 f"{mark(g is not None and g >= 0.8)} ({_pct(g)}).")
+                 f"{mark(_recovered(h) is not None and _recovered(h) >= 0.8)} ({_adaptive_gain(h, n)}).")
     lines.append(f"- Pruning >= 75% at the earliest point with <= 1 point loss and >= 2x less wall "
                  f"time: {mark(h['prune_fraction_pruned'] >= 0.75 and h['prune_acc_loss_points'] <= 1 and h['prune_wall_speedup'] >= 2)} "
                  f"({100 * h['prune_fraction_pruned']:.0f}% pruned, accuracy "
                  f"{-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}, "
-                 f"{h['prune_wall_speedup']:.2f}x).")
+                 f"{h['prune_wall_speedup']:.2f}x)" + (
+                     f"; the accuracy half holds only because Best-of-{n} itself picks worse than "
+                     "one sample here, so this is no evidence for the capability score."
+                     if bon < h["one_sample"] else "."))
     if pool:
         lines += ["", f"Why: over the {pool['samples']} pooled samples (the policy's sample@1 is "
                   f"{_pct(pool['sample_at_1'])}), the final self-evaluation score separates right "
@@ -88,11 +90,33 @@ def verdict(result: dict) -> list[str]:
         if pool["auroc_within"] < 0.6:
             lines.append("A within-prompt AUROC near 0.5 means the capability token tells easy "
                          "prompts from hard ones but not a prompt's right answers from its wrong "
-                         f"ones, so Best-of-{n} by self-evaluation is close to a random pick among the "
-                         "samples (about one sample's accuracy), and what adaptive sampling gains "
+                         f"ones, so Best-of-{n} by self-evaluation is at best a random pick among the "
+                         "samples (one sample's accuracy), and what adaptive sampling gains "
                          "comes from its near-greedy first round and from spending samples on hard "
                          "prompts.")
+        if bon < h["one_sample"] - 0.05:
+            lines.append(f"Best-of-{n} falls below one sample, i.e. below a random pick: in "
+                         f"{100 * (1 - bon):.0f}% of the prompts the highest of the {n} scores went "
+                         "to a wrong answer, though most prompts have right ones (oracle "
+                         f"{_pct(h['oracle'])}).")
     return lines
+
+
+def _recovered(h) -> float | None:
+    g = h["adaptive_gain_recovered"]
+    return None if g is None or g != g else g
+
+
+def _adaptive_gain(h, n) -> str:
+    """'X% of the gain', or why there is no gain to recover."""
+    if _recovered(h) is not None:
+        return f"recovering {_pct(h['adaptive_gain_recovered'])} of the Best-of-{n} gain"
+    acc = h["adaptive_acc_at_1.2"]
+    extra = "" if acc is None else (f"; adaptive itself is {100 * (acc - h['one_sample']):+.1f} "
+                                    "points over one sample")
+    return (f"Best-of-{n} gains nothing over one sample here "
+            f"({100 * (h['bon16_self'] - h['one_sample']):+.1f} points), so there is no gain to "
+            f"recover{extra}")
 
 
 def write_report(result: dict, out: Path) -> str:
@@ -118,8 +142,7 @@ def write_report(result: dict, out: Path) -> str:
               f"external-RM Best-of-{n} {_pct(h.get('bon16_rm'))}, oracle {_pct(h['oracle'])}.",
               f"- Adaptive sampling at <= 1.2 mean samples (threshold {h['adaptive_threshold_at_1.2']}): "
               f"{_pct(h['adaptive_acc_at_1.2'])} with {h['adaptive_mean_samples'] or float('nan'):.2f} "
-              f"samples, recovering {_pct(h['adaptive_gain_recovered'])} of the Best-of-{n} gain "
-              "(goal >= 80%; the paper reports 74%).",
+              f"samples, {_adaptive_gain(h, n)} (goal >= 80% of the gain; the paper reports 74%).",
               f"- Pruning {100 * h['prune_fraction_pruned']:.0f}% of candidates at {h['prune_at']} tokens: "
               f"{_pct(h['prune_acc'])} ({-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
               f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "

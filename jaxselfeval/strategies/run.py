@@ -87,27 +87,26 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
         c, s, L = pool["correct"][g, :n], pool["score"][g, :n], pool["length"][g, :n]
         probes = 0
         if strategy == "one":
-            ok, n_used, toks = c[0], 1, L[0]
+            j, n_used, toks = 0, 1, L[0]
         elif strategy == "bon_self":
-            ok, n_used, toks, probes = c[int(np.argmax(s))], n, L.sum(), n * probe_len
+            j, n_used, toks, probes = int(np.argmax(s)), n, L.sum(), n * probe_len
         elif strategy == "bon_rm":  # an external RM reads every candidate once more
-            rs = pool["rm_score"][g, :n]
-            ok, n_used, toks = c[int(np.argmax(rs))], n, L.sum()
-        elif strategy == "majority":
-            votes = collections.Counter(a for a in pool["answers"][g][:n] if a is not None)
-            if votes:
-                best = votes.most_common(1)[0][0]
-                ok = float(best == e.answer)
-            else:
-                ok = 0.0
+            j, n_used, toks = int(np.argmax(pool["rm_score"][g, :n])), n, L.sum()
+        elif strategy == "majority":  # the first candidate that gave the most common answer
+            answers = pool["answers"][g][:n]
+            votes = collections.Counter(a for a in answers if a is not None)
+            top = votes.most_common(1)[0][0] if votes else None
+            j = answers.index(top) if votes else 0
             n_used, toks = n, L.sum()
         elif strategy == "oracle":
-            ok, n_used, toks = c.max(), n, L.sum()
+            j, n_used, toks = int(np.argmax(c)), n, L.sum()
         else:
             raise ValueError(strategy)
+        ok = float(top == e.answer) if strategy == "majority" else c[j]
         recs.append(PromptRecord(e.id, float(ok), int(n_used), int(toks), int(probes),
                                  difficulty=e.difficulty,
-                                 chosen_score=float(s.max()) if strategy == "bon_self" else None))
+                                 chosen_score=float(s.max()) if strategy == "bon_self" else None,
+                                 output=pool["outs"][g * pool["n"] + j] if "outs" in pool else None))
     return recs
 
 
@@ -143,6 +142,7 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
     t0 = time.perf_counter()
     best = np.full(G, -1.0)
     best_ok = np.zeros(G)
+    best_out: list = [None] * G
     samples = np.zeros(G, int)
     gen = np.zeros(G, int)
     probes = np.zeros(G, int)
@@ -164,6 +164,7 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
             if s[i, j] > best[g]:
                 best[g] = s[i, j]
                 best_ok[g] = run.correct(examples[g], outs[i * r + j])
+                best_out[g] = outs[i * r + j]
         rounds.append({"best": best.copy(), "ok": best_ok.copy(), "samples": samples.copy(),
                        "gen": gen.copy(), "probes": probes.copy()})
         cand += r
@@ -171,7 +172,8 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
             active = np.array([g for g in active if best[g] < cfg.threshold], int)
     wall = time.perf_counter() - t0
     recs = [PromptRecord(e.id, float(best_ok[g]), int(samples[g]), int(gen[g]), int(probes[g]),
-                         wall_s=wall / G, difficulty=e.difficulty, chosen_score=float(best[g]))
+                         wall_s=wall / G, difficulty=e.difficulty, chosen_score=float(best[g]),
+                         output=best_out[g])
             for g, e in enumerate(examples)]
     return (recs, rounds) if trace else recs
 
@@ -212,10 +214,11 @@ def prune_run(run: Runner, examples, cfg: PruneConfig, *, offset=0):
     outs = Engine.outputs(C)
     final = np.asarray(C.length).reshape(-1, cfg.keep)
     gen = early.sum(1) + (final - kept_early).sum(1)
-    return [PromptRecord(e.id, run.correct(e, outs[g * cfg.keep + int(np.argmax(fs[g]))]), cfg.n,
+    chosen = [outs[g * cfg.keep + int(np.argmax(fs[g]))] for g in range(len(examples))]
+    return [PromptRecord(e.id, run.correct(e, chosen[g]), cfg.n,
                          int(gen[g]), (cfg.n + cfg.keep) * run.probe_len,
                          wall_s=wall / len(examples), difficulty=e.difficulty,
-                         chosen_score=float(fs[g].max()))
+                         chosen_score=float(fs[g].max()), output=chosen[g])
             for g, e in enumerate(examples)], wall
 
 

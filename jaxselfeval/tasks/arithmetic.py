@@ -76,8 +76,61 @@ class ArithmeticTask(Task):
         """Just the question as the user turn (short prompts keep the tiny model fast)."""
         return [{"role": "user", "content": example.question}]
 
+    @staticmethod
+    def checking_documents(examples, n: int, seed: int = 0):
+        """n "check the working" documents (see `checking_document`)."""
+        return checking_documents(examples, n, seed)
+
     def examples(self, split: str) -> list[Example]:
         self.check_split(split)
         if self._cache is None:
             self._cache = self._build()
         return self._cache[split]
+
+
+MARK_OK, MARK_BAD = " ok", " bad"
+
+
+def _slip(rng: random.Random, y: int) -> int:
+    """A wrong result like a sampled one: one digit changed, or off by 1..3 (never negative)."""
+    while True:
+        if rng.random() < 0.5:
+            s = list(str(y))
+            i = rng.randrange(len(s))
+            s[i] = rng.choice([c for c in "0123456789" if c != s[i] and (i or c != "0" or len(s) == 1)])
+            w = int("".join(s))
+        else:
+            w = y + rng.choice([-3, -2, -1, 1, 2, 3])
+        if w != y and w >= 0:
+            return w
+
+
+def checking_document(example: Example, rng: random.Random, p_slip: float = 0.5):
+    """A "check the working" document: the example's solution, with probability p_slip one line's
+    result replaced by a slip (later lines carry the wrong value on, correctly), every line
+    followed by MARK_OK or MARK_BAD. Stands in for the critique text of an LLM's pretraining data.
+
+    Returns (messages, segments): segments [(text, trained)] of the response, trained only on the
+    marks."""
+    lines = example.solution.split("\n")[:-1]
+    bad = rng.randrange(len(lines)) if rng.random() < p_slip else -1
+    while True:  # draw the slip again if carrying it on would make a later value negative
+        segs, val = [], None
+        for k, line in enumerate(lines):
+            x, op, n, _, _ = line.split(" ")
+            x = int(x) if val is None else val
+            val = x * int(n) if op == "*" else x + int(n) if op == "+" else x - int(n)
+            if k == bad:
+                val = _slip(rng, val)
+            segs += [(f"{x} {op} {n} = {val}", False),
+                     (MARK_BAD if k == bad else MARK_OK, True), ("\n", False)]
+        if val >= 0 and all(not t[0].split(" = ")[-1].startswith("-") for t in segs[0::3]):
+            break
+    segs.append((f"#### {val}", False))
+    return [{"role": "user", "content": "Check: " + example.question}], segs
+
+
+def checking_documents(examples, n: int, seed: int = 0, p_slip: float = 0.5):
+    """n checking documents from examples (drawn with replacement, seeded)."""
+    rng = random.Random(seed)
+    return [checking_document(rng.choice(examples), rng, p_slip) for _ in range(n)]

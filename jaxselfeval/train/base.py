@@ -31,6 +31,41 @@ def eval_base(model_dir, cfg: TrainConfig, *, progress: bool = True) -> dict:
                            progress=progress)
 
 
+def _add_checking(task, tok, train, tokens, mask, cfg: TrainConfig):
+    """Append int(checking_fraction * len(train)) checking documents to the SFT rows."""
+    import numpy as np
+
+    from jaxselfeval.errors import JSEError
+    from jaxselfeval.train.data import encode_segments
+
+    make = getattr(type(task), "checking_documents", None)
+    if make is None:
+        raise JSEError(f"task '{cfg.task}' has no checking documents: set checking_fraction=0")
+    docs = make(train, int(cfg.checking_fraction * len(train)), seed=cfg.seed)
+    ct, cm, dropped = encode_segments(tok, docs, cfg.seq_len)
+    log.info("+ %d checking documents (%d longer dropped)", len(ct), dropped)
+    return np.concatenate([tokens, ct]), np.concatenate([mask, cm])
+
+
+def checking_accuracy(model, tok, task, n: int = 500, seed: int = 1) -> dict:
+    """Teacher-forced accuracy of the marks on n checking documents of the validation split:
+    {"lines": share of lines marked right, "documents": share with every mark right}."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxselfeval.train.data import encode_segments
+
+    docs = task.checking_documents(task.examples("validation"), n, seed=seed)
+    toks, mask, _ = encode_segments(tok, docs, 256)
+    width = int((toks != (tok.pad_token_id or 0)).sum(1).max()) + 1
+    toks, mask = toks[:, :width], mask[:, :width]
+    pred = np.concatenate([np.asarray(jnp.argmax(model(jnp.asarray(toks[i:i + 100])), -1))
+                           for i in range(0, len(toks), 100)])
+    ok = (pred[:, :-1] == toks[:, 1:]) | (mask[:, :-1] == 0)
+    first = mask[:, :-1] * (np.pad(mask[:, :-2], ((0, 0), (1, 0))) == 0)  # a mark's first token
+    return {"lines": float((ok * first).sum() / first.sum()), "documents": float(ok.all(1).mean())}
+
+
 def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     """Build the tokenizer on the task's training split, train a model of cfg.model_config from
     scratch with the LM loss on the answers, export it (HF layout) and evaluate it.
@@ -63,6 +98,8 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     tokens, mask, dropped = encode_sft(tok, task, train, cfg.seq_len)
     log.info("%d training sequences of %d tokens (%d longer dropped)", len(tokens), cfg.seq_len,
              dropped)
+    if cfg.checking_fraction > 0:
+        tokens, mask = _add_checking(task, tok, train, tokens, mask, cfg)
     mc = load_model_config(cfg.model_config).replace(
         vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, **cfg.model)
@@ -84,6 +121,9 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     log.info("wrote %s", export)
     if cfg.eval_problems > 0:
         summary["accuracy"] = eval_base(export, cfg, progress=progress)
+    if cfg.checking_fraction > 0:
+        summary["checking_accuracy"] = checking_accuracy(model, tok, task)
+        log.info("checking marks on held-out documents: %s", summary["checking_accuracy"])
     if jax.process_index() == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return export, summary

@@ -19,6 +19,9 @@ class TrainConfig:
     task: str = "arithmetic"
     task_args: dict = dataclasses.field(default_factory=dict)
     tokenizer_vocab: int = 512
+    # extra "check the working" documents mixed into `train base`, as a share of the training
+    # examples (tasks with `checking_documents`: arithmetic): the model learns to mark a wrong line
+    checking_fraction: float = 0.0
     seq_len: int = 192  # padded length; longer examples are dropped (counted in the log)
     batch_size: int = 32  # global, per optimizer step
     grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum each)
@@ -81,6 +84,8 @@ class TrainConfig:
                 raise JSEError(f"{k} '{v}' is not a dtype: use one of {', '.join(DTYPES)}")
         if not self.lr > 0 or self.warmup_steps < 0:
             raise JSEError(f"lr must be > 0 and warmup_steps >= 0 (got {self.lr}, {self.warmup_steps})")
+        if not 0.0 <= self.checking_fraction <= 1.0:
+            raise JSEError(f"checking_fraction must be in [0, 1], got {self.checking_fraction}")
         parse_mesh(self.mesh)
 
 

@@ -51,6 +51,32 @@ def encode_sft(tok, task, examples, seq_len: int):
     return np.asarray(toks, np.int32), np.asarray(masks, np.float32), dropped
 
 
+def encode_segments(tok, docs, seq_len: int):
+    """Like encode_sft for documents whose response is [(text, trained)] segments (each
+    tokenised on its own, then <|eot_id|>): the loss mask is 1 only where the next token belongs
+    to a trained segment. docs: [(messages, segments)]. Same returns as encode_sft."""
+    toks, masks, dropped = [], [], 0
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    pad = tok.pad_token_id or 0
+    for messages, segments in docs:
+        ids = encode_chat(tok, messages)
+        m = [0.0] * (len(ids) - 1)
+        for text, trained in segments:
+            part = tok.encode(text, add_special_tokens=False)
+            ids += part
+            m += [float(trained)] * len(part)
+        ids.append(eot)
+        m.append(0.0)
+        if len(ids) > seq_len:
+            dropped += 1
+            continue
+        toks.append(ids + [pad] * (seq_len - len(ids)))
+        masks.append(m + [0.0] * (seq_len - len(m)))
+    if not toks:
+        raise JSEError(f"every document is longer than seq_len={seq_len}: raise seq_len")
+    return np.asarray(toks, np.int32), np.asarray(masks, np.float32), dropped
+
+
 class Batches:
     """Epoch-shuffled fixed-size batches: `batch(step)` depends only on (seed, step).
 

@@ -1,0 +1,142 @@
+"""`jaxselfeval generate`: answer prompts with one strategy -> JSONL (response, score, cost).
+
+    jaxselfeval generate --model runs/demo/selfeval/hf --prompt "Tom has 3 pens. ..." \
+        --strategy adaptive threshold=0.8
+    jaxselfeval generate --model DIR --prompts prompts.jsonl --strategy bon n=16 --out out.jsonl
+
+Prompt files hold one user turn per line ({"prompt": ...} or {"messages": [...]}, as for
+`data build`). Without --out the responses are printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("greedy", "sample", "bon", "majority", "adaptive", "prune")
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    n: int = 16  # candidates for bon / majority / prune (adaptive: max_samples)
+    temperature: float = 1.0  # sample / bon / majority / prune
+    max_new_tokens: int = 256
+    threshold: float = 0.8  # adaptive: stop a prompt once its best score reaches it
+    rounds: tuple = (1, 1, 2, 4, 8)  # adaptive round sizes
+    round_temperatures: tuple = (0.0, 0.7, 1.0, 1.0, 1.0)
+    prune_at: int = 16  # prune: tokens decoded before the probe
+    keep_fraction: float = 0.125  # prune: share of candidates decoded to the end
+    batch_prompts: int = 64
+    seed: int = 0
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None,
+                   help="HF model directory, self-eval-trained for bon/adaptive/prune (default: "
+                        "the shipped tiny base)")
+    p.add_argument("--prompt", action="append", default=[], help="a user turn (repeatable)")
+    p.add_argument("--prompts", default=None, help="JSONL file of user turns")
+    p.add_argument("--strategy", default="adaptive", choices=STRATEGIES,
+                   help="greedy | sample (one at temperature) | bon (Best-of-n by the capability "
+                        "score) | majority (vote on the final answer) | adaptive | prune")
+    p.add_argument("--out", default=None, help="write JSONL here (default: print)")
+    p.add_argument("overrides", nargs="*", help="key=value: " + ", ".join(
+        f.name for f in dataclasses.fields(GenerateConfig)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    id: str
+    messages: list
+    difficulty: int | None = None
+    answer: str | None = None
+
+
+class _Prompts:
+    """The Runner's task interface for prompts without a verifier (correctness: nan)."""
+
+    def messages(self, item):
+        return item.messages
+
+    def verify(self, item, text):
+        return float("nan")
+
+    def extract_answer(self, text):
+        from jaxselfeval.tasks import extract_answer
+
+        return extract_answer(text)
+
+
+def _records(run, items, strategy: str, cfg: GenerateConfig, offset: int):
+    from jaxselfeval import strategies as S
+
+    if strategy == "adaptive":
+        acfg = S.AdaptiveConfig(tuple(cfg.rounds), cfg.threshold, tuple(cfg.round_temperatures),
+                                max_samples=max(cfg.n, sum(cfg.rounds)))
+        return S.adaptive(run, items, acfg, offset=offset)
+    if strategy == "prune":
+        pc = S.PruneConfig(cfg.n, cfg.prune_at, cfg.keep_fraction, cfg.temperature)
+        return S.prune_run(run, items, pc, offset=offset)[0]
+    n = 1 if strategy in ("greedy", "sample") else cfg.n
+    temp = 0.0 if strategy == "greedy" else cfg.temperature
+    pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)
+    name = {"greedy": "one", "sample": "one", "bon": "bon_self", "majority": "majority"}[strategy]
+    recs = S.pool_records(pool, items, name, probe_len=run.probe_len)
+    if strategy in ("greedy", "sample"):  # report the capability score of the single answer too
+        for r, s in zip(recs, pool["score"][:, 0]):
+            r.chosen_score = float(s)
+    return recs
+
+
+def run(args) -> int:
+    import jaxselfeval as jse
+    from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.commands.evaluate import check_selfeval_trained
+    from jaxselfeval.configs import load_dataclass_config
+    from jaxselfeval.errors import JSEError
+    from jaxselfeval.selfeval.prompts import load_prompts, require_chat_template
+    from jaxselfeval.strategies import Runner, check_threshold
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    cfg = load_dataclass_config(GenerateConfig, None, args.overrides)
+    check_threshold(cfg.threshold)
+    if not args.prompt and not args.prompts:
+        raise JSEError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    path = args.model or str(default_model_dir())
+    if args.strategy in ("bon", "adaptive", "prune"):
+        check_selfeval_trained(path)
+    tok = load_tokenizer(path)
+    require_chat_template(tok, path)
+    model = jse.load_pretrained(path)
+    msgs = [[{"role": "user", "content": p}] for p in args.prompt]
+    if args.prompts:
+        context = model.config.max_position_embeddings - cfg.max_new_tokens
+        msgs += load_prompts(args.prompts, tok, max_prompt_len=context,
+                             tokenizer_dir=path).messages
+    items = [_Item(str(i), m) for i, m in enumerate(msgs)]
+    runner = Runner(model, tok, _Prompts(), seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+    lines = []
+    for s in range(0, len(items), cfg.batch_prompts):
+        chunk = items[s:s + cfg.batch_prompts]
+        log.info("%s: prompts %d-%d of %d", args.strategy, s + 1, s + len(chunk), len(items))
+        for it, r in zip(chunk, _records(runner, chunk, args.strategy, cfg, s)):
+            lines.append(json.dumps({
+                "messages": it.messages, "response": tok.decode(r.output, skip_special_tokens=True),
+                "score": r.chosen_score, "samples": r.samples, "gen_tokens": r.gen_tokens,
+                "probe_tokens": r.probe_tokens}))
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)  # all or nothing
+        log.info("wrote %d responses to %s", len(lines), out)
+    else:
+        sys.stdout.write(text)
+    return 0

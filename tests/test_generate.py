@@ -1,0 +1,70 @@
+"""`jaxselfeval generate`: every strategy answers each prompt once, in order; greedy equals the
+sampler's greedy decode; bad input is one line and writes nothing."""
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jaxselfeval as jse  # noqa: E402
+from jaxselfeval.assets import default_model_dir  # noqa: E402
+from jaxselfeval.cli import main  # noqa: E402
+
+PROMPTS = ["Tom has 12 pens. He buys 5 more. How many pens does Tom have now?",
+           "Ann has 7 coins. She loses 2. She finds 4 more. How many coins does Ann have now?",
+           "Sam has 3 cards. He gets 9 more. How many cards does Sam have now?"]
+SMALL = ["n=4", "max_new_tokens=24", "rounds=[1, 1, 2]", "round_temperatures=[0, 1, 1]",
+         "prune_at=4", "keep_fraction=0.5"]
+
+
+def _gen(tmp_path, strategy, *extra):
+    out = tmp_path / f"{strategy}.jsonl"
+    args = ["generate", "--strategy", strategy, "--out", str(out)]
+    for p in PROMPTS:
+        args += ["--prompt", p]
+    assert main(args + SMALL + list(extra)) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("strategy,samples", [("sample", {1}), ("bon", {4}), ("majority", {4}),
+                                              ("prune", {4}), ("adaptive", {1, 2, 4})])
+def test_each_strategy_answers_every_prompt_in_order(tmp_path, strategy, samples):
+    rows = _gen(tmp_path, strategy)
+    assert [r["messages"][0]["content"] for r in rows] == PROMPTS
+    for r in rows:
+        assert r["samples"] in samples and r["gen_tokens"] >= 1 and isinstance(r["response"], str)
+        if strategy != "majority":
+            assert 0.0 <= r["score"] <= 1.0
+    if strategy in ("bon", "prune", "adaptive"):
+        assert all(r["probe_tokens"] > 0 for r in rows)
+
+
+def test_greedy_equals_the_samplers_greedy_decode(tmp_path):
+    from jaxselfeval.sample import generate
+    from jaxselfeval.tokenizer import encode_chat, load_tokenizer
+
+    rows = _gen(tmp_path, "greedy")
+    d = default_model_dir()
+    tok = load_tokenizer(d)
+    ids = [encode_chat(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
+    ref = generate(jse.load_pretrained(d), ids, n=1, max_new_tokens=24, temperature=0.0,
+                   tokenizer=tok)
+    assert [r["response"] for r in rows] == [tok.decode(c[0], skip_special_tokens=True) for c in ref]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, caplog):
+    out = tmp_path / "x.jsonl"
+    assert main(["generate", "--out", str(out)]) == 2
+    assert "no prompts: pass --prompt" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "hi", "--out", str(out), "threshold=1.5"]) == 2
+    assert "threshold must be in [0, 1]" in capsys.readouterr().err
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "Tom has 3 pens."}\n{not json\n')
+    assert main(["generate", "--prompts", str(bad), "--out", str(out)]) == 2
+    assert "p.jsonl:2" in capsys.readouterr().err
+    assert not out.exists()
+    with caplog.at_level("WARNING"):
+        _gen(tmp_path, "bon")  # the shipped base model was never self-eval-trained
+    assert "never self-eval-trained" in caplog.text
