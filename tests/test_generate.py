@@ -60,6 +60,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, caplog):
     assert "no prompts: pass --prompt" in capsys.readouterr().err
     assert main(["generate", "--prompt", "hi", "--out", str(out), "threshold=1.5"]) == 2
     assert "threshold must be in [0, 1]" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "hi", "--out", str(out), "--strategy", "adaptive",
+                 "n=4", "rounds=[1, 2, 4]", "round_temperatures=[0, 1, 1]"]) == 2
+    assert "draw 7 samples, more than max_samples=4" in capsys.readouterr().err
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "Tom has 3 pens."}\n{not json\n')
     assert main(["generate", "--prompts", str(bad), "--out", str(out)]) == 2

@@ -72,16 +72,25 @@ class _Prompts:
         return extract_answer(text)
 
 
+def _strategy_config(strategy: str, cfg: GenerateConfig):
+    """The validated AdaptiveConfig / PruneConfig (None for the pooled strategies)."""
+    from jaxselfeval import strategies as S
+
+    if strategy == "adaptive":
+        return S.AdaptiveConfig(tuple(cfg.rounds), cfg.threshold, tuple(cfg.round_temperatures),
+                                max_samples=cfg.n)
+    if strategy == "prune":
+        return S.PruneConfig(cfg.n, cfg.prune_at, cfg.keep_fraction, cfg.temperature)
+    return None
+
+
 def _records(run, items, strategy: str, cfg: GenerateConfig, offset: int):
     from jaxselfeval import strategies as S
 
     if strategy == "adaptive":
-        acfg = S.AdaptiveConfig(tuple(cfg.rounds), cfg.threshold, tuple(cfg.round_temperatures),
-                                max_samples=max(cfg.n, sum(cfg.rounds)))
-        return S.adaptive(run, items, acfg, offset=offset)
+        return S.adaptive(run, items, _strategy_config(strategy, cfg), offset=offset)
     if strategy == "prune":
-        pc = S.PruneConfig(cfg.n, cfg.prune_at, cfg.keep_fraction, cfg.temperature)
-        return S.prune_run(run, items, pc, offset=offset)[0]
+        return S.prune_run(run, items, _strategy_config(strategy, cfg), offset=offset)[0]
     n = 1 if strategy in ("greedy", "sample") else cfg.n
     temp = 0.0 if strategy == "greedy" else cfg.temperature
     pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)
@@ -105,6 +114,7 @@ def run(args) -> int:
 
     cfg = load_dataclass_config(GenerateConfig, None, args.overrides)
     check_threshold(cfg.threshold)
+    _strategy_config(args.strategy, cfg)  # bad settings fail before any model is loaded
     if not args.prompt and not args.prompts:
         raise JSEError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
     path = args.model or str(default_model_dir())
