@@ -45,8 +45,8 @@ def add_arguments(p):
                    help="greedy | sample (one at temperature) | bon (Best-of-n by the capability "
                         "score) | majority (vote on the final answer) | adaptive | prune")
     p.add_argument("--out", default=None, help="write JSONL here (default: print)")
-    p.add_argument("overrides", nargs="*", help="key=value: " + ", ".join(
-        f.name for f in dataclasses.fields(GenerateConfig)))
+    p.add_argument("overrides", nargs="*", help="key=value settings (defaults: " + ", ".join(
+        f"{f.name}={f.default}" for f in dataclasses.fields(GenerateConfig)) + ")")
 
 
 @dataclasses.dataclass(frozen=True)
