@@ -84,13 +84,14 @@ def _strategy_config(strategy: str, cfg: GenerateConfig):
     return None
 
 
-def _records(run, items, strategy: str, cfg: GenerateConfig, offset: int):
+def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
+    """One PromptRecord per item; scfg is `_strategy_config(strategy, cfg)`."""
     from jaxselfeval import strategies as S
 
     if strategy == "adaptive":
-        return S.adaptive(run, items, _strategy_config(strategy, cfg), offset=offset)
+        return S.adaptive(run, items, scfg, offset=offset)
     if strategy == "prune":
-        return S.prune_run(run, items, _strategy_config(strategy, cfg), offset=offset)[0]
+        return S.prune_run(run, items, scfg, offset=offset)[0]
     n = 1 if strategy in ("greedy", "sample") else cfg.n
     temp = 0.0 if strategy == "greedy" else cfg.temperature
     pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)
@@ -114,7 +115,7 @@ def run(args) -> int:
 
     cfg = load_dataclass_config(GenerateConfig, None, args.overrides)
     check_threshold(cfg.threshold)
-    _strategy_config(args.strategy, cfg)  # bad settings fail before any model is loaded
+    scfg = _strategy_config(args.strategy, cfg)  # bad settings fail before any model is loaded
     if not args.prompt and not args.prompts:
         raise JSEError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
     path = args.model or str(default_model_dir())
@@ -134,7 +135,7 @@ def run(args) -> int:
     for s in range(0, len(items), cfg.batch_prompts):
         chunk = items[s:s + cfg.batch_prompts]
         log.info("%s: prompts %d-%d of %d", args.strategy, s + 1, s + len(chunk), len(items))
-        for it, r in zip(chunk, _records(runner, chunk, args.strategy, cfg, s)):
+        for it, r in zip(chunk, _records(runner, chunk, args.strategy, cfg, scfg, s)):
             lines.append(json.dumps({
                 "messages": it.messages, "response": tok.decode(r.output, skip_special_tokens=True),
                 "score": r.chosen_score, "samples": r.samples, "gen_tokens": r.gen_tokens,

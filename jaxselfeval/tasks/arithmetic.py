@@ -115,16 +115,17 @@ def checking_document(example: Example, rng: random.Random, p_slip: float = 0.5)
     lines = example.solution.split("\n")[:-1]
     bad = rng.randrange(len(lines)) if rng.random() < p_slip else -1
     while True:  # draw the slip again if carrying it on would make a later value negative
-        segs, val = [], None
+        segs, vals = [], []
         for k, line in enumerate(lines):
             x, op, n, _, _ = line.split(" ")
-            x = int(x) if val is None else val
+            x = vals[-1] if vals else int(x)
             val = x * int(n) if op == "*" else x + int(n) if op == "+" else x - int(n)
             if k == bad:
                 val = _slip(rng, val)
+            vals.append(val)
             segs += [(f"{x} {op} {n} = {val}", False),
                      (MARK_BAD if k == bad else MARK_OK, True), ("\n", False)]
-        if val >= 0 and all(not t[0].split(" = ")[-1].startswith("-") for t in segs[0::3]):
+        if min(vals) >= 0:
             break
     segs.append((f"#### {val}", False))
     return [{"role": "user", "content": "Check: " + example.question}], segs

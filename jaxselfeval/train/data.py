@@ -33,47 +33,34 @@ def encode_sft(tok, task, examples, seq_len: int):
     tokens[t + 1] is an answer token: the mask is aligned with the inputs, targets are
     tokens[:, 1:]), and the count dropped for being longer than seq_len.
     """
-    toks, masks, dropped = [], [], 0
-    eot = tok.convert_tokens_to_ids("<|eot_id|>")
-    pad = tok.pad_token_id or 0
-    for ex in examples:
-        p = encode_chat(tok, task.messages(ex))
-        a = tok.encode(ex.solution, add_special_tokens=False) + [eot]
-        ids = p + a
-        if len(ids) > seq_len:
-            dropped += 1
-            continue
-        m = [0.0] * (len(p) - 1) + [1.0] * len(a)  # predicts a[0..] from positions p-1..
-        toks.append(ids + [pad] * (seq_len - len(ids)))
-        masks.append(m + [0.0] * (seq_len - len(m)))
-    if not toks:
-        raise JSEError(f"every example is longer than seq_len={seq_len}: raise seq_len")
-    return np.asarray(toks, np.int32), np.asarray(masks, np.float32), dropped
+    docs = [(task.messages(ex), [(ex.solution, True)]) for ex in examples]
+    return encode_segments(tok, docs, seq_len, train_eot=True, what="example")
 
 
-def encode_segments(tok, docs, seq_len: int):
+def encode_segments(tok, docs, seq_len: int, *, train_eot: bool = False, what: str = "document"):
     """Like encode_sft for documents whose response is [(text, trained)] segments (each
-    tokenised on its own, then <|eot_id|>): the loss mask is 1 only where the next token belongs
-    to a trained segment. docs: [(messages, segments)]. Same returns as encode_sft."""
+    tokenised on its own, then <|eot_id|>, trained when train_eot): the loss mask is 1 only
+    where the next token belongs to a trained segment. docs: [(messages, segments)]. Same
+    returns as encode_sft."""
     toks, masks, dropped = [], [], 0
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
     pad = tok.pad_token_id or 0
     for messages, segments in docs:
         ids = encode_chat(tok, messages)
-        m = [0.0] * (len(ids) - 1)
+        m = [0.0] * (len(ids) - 1)  # position t predicts ids[t + 1]
         for text, trained in segments:
             part = tok.encode(text, add_special_tokens=False)
             ids += part
             m += [float(trained)] * len(part)
         ids.append(eot)
-        m.append(0.0)
+        m.append(float(train_eot))
         if len(ids) > seq_len:
             dropped += 1
             continue
         toks.append(ids + [pad] * (seq_len - len(ids)))
         masks.append(m + [0.0] * (seq_len - len(m)))
     if not toks:
-        raise JSEError(f"every document is longer than seq_len={seq_len}: raise seq_len")
+        raise JSEError(f"every {what} is longer than seq_len={seq_len}: raise seq_len")
     return np.asarray(toks, np.int32), np.asarray(masks, np.float32), dropped
 
 
