@@ -28,8 +28,9 @@ def _gen(tmp_path, strategy, *extra):
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("strategy,samples", [("sample", {1}), ("bon", {4}), ("majority", {4}),
-                                              ("prune", {4}), ("adaptive", {1, 2, 4})])
+@pytest.mark.parametrize("strategy,samples", [("sample", {1}), ("bon", {4}), ("bon_likelihood", {4}),
+                                              ("majority", {4}), ("prune", {4}),
+                                              ("adaptive", {1, 2, 4})])
 def test_each_strategy_answers_every_prompt_in_order(tmp_path, strategy, samples):
     rows = _gen(tmp_path, strategy)
     assert [r["messages"][0]["content"] for r in rows] == PROMPTS

@@ -87,12 +87,16 @@ def test_pool_strategies_and_counting():
     maj = pool_records(pool, exs, "majority")
     assert [r.correct for r in maj] == [0, 0]  # tie 1/2 -> first seen ("1"); "5" beats "7"
     assert [r.correct for r in pool_records(pool, exs, "oracle")] == [1, 1]
+    pool["likelihood"] = np.array([[-0.5, -0.1, -0.2, -0.3], [-0.1, -0.9, -0.2, -0.3]])
+    lik = pool_records(pool, exs, "bon_likelihood", probe_len=5)
+    assert [r.correct for r in lik] == [1, 0] and [r.probe_tokens for r in lik] == [0, 0]
     agg = aggregate(bon)
     assert agg["accuracy"] == 0.5 and agg["mean_samples"] == 4 and agg["mean_tokens"] == 50.5
     assert gain_recovered(0.6, 0.5, 0.7) == pytest.approx(0.5)
     # each record carries the chosen candidate's tokens
     pool["outs"] = [[g, j] for g in range(2) for j in range(4)]
-    chosen = {"one": [0, 0], "bon_self": [0, 3], "majority": [0, 1], "oracle": [1, 3]}
+    chosen = {"one": [0, 0], "bon_self": [0, 3], "majority": [0, 1], "oracle": [1, 3],
+              "bon_likelihood": [1, 0]}
     for name, js in chosen.items():
         assert [r.output for r in pool_records(pool, exs, name)] == [[0, js[0]], [1, js[1]]], name
 
@@ -157,7 +161,12 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     for k in ("accuracy", "mean_gen_tokens", "mean_probe_tokens", "mean_samples"):
         assert real[k] == swept[k], k
     assert res["pool"]["samples"] == 5 * 4 and 0 <= res["pool"]["sample_at_1"] <= 1
-    assert "## Goals" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Goals" in report and "by the policy's own likelihood" in report
+    lik = res["summary"]["bon_likelihood"]
+    assert lik["mean_samples"] == 4 and lik["mean_probe_tokens"] == 0
+    assert res["headline"]["bon16_likelihood"] == lik["accuracy"]
+    assert 0 <= res["pool"]["likelihood_auroc_within"] <= 1 or res["pool"]["likelihood_auroc_within"] != res["pool"]["likelihood_auroc_within"]
 
 
 def test_verdict_reads_each_goal_from_the_headline():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("greedy", "sample", "bon", "majority", "adaptive", "prune")
+STRATEGIES = ("greedy", "sample", "bon", "bon_likelihood", "majority", "adaptive", "prune")
 
 
 @dataclasses.dataclass
@@ -43,7 +43,9 @@ def add_arguments(p):
     p.add_argument("--prompts", default=None, help="JSONL file of user turns")
     p.add_argument("--strategy", default="adaptive", choices=STRATEGIES,
                    help="greedy | sample (one at temperature) | bon (Best-of-n by the capability "
-                        "score) | majority (vote on the final answer) | adaptive | prune")
+                        "score) | bon_likelihood (Best-of-n by the model's own mean token "
+                        "log-probability: no training needed) | majority (vote on the final "
+                        "answer) | adaptive | prune")
     p.add_argument("--out", default=None, help="write JSONL here (default: print)")
     p.add_argument("overrides", nargs="*", help="key=value settings (defaults: " + ", ".join(
         f"{f.name}={f.default}" for f in dataclasses.fields(GenerateConfig)) + ")")
@@ -86,6 +88,8 @@ def _strategy_config(strategy: str, cfg: GenerateConfig):
 
 def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
     """One PromptRecord per item; scfg is `_strategy_config(strategy, cfg)`."""
+    from flax import nnx
+
     from jaxselfeval import strategies as S
 
     if strategy == "adaptive":
@@ -95,7 +99,10 @@ def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
     n = 1 if strategy in ("greedy", "sample") else cfg.n
     temp = 0.0 if strategy == "greedy" else cfg.temperature
     pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)
-    name = {"greedy": "one", "sample": "one", "bon": "bon_self", "majority": "majority"}[strategy]
+    if strategy == "bon_likelihood":
+        S.add_likelihood_scores(pool, nnx.merge(run.eng.graphdef, run.eng.state))
+    name = {"greedy": "one", "sample": "one", "bon": "bon_self", "bon_likelihood": "bon_likelihood",
+            "majority": "majority"}[strategy]
     recs = S.pool_records(pool, items, name, probe_len=run.probe_len)
     if strategy in ("greedy", "sample"):  # report the capability score of the single answer too
         for r, s in zip(recs, pool["score"][:, 0]):

@@ -67,13 +67,14 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
         ch = exs[s:s + cfg.batch_prompts]
         pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                              offset=s)
-        names = ["one", "bon_self", "majority", "oracle"]
+        S.add_likelihood_scores(pool, model)
+        names = ["one", "bon_self", "bon_likelihood", "majority", "oracle"]
         if rm is not None:
             S.add_rm_scores(pool, rm)
             names.append("bon_rm")
         for name in names:
             recs.setdefault(name, []).extend(S.pool_records(pool, ch, name, probe_len=run.probe_len))
-        for key in ("correct", "score"):
+        for key in ("correct", "score", "likelihood"):
             pooled.setdefault(key, []).append(pool[key])
         for k in (1, 2, 4, 8, 16):
             if k <= cfg.n:
@@ -102,7 +103,8 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
           "bon": {k: aggregate(v) for k, v in sweeps["bon"].items()}}
     result = {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw, "wall_s": wall,
               "headline": _headline(summary, sw, wall, cfg),
-              "pool": pool_stats(np.concatenate(pooled["correct"]), np.concatenate(pooled["score"]))}
+              "pool": pool_stats(np.concatenate(pooled["correct"]), np.concatenate(pooled["score"]),
+                                 np.concatenate(pooled["likelihood"]))}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
     from jaxselfeval.evaluate.report import plots, write_report
 
@@ -111,16 +113,21 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
     return result
 
 
-def pool_stats(correct, score) -> dict:
-    """Of the pooled samples (correct, score: [P, n]): sample@1 (mean correctness of all samples,
-    the policy's accuracy), and how the final self-evaluation score separates right from wrong,
-    pooled over prompts and within each prompt (what Best-of-N uses)."""
+def pool_stats(correct, score, likelihood=None) -> dict:
+    """Of the pooled samples (correct, score, likelihood: [P, n]): sample@1 (mean correctness of
+    all samples, the policy's accuracy), and how the final self-evaluation score (and the policy's
+    own mean token log-probability) separates right from wrong, pooled over prompts and within
+    each prompt (what Best-of-N uses)."""
     from jaxselfeval.selfeval import metrics as M
 
     groups = np.repeat(np.arange(correct.shape[0]), correct.shape[1])
     return {"sample_at_1": float(correct.mean()), "samples": int(correct.size),
             "auroc": M.auroc(score.ravel(), correct.ravel()),
-            "auroc_within": M.auroc_within(score.ravel(), correct.ravel(), groups)}
+            "auroc_within": M.auroc_within(score.ravel(), correct.ravel(), groups),
+            **({} if likelihood is None else {
+                "likelihood_auroc": M.auroc(likelihood.ravel(), correct.ravel()),
+                "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), correct.ravel(),
+                                                          groups)})}
 
 
 def _greedy(run, ch, offset):
@@ -145,6 +152,7 @@ def _headline(summary, sw, wall, cfg) -> dict:
         "one_sample": one, "bon16_self": bon, "majority": summary["majority"]["accuracy"],
         "oracle": summary["oracle"]["accuracy"], "greedy": summary["greedy"]["accuracy"],
         "bon16_rm": summary["bon_rm"]["accuracy"] if "bon_rm" in summary else None,
+        "bon16_likelihood": summary["bon_likelihood"]["accuracy"] if "bon_likelihood" in summary else None,
         "adaptive_threshold_at_1.2": th,
         "adaptive_acc_at_1.2": a["accuracy"] if a else None,
         "adaptive_mean_samples": a["mean_samples"] if a else None,

@@ -19,7 +19,8 @@ def plots(result: dict, out: Path):
     th = sorted(((float(k), v) for k, v in sw["threshold"].items()), key=lambda x: x[1]["mean_samples"])
     ax.plot([v["mean_samples"] for _, v in th], [100 * v["accuracy"] for _, v in th], "s-",
             label="adaptive sampling (threshold sweep)")
-    for name, mk in (("one", "x"), ("majority", "^"), ("bon_rm", "D"), ("oracle", "*")):
+    for name, mk in (("one", "x"), ("majority", "^"), ("bon_rm", "D"), ("bon_likelihood", "v"),
+                     ("oracle", "*")):
         if name not in sm:
             continue
         ax.plot([sm[name]["mean_samples"]], [100 * sm[name]["accuracy"]], mk, ms=9, label=name)
@@ -94,6 +95,16 @@ def verdict(result: dict) -> list[str]:
                          "samples (one sample's accuracy), and what adaptive sampling gains "
                          "comes from its near-greedy first round and from spending samples on hard "
                          "prompts.")
+        if pool.get("likelihood_auroc_within") is not None:
+            lik = h.get("bon16_likelihood")
+            lines.append(f"For comparison, the policy's own mean token log-probability of each "
+                         f"sample (no training, no probe) ranks a prompt's samples with AUROC "
+                         f"{pool['likelihood_auroc_within']:.3f} (pooled "
+                         f"{pool['likelihood_auroc']:.3f}) and picks Best-of-{n} at {_pct(lik)}"
+                         + (": the model's own token probabilities do tell a prompt's right answers "
+                            "from its wrong ones, but the capability token has not learned to read "
+                            "that at the probe position." if pool["likelihood_auroc_within"] >
+                            pool["auroc_within"] + 0.1 else "."))
         if bon < h["one_sample"] - 0.05:
             lines.append(f"Best-of-{n} falls below one sample, i.e. below a random pick: in "
                          f"{100 * (1 - bon):.0f}% of the prompts the highest of the {n} scores went "
@@ -127,7 +138,9 @@ def write_report(result: dict, out: Path) -> str:
              "| --- | --- | --- | --- | --- |"]
     names = {"greedy": "greedy", "one": "one sample (T=1)", "majority": f"majority vote of {n}",
              "bon_self": f"Best-of-{n} by self-evaluation",
-             "bon_rm": f"Best-of-{n} by external reward model", "oracle": f"oracle Best-of-{n} (pass@{n})",
+             "bon_rm": f"Best-of-{n} by external reward model",
+             "bon_likelihood": f"Best-of-{n} by the policy's own likelihood (no training)",
+             "oracle": f"oracle Best-of-{n} (pass@{n})",
              "adaptive": f"adaptive (threshold {cfg['threshold']})",
              "pruned_run": f"pruned at {min(cfg['prune_at'])} tokens, keep {min(cfg['keep_fractions'])}"}
     for k, label in names.items():
@@ -139,7 +152,8 @@ def write_report(result: dict, out: Path) -> str:
     lines += ["", "## Headline", "",
               f"- Best-of-{n} by self-evaluation {_pct(h['bon16_self'])} vs one sample "
               f"{_pct(h['one_sample'])} ({100 * gain:+.1f} points), majority vote {_pct(h['majority'])}, "
-              f"external-RM Best-of-{n} {_pct(h.get('bon16_rm'))}, oracle {_pct(h['oracle'])}.",
+              f"external-RM Best-of-{n} {_pct(h.get('bon16_rm'))}, Best-of-{n} by the policy's "
+              f"own likelihood {_pct(h.get('bon16_likelihood'))}, oracle {_pct(h['oracle'])}.",
               f"- Adaptive sampling at <= 1.2 mean samples (threshold {h['adaptive_threshold_at_1.2']}): "
               f"{_pct(h['adaptive_acc_at_1.2'])} with {h['adaptive_mean_samples'] or float('nan'):.2f} "
               f"samples, {_adaptive_gain(h, n)} (goal >= 80% of the gain; the paper reports 74%).",

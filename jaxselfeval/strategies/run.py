@@ -78,9 +78,21 @@ def add_rm_scores(pool, rm, batch: int = 64):
     return pool
 
 
+def add_likelihood_scores(pool, model, batch: int = 64):
+    """The policy's mean token log-probability of every pooled candidate -> pool["likelihood"]
+    [P, n] (a training-free Best-of-N score; see `jaxselfeval.sample.likelihood`)."""
+    from jaxselfeval.sample.likelihood import mean_logprob, response_logprobs
+
+    n = pool["n"]
+    prompts = [pool["prompt_ids"][i // n] for i in range(len(pool["outs"]))]
+    total, count = response_logprobs(model, prompts, pool["outs"], batch=batch)
+    pool["likelihood"] = mean_logprob(total, count).reshape(-1, n)
+    return pool
+
+
 def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_len: int = 0):
     """Records of pooled strategies over the first `n` candidates:
-    one / bon_self / majority / oracle."""
+    one / bon_self / bon_rm / bon_likelihood / majority / oracle."""
     n = n or pool["n"]
     recs = []
     for g, e in enumerate(examples):
@@ -92,6 +104,8 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
             j, n_used, toks, probes = int(np.argmax(s)), n, L.sum(), n * probe_len
         elif strategy == "bon_rm":  # an external RM reads every candidate once more
             j, n_used, toks = int(np.argmax(pool["rm_score"][g, :n])), n, L.sum()
+        elif strategy == "bon_likelihood":  # one teacher-forced pass of the policy per candidate
+            j, n_used, toks = int(np.argmax(pool["likelihood"][g, :n])), n, L.sum()
         elif strategy == "majority":  # the first candidate that gave the most common answer
             answers = pool["answers"][g][:n]
             votes = collections.Counter(a for a in answers if a is not None)
@@ -105,7 +119,8 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
         ok = float(top == e.answer) if strategy == "majority" else c[j]
         recs.append(PromptRecord(e.id, float(ok), int(n_used), int(toks), int(probes),
                                  difficulty=e.difficulty,
-                                 chosen_score=float(s.max()) if strategy == "bon_self" else None,
+                                 chosen_score=(float(s[j]) if strategy in ("bon_self", "bon_likelihood")
+                                               else None),
                                  output=pool["outs"][g * pool["n"] + j] if "outs" in pool else None))
     return recs
 
