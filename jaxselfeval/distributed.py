@@ -105,6 +105,16 @@ def is_main() -> bool:
     return process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (no-op for one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def host_shard(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:
     """This host's contiguous part of `items`: parts differ in length by at most one, and
     concatenating the parts of processes 0..count-1 gives `items` back in order."""

@@ -1,5 +1,6 @@
 """Two processes on localhost joined by jax.distributed.initialize: training gives the losses of
-one process with the same mesh, and a dataset build writes the dataset of one process."""
+one process with the same mesh, a dataset build writes the dataset of one process, and an
+evaluation split between them reports what one process reports."""
 
 import json
 import socket
@@ -11,13 +12,28 @@ import numpy as np
 import pytest
 
 WORKER = str(Path(__file__).parent / "_dist_worker.py")
-BUILD_WORKER = str(Path(__file__).parent / "_dist_build_worker.py")
+TASK_WORKER = str(Path(__file__).parent / "_dist_task_worker.py")
 
 
 def _port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def _two_then_one(what: str, model, tmp_path) -> list[str]:
+    """Run `what` (build | eval) with two processes into tmp_path/two, then with one into
+    tmp_path/one; returns the two processes' logs."""
+    port = _port()
+    procs = [subprocess.Popen([sys.executable, TASK_WORKER, str(port), "2", str(i), str(model),
+                               str(tmp_path / "two"), what], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    r = subprocess.run([sys.executable, TASK_WORKER, "0", "1", "0", str(model), str(tmp_path / "one"),
+                        what], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return outs
 
 
 @pytest.mark.slow
@@ -51,18 +67,9 @@ def test_two_process_dataset_build_equals_one_process(tmp_path):
     from conftest import make_tiny_selfeval_model
     from jaxselfeval.selfeval.dataset import load_rows
 
-    model = make_tiny_selfeval_model(tmp_path / "model")
-    port = _port()
-    procs = [subprocess.Popen([sys.executable, BUILD_WORKER, str(port), "2", str(i), str(model),
-                               str(tmp_path / "two")], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    outs = _two_then_one("build", make_tiny_selfeval_model(tmp_path / "model"), tmp_path)
     for i in range(2):  # each process sampled its half of the 6 shards
         assert f"process {i} samples 3 of the 6 missing shards" in outs[i], outs[i][-3000:]
-    r = subprocess.run([sys.executable, BUILD_WORKER, "0", "1", "0", str(model), str(tmp_path / "one")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
     for split in ("train", "validation"):
         two, one = load_rows(tmp_path / "two", split), load_rows(tmp_path / "one", split)
         key = lambda r: r["id"]  # noqa: E731
@@ -73,3 +80,28 @@ def test_two_process_dataset_build_equals_one_process(tmp_path):
                 np.testing.assert_array_equal(a[k], b[k])
             assert (a["target"], a["reward"], a["truncation"]) == (b["target"], b["reward"], b["truncation"])
     assert len(list((tmp_path / "two" / "shards").glob("*.jsonl"))) == 6
+
+
+@pytest.mark.slow
+def test_two_process_eval_equals_one_process(tmp_path):
+    """Two processes split the evaluation's chunks; the results process 0 merges equal a
+    single-process evaluation's (wall times aside)."""
+    from conftest import make_tiny_selfeval_model
+
+    outs = _two_then_one("eval", make_tiny_selfeval_model(tmp_path / "model"), tmp_path)
+    for i in range(2):
+        assert f"process {i} evaluates 2 of the 4 missing chunks" in outs[i], outs[i][-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert two["summary"]["one"]["n"] == 4
+    for part in ("summary", "sweeps", "pool"):
+        assert _without_wall(two[part]) == _without_wall(one[part]), part
+
+
+def _without_wall(x) -> str:
+    """A results.json part without its wall times (the one thing two runs do not share), as
+    JSON text (nan equals nan)."""
+    def strip(x):
+        return {k: strip(v) for k, v in x.items() if k != "wall_s"} if isinstance(x, dict) else x
+
+    return json.dumps(strip(x), sort_keys=True)

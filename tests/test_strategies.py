@@ -1,6 +1,8 @@
 """Strategies on a tiny random model: stopping rule, round sizes, temperatures, pruning keeps the
 highest scores, compaction keeps prompt order, exact sweeps, harness counting, bad input."""
 
+import dataclasses
+import json
 import logging
 
 import numpy as np
@@ -183,3 +185,68 @@ def test_verdict_reads_each_goal_from_the_headline():
     assert "beats one sample: NOT met (-30.0 points)" in text
     assert "no gain to recover; adaptive itself is +9.0 points over one sample" in text
     assert "no evidence for the capability score" in text  # pruning "met" against a bad Best-of-16
+
+
+def _comparable(res) -> str:
+    """results.json without its wall times (everything else is deterministic), as JSON text so
+    that nan (an AUROC with one class only) compares equal to nan."""
+    drop = ("wall_s", "prune_wall_speedup")
+    return json.dumps({k: ({s: {m: x for m, x in v.items() if m not in drop}
+                            for s, v in res[k].items()} if k == "summary"
+                           else {m: x for m, x in res[k].items() if m not in drop})
+                       for k in ("summary", "headline", "pool")}, sort_keys=True)
+
+
+def _without_wall(x):
+    if isinstance(x, dict):
+        return {k: _without_wall(v) for k, v in x.items() if k not in ("wall", "wall_s")}
+    return [_without_wall(v) for v in x] if isinstance(x, list) else x
+
+
+def _chunk_records(out_dir) -> list[str]:
+    """Each saved chunk of an evaluation, wall times left out, as JSON text."""
+    return [json.dumps(_without_wall(json.loads(p.read_text())), sort_keys=True)
+            for p in sorted((out_dir / "chunks").glob("chunk-*.json"))]
+
+
+def test_eval_killed_midway_resumes_to_the_uninterrupted_result(setup, tmp_path, caplog, monkeypatch):
+    from flax import nnx
+
+    from jaxselfeval.errors import JSEError
+    from jaxselfeval.evaluate import harness
+    from jaxselfeval.evaluate.harness import EvalConfig, evaluate
+
+    run, _ = setup
+    cfg = EvalConfig(limit=6, n=4, batch_prompts=2, max_new_tokens=12, rounds=(1, 1, 2),
+                     round_temperatures=(0.0, 0.7, 1.0), thresholds=(0.5,), prune_at=(4,),
+                     keep_fractions=(0.25,))
+    model = nnx.merge(run.eng.graphdef, run.eng.state)
+    whole = evaluate(model, run.tok, run.task, cfg, tmp_path / "whole", progress=False)
+
+    real, calls = harness._evaluate_chunk, []
+
+    def dies_on_the_second_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(harness, "_evaluate_chunk", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, run.tok, run.task, cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(harness, "_evaluate_chunk", real)
+    chunks = tmp_path / "killed" / "chunks"
+    assert sorted(p.name for p in chunks.glob("chunk-*")) == ["chunk-000000.json"]
+    assert not (tmp_path / "killed" / "results.json").exists()
+    with caplog.at_level("INFO"):
+        resumed = evaluate(model, run.tok, run.task, cfg, tmp_path / "killed", progress=False)
+    assert "1 of 3 chunks already evaluated" in caplog.text
+    assert _comparable(resumed) == _comparable(whole)
+    assert resumed["summary"]["one"]["n"] == 6
+    # and record for record (chosen outputs, token counts, scores), chunk by chunk
+    assert _chunk_records(tmp_path / "killed") == _chunk_records(tmp_path / "whole")
+    assert len(_chunk_records(tmp_path / "whole")) == 3
+    # chunks of another evaluation are never mixed in
+    with pytest.raises(JSEError, match="holds chunks of another evaluation"):
+        evaluate(model, run.tok, run.task, dataclasses.replace(cfg, seed=1), tmp_path / "killed",
+                 progress=False)

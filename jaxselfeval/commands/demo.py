@@ -159,7 +159,7 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
                           split=ecfg["split"], limit=ecfg["limit"], n=ecfg["n"],
                           temperature=ecfg["temperature"], max_new_tokens=ecfg["max_new_tokens"],
                           seed=ecfg["seed"], progress=progress)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(path)
+    from jaxselfeval.fileio import write_atomic
+
+    write_atomic(path, json.dumps(res, indent=2))
     return res

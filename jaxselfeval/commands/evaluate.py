@@ -11,7 +11,9 @@ log = logging.getLogger(__name__)
 def add_arguments(p):
     p.add_argument("--model", default=None, help="HF model directory (default: the shipped tiny base)")
     p.add_argument("--task", default="arithmetic", help="arithmetic | gsm8k")
-    p.add_argument("--out", default="runs/eval", help="output directory")
+    p.add_argument("--out", default="runs/eval",
+                   help="output directory; each finished chunk of prompts is kept in OUT/chunks, so "
+                        "re-running after a kill resumes (on several hosts: a directory all see)")
     p.add_argument("overrides", nargs="*",
                    help="key=value overrides of the eval config (limit, n, threshold, rounds, ...)")
     p.add_argument("--no-progress", action="store_true")

@@ -151,9 +151,9 @@ def run(args) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)  # all or nothing
+        from jaxselfeval.fileio import write_atomic
+
+        write_atomic(out, text)  # all or nothing
         log.info("wrote %d responses to %s", len(lines), out)
     else:
         sys.stdout.write(text)

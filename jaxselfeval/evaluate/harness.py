@@ -43,74 +43,104 @@ class EvalConfig:
 
 def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True, rm=None) -> dict:
     """Run every strategy on `cfg.limit` problems; write results.json, report.md and plots.
-    `rm`: an external reward model (`RewardModel`) for the Best-of-N-by-RM baseline."""
+    `rm`: an external reward model (`RewardModel`) for the Best-of-N-by-RM baseline.
+
+    Work is done in chunks of `batch_prompts` problems, each saved under out_dir/chunks when
+    done: a killed evaluation resumes at the first missing chunk, and on several hosts
+    (`jax.distributed`) each host runs its share of the chunks (out_dir must be a directory every
+    host sees); process 0 merges them and writes the report.
+    """
+    import jax
     from tqdm import tqdm
 
+    from jaxselfeval.distributed import barrier, host_shard
+    from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
+    from jaxselfeval.fileio import write_atomic
     from jaxselfeval.strategies import run as S
 
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     exs = task.examples(cfg.split)[:cfg.limit]
-    run = S.Runner(model, tokenizer, task, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
-    acfg = AdaptiveConfig(cfg.rounds, cfg.threshold, cfg.round_temperatures, cfg.n)
+    main = jax.process_index() == 0
+    # every process checks whose chunks these are (the same file: the same verdict everywhere);
+    # process 0 records it in a new directory
+    store = ChunkStore(out / "chunks", fingerprint(cfg, model, len(exs), rm is not None),
+                       writer=main)
+    barrier("jse_eval_meta")
+    starts = list(range(0, len(exs), cfg.batch_prompts))
+    todo = [s for s in starts if not store.has(s)]
+    mine = host_shard(todo)
+    if len(todo) < len(starts):
+        log.info("%d of %d chunks already evaluated in %s", len(starts) - len(todo), len(starts),
+                 store.dir)
+    if jax.process_count() > 1:
+        log.info("process %d evaluates %d of the %d missing chunks", jax.process_index(),
+                 len(mine), len(todo))
+    if mine:
+        run = S.Runner(model, tokenizer, task, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+        pc = PruneConfig(cfg.n, min(cfg.prune_at), min(cfg.keep_fractions), cfg.temperature)
+        # compile both timed paths once so the side-by-side wall times exclude compilation
+        S.full_run_wall(run, exs[:cfg.batch_prompts], cfg.n, cfg.temperature)
+        S.prune_run(run, exs[:cfg.batch_prompts], pc)
+        for s in tqdm(mine, desc="evaluating", unit="chunk", disable=not progress):
+            store.write(s, _evaluate_chunk(run, model, rm, exs[s:s + cfg.batch_prompts], s, cfg, pc))
+    barrier("jse_eval_chunks")
+    if main:
+        result = _summarize(merge([store.read(s) for s in starts]), cfg)
+        write_atomic(out / "results.json", json.dumps(result, indent=2, default=float))
+        from jaxselfeval.evaluate.report import plots, write_report
+
+        plots(result, out)
+        write_report(result, out)
+    barrier("jse_eval_written")
+    return result if main else json.loads((out / "results.json").read_text())
+
+
+def _evaluate_chunk(run, model, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> dict:
+    """Every strategy on one chunk of problems (global offset s) -> {recs, sweeps, wall, pooled}
+    (see `jaxselfeval.evaluate.chunks.encode`)."""
+    from jaxselfeval.strategies import run as S
+
     recs: dict[str, list] = {}
     sweeps: dict = {"threshold": {}, "prune": {}, "bon": {}}
-    wall = {"bon_full": 0.0, "pruned": 0.0, "adaptive": 0.0}
-    pooled: dict[str, list] = {}  # every pooled candidate's correctness and final score [P, n]
-    chunks = range(0, len(exs), cfg.batch_prompts)
-    pc = PruneConfig(cfg.n, min(cfg.prune_at), min(cfg.keep_fractions), cfg.temperature)
-    # compile both timed paths once so the side-by-side wall times exclude compilation
-    S.full_run_wall(run, exs[:cfg.batch_prompts], cfg.n, cfg.temperature)
-    S.prune_run(run, exs[:cfg.batch_prompts], pc)
-    for s in tqdm(chunks, desc="evaluating", disable=not progress):
-        ch = exs[s:s + cfg.batch_prompts]
-        pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
-                             offset=s)
-        S.add_likelihood_scores(pool, model)
-        names = ["one", "bon_self", "bon_likelihood", "majority", "oracle"]
-        if rm is not None:
-            S.add_rm_scores(pool, rm)
-            names.append("bon_rm")
-        for name in names:
-            recs.setdefault(name, []).extend(S.pool_records(pool, ch, name, probe_len=run.probe_len))
-        for key in ("correct", "score", "likelihood"):
-            pooled.setdefault(key, []).append(pool[key])
-        for k in (1, 2, 4, 8, 16):
-            if k <= cfg.n:
-                sweeps["bon"].setdefault(k, []).extend(
-                    S.pool_records(pool, ch, "bon_self", n=k, probe_len=run.probe_len))
-        for t in cfg.prune_at:
-            for f in cfg.keep_fractions:
-                sc = PruneConfig(cfg.n, t, f, cfg.temperature)  # `pc` stays the timed setting
-                sweeps["prune"].setdefault(f"{t}:{f}", []).extend(
-                    S.prune_records(pool, ch, sc, run.probe_len))
-        recs.setdefault("greedy", []).extend(_greedy(run, ch, s))
-        ar = S.adaptive(run, ch, acfg, offset=s)
-        recs.setdefault("adaptive", []).extend(ar)
-        wall["adaptive"] += sum(r.wall_s for r in ar)
-        _, rounds = S.adaptive(run, ch, acfg, offset=s, trace=True)
-        for th, rr in S.threshold_sweep(rounds, ch, cfg.thresholds).items():
-            sweeps["threshold"].setdefault(th, []).extend(rr)
-        # side by side: Best-of-n decoded fully vs pruned at the earliest point
-        wall["bon_full"] += S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s)
-        pr, w = S.prune_run(run, ch, pc, offset=s)
-        wall["pruned"] += w
-        recs.setdefault("pruned_run", []).extend(pr)
-    summary = {k: aggregate(v) for k, v in recs.items()}
-    sw = {"threshold": {th: aggregate(v) for th, v in sweeps["threshold"].items()},
-          "prune": {k: aggregate(v) for k, v in sweeps["prune"].items()},
-          "bon": {k: aggregate(v) for k, v in sweeps["bon"].items()}}
-    result = {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw, "wall_s": wall,
-              "headline": _headline(summary, sw, wall, cfg),
-              "pool": pool_stats(np.concatenate(pooled["correct"]), np.concatenate(pooled["score"]),
-                                 np.concatenate(pooled["likelihood"]))}
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
-    from jaxselfeval.evaluate.report import plots, write_report
+    pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
+                         offset=s)
+    S.add_likelihood_scores(pool, model)
+    names = ["one", "bon_self", "bon_likelihood", "majority", "oracle"]
+    if rm is not None:
+        S.add_rm_scores(pool, rm)
+        names.append("bon_rm")
+    for name in names:
+        recs[name] = S.pool_records(pool, ch, name, probe_len=run.probe_len)
+    for k in (1, 2, 4, 8, 16):
+        if k <= cfg.n:
+            sweeps["bon"][k] = S.pool_records(pool, ch, "bon_self", n=k, probe_len=run.probe_len)
+    for t in cfg.prune_at:
+        for f in cfg.keep_fractions:
+            sc = PruneConfig(cfg.n, t, f, cfg.temperature)  # `pc` stays the timed setting
+            sweeps["prune"][f"{t}:{f}"] = S.prune_records(pool, ch, sc, run.probe_len)
+    recs["greedy"] = _greedy(run, ch, s)
+    acfg = AdaptiveConfig(cfg.rounds, cfg.threshold, cfg.round_temperatures, cfg.n)
+    recs["adaptive"] = S.adaptive(run, ch, acfg, offset=s)
+    _, rounds = S.adaptive(run, ch, acfg, offset=s, trace=True)
+    sweeps["threshold"] = S.threshold_sweep(rounds, ch, cfg.thresholds)
+    # side by side: Best-of-n decoded fully vs pruned at the earliest point
+    wall = {"bon_full": S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s),
+            "adaptive": sum(r.wall_s for r in recs["adaptive"])}
+    recs["pruned_run"], wall["pruned"] = S.prune_run(run, ch, pc, offset=s)
+    return {"recs": recs, "sweeps": sweeps, "wall": wall,
+            "pooled": {k: pool[k] for k in ("correct", "score", "likelihood")}}
 
-    plots(result, out)
-    write_report(result, out)
-    return result
+
+def _summarize(part: dict, cfg: EvalConfig) -> dict:
+    """Merged chunks -> results.json's content (aggregates, sweeps, headline, pool statistics)."""
+    summary = {k: aggregate(v) for k, v in part["recs"].items()}
+    sw = {kind: {k: aggregate(v) for k, v in d.items()} for kind, d in part["sweeps"].items()}
+    p = part["pooled"]
+    return {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw,
+            "wall_s": part["wall"], "headline": _headline(summary, sw, part["wall"], cfg),
+            "pool": pool_stats(p["correct"], p["score"], p["likelihood"])}
 
 
 def pool_stats(correct, score, likelihood=None) -> dict:

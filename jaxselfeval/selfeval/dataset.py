@@ -14,13 +14,13 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.fileio import write_atomic
 from jaxselfeval.selfeval.labels import capability_targets, truncation_points
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,7 @@ class BuildConfig:
 
 
 def _write_atomic(path: Path, rows: list[dict]):
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 @dataclasses.dataclass
@@ -139,7 +133,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
 
     import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
-    from jaxselfeval.distributed import host_shard
+    from jaxselfeval.distributed import barrier, host_shard
     from jaxselfeval.sample import Engine
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
@@ -168,7 +162,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
             path = shards / f"{split}-{s // cfg.shard_prompts:05d}.jsonl"
             if not path.exists():
                 todo.append((split, s, exs[s:s + cfg.shard_prompts], path))
-    _sync("jse_data_build_listed")  # every process listed the same missing shards before writing
+    barrier("jse_data_build_listed")  # every process listed the same missing shards before writing
     mine = host_shard(todo, jax.process_index(), jax.process_count())
     if jax.process_count() > 1:
         log.info("process %d samples %d of the %d missing shards", jax.process_index(), len(mine),
@@ -183,10 +177,10 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
             _write_atomic(path, rows)
     elif not todo:
         log.info("all shards present in %s: nothing to sample", shards)
-    _sync("jse_data_build_sampled")
+    barrier("jse_data_build_sampled")
     if main:
         write_tfds(out, progress=progress)
-    _sync("jse_data_build_written")
+    barrier("jse_data_build_written")
     return out
 
 
@@ -209,16 +203,6 @@ def check_build_config(cfg: BuildConfig):
         raise JSEError(f"on_too_long={cfg.on_too_long!r}: use 'skip' or 'error'")
     if cfg.n < 1:
         raise JSEError(f"n must be >= 1, got {cfg.n}")
-
-
-def _sync(name: str):
-    """Barrier across processes (no-op for one process)."""
-    import jax
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _builder(out: Path):
