@@ -307,7 +307,7 @@ def compile_decode(cfg, pc: PlanConfig, mesh):
     cands = Candidates(abstract_cache(cfg, B, T, pc.compute_dtype, mesh),
                        _sds((B, T), "int32", mesh, ("batch", None)), vec("int32"), vec("int32"),
                        vec("bool"), vec("float32"), vec("float32"), vec("int32"), vec("int32"),
-                       vec("int32"))
+                       vec("int32"), vec("float32"), vec("float32"))
     until = _sds((), "int32", mesh, ())
     return _compile(eng._decode, pc, mesh, state, _prompts(cfg, pc, mesh, G), cands, until)
 

@@ -46,3 +46,22 @@ def test_bad_input(model):
         response_logprobs(model, [[]], [[3]])
     with pytest.raises(JSEError, match="longer than the model's context"):
         response_logprobs(model, [[1] * 40], [[2] * 40])
+
+
+def test_engine_tracks_the_teacher_forced_logprob_while_decoding(model):
+    """The sampler's running log-probability of what it emitted (at any sampling temperature,
+    through the KV cache, with rows stopping early) equals the teacher-forced full pass."""
+    from jaxselfeval.sample import Engine
+
+    eng = Engine(model, stop_ids=(1, 2, 3, 4, 5), seed=0)
+    prompts = [[7, 8, 9], [10, 11, 12, 13, 14], [15]]
+    P = eng.prefill(prompts)
+    n = 4
+    temps = np.tile([0.0, 0.7, 1.0, 1.5], len(prompts))
+    C = eng.decode(P, eng.branch(P, n, 20, temperature=temps))
+    outs = Engine.outputs(C)
+    assert len({len(o) for o in outs}) > 1  # some rows stopped early
+    total, count = response_logprobs(model, [p for p in prompts for _ in range(n)], outs)
+    np.testing.assert_allclose(np.asarray(C.logprob), total, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(Engine.mean_logprob(C), mean_logprob(total, count), rtol=1e-4,
+                               atol=1e-4)

@@ -88,8 +88,6 @@ def _strategy_config(strategy: str, cfg: GenerateConfig):
 
 def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
     """One PromptRecord per item; scfg is `_strategy_config(strategy, cfg)`."""
-    from flax import nnx
-
     from jaxselfeval import strategies as S
 
     if strategy == "adaptive":
@@ -99,8 +97,6 @@ def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
     n = 1 if strategy in ("greedy", "sample") else cfg.n
     temp = 0.0 if strategy == "greedy" else cfg.temperature
     pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)
-    if strategy == "bon_likelihood":
-        S.add_likelihood_scores(pool, nnx.merge(run.eng.graphdef, run.eng.state))
     name = {"greedy": "one", "sample": "one", "bon": "bon_self", "bon_likelihood": "bon_likelihood",
             "majority": "majority"}[strategy]
     recs = S.pool_records(pool, items, name, probe_len=run.probe_len)

@@ -84,7 +84,7 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
         S.full_run_wall(run, exs[:cfg.batch_prompts], cfg.n, cfg.temperature)
         S.prune_run(run, exs[:cfg.batch_prompts], pc)
         for s in tqdm(mine, desc="evaluating", unit="chunk", disable=not progress):
-            store.write(s, _evaluate_chunk(run, model, rm, exs[s:s + cfg.batch_prompts], s, cfg, pc))
+            store.write(s, _evaluate_chunk(run, rm, exs[s:s + cfg.batch_prompts], s, cfg, pc))
     barrier("jse_eval_chunks")
     if main:
         result = _summarize(merge([store.read(s) for s in starts]), cfg)
@@ -97,7 +97,7 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
     return result if main else json.loads((out / "results.json").read_text())
 
 
-def _evaluate_chunk(run, model, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> dict:
+def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> dict:
     """Every strategy on one chunk of problems (global offset s) -> {recs, sweeps, wall, pooled}
     (see `jaxselfeval.evaluate.chunks.encode`)."""
     from jaxselfeval.strategies import run as S
@@ -106,7 +106,6 @@ def _evaluate_chunk(run, model, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig
     sweeps: dict = {"threshold": {}, "prune": {}, "bon": {}}
     pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                          offset=s)
-    S.add_likelihood_scores(pool, model)
     names = ["one", "bon_self", "bon_likelihood", "majority", "oracle"]
     if rm is not None:
         S.add_rm_scores(pool, rm)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.model.cache import KVCache, init_cache
-from jaxselfeval.sample.sampling import row_keys, sample_tokens
+from jaxselfeval.sample.sampling import row_keys, sample_tokens, token_logprob
 
 
 def bucket(n: int, minimum: int = 16) -> int:
@@ -44,7 +44,9 @@ class Candidates(NamedTuple):
     cache: own KVCache [B rows, T slots]; tokens int32 [B, T] emitted tokens (pad -1);
     next_token int32 [B] sampled, not yet emitted; length int32 [B] tokens emitted;
     done bool [B] emitted a stop token; temperature f32 [B]; top_p f32 [B];
-    prompt_id, cand_id int32 [B]; start int32 [B] position of the first generated token.
+    prompt_id, cand_id int32 [B]; start int32 [B] position of the first generated token;
+    next_logprob f32 [B] log p(next_token) under the model (temperature 1, whatever it was
+    sampled at); logprob f32 [B] the sum of that over the emitted tokens (`mean_logprob`).
     """
 
     cache: KVCache
@@ -57,6 +59,8 @@ class Candidates(NamedTuple):
     prompt_id: jax.Array
     cand_id: jax.Array
     start: jax.Array
+    next_logprob: jax.Array
+    logprob: jax.Array
 
     @property
     def step(self) -> int:
@@ -130,11 +134,12 @@ class Engine:
         pid = jnp.repeat(prompts.prompt_id, n)
         cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
         keys = row_keys(self.key, pid, cid, 0)
-        first = sample_tokens(jnp.repeat(prompts.last_logits, n, axis=0), keys, temp, tp, self.top_k)
+        logits = jnp.repeat(prompts.last_logits, n, axis=0)
+        first = sample_tokens(logits, keys, temp, tp, self.top_k)
         return Candidates(
             init_cache(self.config, B, T, self.cache_dtype), jnp.full((B, T), -1, jnp.int32),
             first, jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool), temp, tp, pid, cid,
-            jnp.repeat(prompts.length, n))
+            jnp.repeat(prompts.length, n), token_logprob(logits, first), jnp.zeros((B,), jnp.float32))
 
     # ------------------------------------------------------------------ decode
     def _decode_fn(self, state, prefix, c: Candidates, until):
@@ -159,7 +164,9 @@ class Engine:
             nxt = sample_tokens(logits[:, 0], keys, c.temperature, c.top_p, self.top_k)
             done = c.done | (live & jnp.isin(tok, stops))
             return c._replace(cache=cache, tokens=tokens, next_token=nxt,
-                              length=c.length + live.astype(jnp.int32), done=done)
+                              length=c.length + live.astype(jnp.int32), done=done,
+                              logprob=c.logprob + jnp.where(live, c.next_logprob, 0.0),
+                              next_logprob=token_logprob(logits[:, 0], nxt))
 
         return jax.lax.while_loop(cond, body, c)
 
@@ -214,6 +221,13 @@ class Engine:
         rows = jnp.asarray(rows, jnp.int32)
         return Prompts(prompts.cache.take(rows), prompts.length[rows], prompts.last_logits[rows],
                        prompts.prompt_id[rows])
+
+    @staticmethod
+    def mean_logprob(cands: Candidates) -> np.ndarray:
+        """Mean log-probability of each row's emitted tokens under the model, f32 [B] (-inf for
+        a row that emitted nothing): the training-free Best-of-N score, free with decoding."""
+        lp, n = np.asarray(cands.logprob), np.asarray(cands.length)
+        return np.where(n > 0, lp / np.maximum(n, 1), -np.inf).astype(np.float32)
 
     @staticmethod
     def outputs(cands: Candidates) -> list[list[int]]:

@@ -1,9 +1,11 @@
-"""The policy's own log-likelihood of its responses: a training-free Best-of-N score.
+"""The policy's own log-likelihood of a response: a training-free Best-of-N score.
 
-A response's mean token log-probability under the model that wrote it (teacher-forced, at
-temperature 1). Sampled wrong answers often contain a token the model itself found unlikely, so
-this ranks a prompt's samples without a reward model or any training: the baseline the
-capability token is compared with in the evaluation report.
+A response's mean token log-probability under the model (teacher-forced, at temperature 1).
+Sampled wrong answers often contain a token the model itself found unlikely, so this ranks a
+prompt's samples without a reward model or any training: the baseline the capability token is
+compared with in the evaluation report. The sampler tracks it for what it emits
+(`Candidates.logprob`, `Engine.mean_logprob`, checked against this function); use this one to
+score responses that came from elsewhere.
 """
 
 from __future__ import annotations

@@ -30,3 +30,9 @@ def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0):
     x = jnp.where(x < cutoff, -jnp.inf, x)
     sampled = jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys, x).astype(jnp.int32)
     return jnp.where(temperature <= 0, greedy, sampled)
+
+
+def token_logprob(logits, tokens):
+    """logits f32 [B, V], tokens int32 [B] -> f32 [B]: log p(token) at temperature 1."""
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]

@@ -42,7 +42,8 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
     """n full samples per prompt, probed at each `probe_at` token count and at the end.
 
     Returns dict: correct [P, n], score [P, n] (final), score_at {t: [P, n]}, length [P, n],
-    answers [P][n], wall_s (decode + final probe).
+    likelihood [P, n] (mean token log-probability, tracked while decoding), answers [P][n],
+    wall_s (decode + final probe).
     """
     from jaxselfeval.sample import Engine
 
@@ -64,6 +65,7 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
     answers = [[run.task.extract_answer(run.tok.decode(outs[g * n + j])) for j in range(n)] for g in range(G)]
     length = np.array([len(o) for o in outs]).reshape(G, n)
     return {"correct": correct, "score": score, "score_at": score_at, "length": length,
+            "likelihood": Engine.mean_logprob(C).reshape(G, n),
             "answers": answers, "wall_s": wall, "n": n, "outs": outs,
             "prompt_ids": [encode_chat(run.tok, run.task.messages(e)) for e in examples]}
 
@@ -75,18 +77,6 @@ def add_rm_scores(pool, rm, batch: int = 64):
     n = pool["n"]
     seqs = [pool["prompt_ids"][i // n] + o for i, o in enumerate(pool["outs"])]
     pool["rm_score"] = score_sequences(rm, seqs, batch=batch).reshape(-1, n)
-    return pool
-
-
-def add_likelihood_scores(pool, model, batch: int = 64):
-    """The policy's mean token log-probability of every pooled candidate -> pool["likelihood"]
-    [P, n] (a training-free Best-of-N score; see `jaxselfeval.sample.likelihood`)."""
-    from jaxselfeval.sample.likelihood import mean_logprob, response_logprobs
-
-    n = pool["n"]
-    prompts = [pool["prompt_ids"][i // n] for i in range(len(pool["outs"]))]
-    total, count = response_logprobs(model, prompts, pool["outs"], batch=batch)
-    pool["likelihood"] = mean_logprob(total, count).reshape(-1, n)
     return pool
 
 
@@ -104,7 +94,7 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
             j, n_used, toks, probes = int(np.argmax(s)), n, L.sum(), n * probe_len
         elif strategy == "bon_rm":  # an external RM reads every candidate once more
             j, n_used, toks = int(np.argmax(pool["rm_score"][g, :n])), n, L.sum()
-        elif strategy == "bon_likelihood":  # one teacher-forced pass of the policy per candidate
+        elif strategy == "bon_likelihood":  # the policy's own log-probability, free with decoding
             j, n_used, toks = int(np.argmax(pool["likelihood"][g, :n])), n, L.sum()
         elif strategy == "majority":  # the first candidate that gave the most common answer
             answers = pool["answers"][g][:n]
