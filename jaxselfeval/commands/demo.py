@@ -138,7 +138,9 @@ def _check_same_base(base: Path, out: Path):
         raise JSEError(f"{out} holds files of an older demo (no base_model.json): remove it, or "
                        "pass --out NEW_DIR")
     else:
-        path.write_text(json.dumps({"model": str(base), "fingerprint": fp}, indent=2))
+        from jaxselfeval.fileio import write_atomic
+
+        write_atomic(path, json.dumps({"model": str(base), "fingerprint": fp}, indent=2))
 
 
 def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:

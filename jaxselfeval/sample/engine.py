@@ -226,8 +226,9 @@ class Engine:
     def mean_logprob(cands: Candidates) -> np.ndarray:
         """Mean log-probability of each row's emitted tokens under the model, f32 [B] (-inf for
         a row that emitted nothing): the training-free Best-of-N score, free with decoding."""
-        lp, n = np.asarray(cands.logprob), np.asarray(cands.length)
-        return np.where(n > 0, lp / np.maximum(n, 1), -np.inf).astype(np.float32)
+        from jaxselfeval.sample.likelihood import mean_logprob
+
+        return mean_logprob(np.asarray(cands.logprob), np.asarray(cands.length))
 
     @staticmethod
     def outputs(cands: Candidates) -> list[list[int]]:

@@ -19,15 +19,14 @@ import numpy as np
 from flax import nnx
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.sample.sampling import token_logprob
 from jaxselfeval.train.data import padded_len
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _token_logprobs(graphdef, state, tokens):
     """tokens int32 [B, S] -> f32 [B, S - 1]: log p(tokens[:, t + 1] | tokens[:, :t + 1])."""
-    logits = nnx.merge(graphdef, state)(tokens).astype(jnp.float32)
-    lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    return jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+    return token_logprob(nnx.merge(graphdef, state)(tokens)[:, :-1], tokens[:, 1:])
 
 
 def response_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],

@@ -33,6 +33,6 @@ def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0):
 
 
 def token_logprob(logits, tokens):
-    """logits f32 [B, V], tokens int32 [B] -> f32 [B]: log p(token) at temperature 1."""
+    """logits [..., V], tokens int32 [...] -> f32 [...]: log p(token) at temperature 1."""
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(lp, tokens[:, None], axis=-1)[:, 0]
+    return jnp.take_along_axis(lp, tokens[..., None], axis=-1)[..., 0]
