@@ -65,6 +65,51 @@ def test_per_row_temperature_first_round_greedy(setup):
         assert C[3 * g] == G[g] and C[3 * g + 2] == G[g]
 
 
+def test_adaptive_with_pruning_keeps_each_rounds_best_early_scores(setup):
+    """Adaptive sampling and early pruning combined: a round of r candidates is probed after
+    prune_at tokens and only its best keep(r) are decoded on; each survivor is the very candidate
+    the unpruned round would have drawn (same keys), and every token is counted."""
+    run, exs = setup
+    G, at, pl = len(exs), 3, run.probe_len
+    kw = dict(rounds=(1, 1, 4), threshold=1.0, temperatures=(0.0, 0.7, 1.0), max_samples=6)
+    plain = adaptive(run, exs, AdaptiveConfig(**kw))
+    # keeping every candidate is plain adaptive sampling, record for record
+    same = adaptive(run, exs, AdaptiveConfig(**kw, prune_at=at, keep_fraction=1.0))
+    def fields(recs):  # everything but the wall time
+        return [dataclasses.replace(r, wall_s=0.0) for r in recs]
+
+    assert fields(same) == fields(plain)
+    cfg = AdaptiveConfig(**kw, prune_at=at, keep_fraction=0.5)
+    assert [cfg.keep(r) for r in cfg.rounds] == [1, 1, 2]
+    recs = adaptive(run, exs, cfg)
+    # the expectation, built from unpruned rounds with the same candidate keys
+    P = run.prompts(exs)
+    full, early = [], None
+    for k, (r, temp, off) in enumerate(zip((1, 1, 4), (0.0, 0.7, 1.0), (0, 1, 2))):
+        C = run.eng.branch(P, r, run.max_new, temperature=temp, cand_offset=off)
+        if r == 4:
+            Ce = run.eng.decode(P, C, until=at)
+            early = np.asarray(run.eng.probe(P, Ce, run.spec)).reshape(G, 4)
+            early_len = np.asarray(Ce.length).reshape(G, 4)
+            C = run.eng.branch(P, r, run.max_new, temperature=temp, cand_offset=off)
+        C = run.eng.decode(P, C)
+        full.append((Engine.outputs(C), np.asarray(run.eng.probe(P, C, run.spec)).reshape(G, r)))
+    for g, rec in enumerate(recs):
+        kept = np.sort(np.argsort(-early[g], kind="stable")[:2])
+        outs = [full[0][0][g], full[1][0][g]] + [full[2][0][g * 4 + j] for j in kept]
+        sc = [full[0][1][g, 0], full[1][1][g, 0]] + [full[2][1][g, j] for j in kept]
+        dropped = [j for j in range(4) if j not in kept]
+        assert rec.samples == 6 and rec.probe_tokens == (1 + 1 + 4 + 2) * pl
+        assert rec.gen_tokens == sum(map(len, outs)) + sum(early_len[g, j] for j in dropped)
+        assert rec.chosen_score == pytest.approx(max(sc), abs=1e-5)
+        assert rec.output == outs[int(np.argmax(sc))]
+    assert sum(r.gen_tokens for r in recs) < sum(r.gen_tokens for r in plain)
+    with pytest.raises(jse.JSEError, match="keep_fraction must be in"):
+        AdaptiveConfig(**kw, prune_at=at, keep_fraction=0.0)
+    with pytest.raises(jse.JSEError, match="prune_at must be >= 1"):
+        AdaptiveConfig(**kw, prune_at=0, keep_fraction=0.5)
+
+
 def _pool():
     # 2 prompts x 4 candidates, hand-made
     return {"n": 4, "correct": np.array([[0, 1, 0, 1], [0, 0, 0, 1]], float),
@@ -165,6 +210,10 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     assert res["pool"]["samples"] == 5 * 4 and 0 <= res["pool"]["sample_at_1"] <= 1
     report = (tmp_path / "report.md").read_text()
     assert "## Goals" in report and "by the policy's own likelihood" in report
+    both = res["summary"]["adaptive_pruned"]  # adaptive rounds pruned at 2 tokens, keep 0.25
+    assert both["n"] == 5 and 1 <= both["mean_samples"] <= 4
+    assert "adaptive + pruning (threshold 0.8, rounds pruned at 2 tokens, keep 0.25)" in report
+    assert res["headline"]["adaptive_pruned_acc"] == both["accuracy"]
     lik = res["summary"]["bon_likelihood"]
     assert lik["mean_samples"] == 4 and lik["mean_probe_tokens"] == 0
     assert res["headline"]["bon16_likelihood"] == lik["accuracy"]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("greedy", "sample", "bon", "bon_likelihood", "majority", "adaptive", "prune")
+STRATEGIES = ("greedy", "sample", "bon", "bon_likelihood", "majority", "adaptive", "prune",
+              "adaptive_prune")
 
 
 @dataclasses.dataclass
@@ -29,8 +30,8 @@ class GenerateConfig:
     threshold: float = 0.8  # adaptive: stop a prompt once its best score reaches it
     rounds: tuple = (1, 1, 2, 4, 8)  # adaptive round sizes
     round_temperatures: tuple = (0.0, 0.7, 1.0, 1.0, 1.0)
-    prune_at: int = 16  # prune: tokens decoded before the probe
-    keep_fraction: float = 0.125  # prune: share of candidates decoded to the end
+    prune_at: int = 16  # prune / adaptive_prune: tokens decoded before the early probe
+    keep_fraction: float = 0.125  # prune / adaptive_prune: share of a round decoded to the end
     batch_prompts: int = 64
     seed: int = 0
 
@@ -45,7 +46,8 @@ def add_arguments(p):
                    help="greedy | sample (one at temperature) | bon (Best-of-n by the capability "
                         "score) | bon_likelihood (Best-of-n by the model's own mean token "
                         "log-probability: no training needed) | majority (vote on the final "
-                        "answer) | adaptive | prune")
+                        "answer) | adaptive | prune | adaptive_prune (adaptive rounds, each "
+                        "pruned early)")
     p.add_argument("--out", default=None, help="write JSONL here (default: print)")
     p.add_argument("overrides", nargs="*", help="key=value settings (defaults: " + ", ".join(
         f"{f.name}={f.default}" for f in dataclasses.fields(GenerateConfig)) + ")")
@@ -78,9 +80,11 @@ def _strategy_config(strategy: str, cfg: GenerateConfig):
     """The validated AdaptiveConfig / PruneConfig (None for the pooled strategies)."""
     from jaxselfeval import strategies as S
 
-    if strategy == "adaptive":
+    if strategy in ("adaptive", "adaptive_prune"):
+        prune = strategy == "adaptive_prune"
         return S.AdaptiveConfig(tuple(cfg.rounds), cfg.threshold, tuple(cfg.round_temperatures),
-                                max_samples=cfg.n)
+                                max_samples=cfg.n, prune_at=cfg.prune_at if prune else None,
+                                keep_fraction=cfg.keep_fraction if prune else 1.0)
     if strategy == "prune":
         return S.PruneConfig(cfg.n, cfg.prune_at, cfg.keep_fraction, cfg.temperature)
     return None
@@ -90,7 +94,7 @@ def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
     """One PromptRecord per item; scfg is `_strategy_config(strategy, cfg)`."""
     from jaxselfeval import strategies as S
 
-    if strategy == "adaptive":
+    if strategy in ("adaptive", "adaptive_prune"):
         return S.adaptive(run, items, scfg, offset=offset)
     if strategy == "prune":
         return S.prune_run(run, items, scfg, offset=offset)[0]
@@ -122,7 +126,7 @@ def run(args) -> int:
     if not args.prompt and not args.prompts:
         raise JSEError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
     path = args.model or str(default_model_dir())
-    if args.strategy in ("bon", "adaptive", "prune"):
+    if args.strategy in ("bon", "adaptive", "prune", "adaptive_prune"):
         check_selfeval_trained(path)
     tok = load_tokenizer(path)
     require_chat_template(tok, path)

@@ -30,13 +30,15 @@ class EvalConfig:
     thresholds: tuple = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
     prune_at: tuple = (8, 16)
     keep_fractions: tuple = (0.125, 0.25, 0.5)
+    combined_keep: float = 0.25  # adaptive + pruning: each round pruned at min(prune_at) to this
     seed: int = 0
 
     def validate(self):
         check_threshold(self.threshold)
         for t in self.thresholds:
             check_threshold(t)
-        AdaptiveConfig(self.rounds, self.threshold, self.round_temperatures, self.n)
+        AdaptiveConfig(self.rounds, self.threshold, self.round_temperatures, self.n,
+                       min(self.prune_at), self.combined_keep)
         for f in self.keep_fractions:
             PruneConfig(self.n, min(self.prune_at), f)
 
@@ -122,11 +124,14 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     recs["greedy"] = _greedy(run, ch, s)
     acfg = AdaptiveConfig(cfg.rounds, cfg.threshold, cfg.round_temperatures, cfg.n)
     recs["adaptive"] = S.adaptive(run, ch, acfg, offset=s)
+    both = dataclasses.replace(acfg, prune_at=min(cfg.prune_at), keep_fraction=cfg.combined_keep)
+    recs["adaptive_pruned"] = S.adaptive(run, ch, both, offset=s)
     _, rounds = S.adaptive(run, ch, acfg, offset=s, trace=True)
     sweeps["threshold"] = S.threshold_sweep(rounds, ch, cfg.thresholds)
     # side by side: Best-of-n decoded fully vs pruned at the earliest point
     wall = {"bon_full": S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s),
-            "adaptive": sum(r.wall_s for r in recs["adaptive"])}
+            "adaptive": sum(r.wall_s for r in recs["adaptive"]),
+            "adaptive_pruned": sum(r.wall_s for r in recs["adaptive_pruned"])}
     recs["pruned_run"], wall["pruned"] = S.prune_run(run, ch, pc, offset=s)
     return {"recs": recs, "sweeps": sweeps, "wall": wall,
             "pooled": {k: pool[k] for k in ("correct", "score", "likelihood")}}
@@ -189,5 +194,10 @@ def _headline(summary, sw, wall, cfg) -> dict:
         "prune_fraction_pruned": 1 - min(cfg.keep_fractions), "prune_at": t0,
         "prune_acc": pr["accuracy"], "prune_acc_loss_points": 100 * (bon - pr["accuracy"]),
         "prune_wall_speedup": wall["bon_full"] / max(wall["pruned"], 1e-9),
+        **({"adaptive_pruned_acc": summary["adaptive_pruned"]["accuracy"],
+            "adaptive_pruned_mean_samples": summary["adaptive_pruned"]["mean_samples"],
+            "adaptive_pruned_tokens_vs_adaptive": summary["adaptive_pruned"]["mean_tokens"]
+            / max(summary["adaptive"]["mean_tokens"], 1e-9)}
+           if "adaptive_pruned" in summary else {}),
     }
 

@@ -43,6 +43,9 @@ def plots(result: dict, out: Path):
                 label=f"prune at {t} tokens (keep {', '.join(str(f) for f, _ in pts)})")
     ax.plot([v["mean_tokens"] for _, v in th], [100 * v["accuracy"] for _, v in th], "^-",
             label="adaptive sampling")
+    if "adaptive_pruned" in sm:
+        ax.plot([sm["adaptive_pruned"]["mean_tokens"]], [100 * sm["adaptive_pruned"]["accuracy"]],
+                "P", ms=10, label="adaptive + pruning")
     ax.set_xscale("log")
     ax.set_xlabel("mean generated tokens per prompt (probe tokens included)")
     ax.set_ylabel("accuracy (%)")
@@ -130,6 +133,19 @@ def _adaptive_gain(h, n) -> str:
             f"recover{extra}")
 
 
+def _combined_line(result: dict) -> list[str]:
+    """The headline of adaptive sampling and pruning combined, against adaptive alone."""
+    sm = result["summary"]
+    if "adaptive_pruned" not in sm:
+        return []
+    a, b = sm["adaptive"], sm["adaptive_pruned"]
+    return [f"- Adaptive sampling with pruned rounds: {_pct(b['accuracy'])} with "
+            f"{b['mean_samples']:.2f} samples started and {b['mean_tokens']:.0f} tokens per prompt "
+            f"(probes included), against adaptive alone at the same threshold "
+            f"{_pct(a['accuracy'])} with {a['mean_tokens']:.0f} tokens "
+            f"({b['mean_tokens'] / max(a['mean_tokens'], 1e-9):.2f}x the tokens)."]
+
+
 def write_report(result: dict, out: Path) -> str:
     sm, h, cfg = result["summary"], result["headline"], result["config"]
     n = cfg["n"]
@@ -142,6 +158,8 @@ def write_report(result: dict, out: Path) -> str:
              "bon_likelihood": f"Best-of-{n} by the policy's own likelihood (no training)",
              "oracle": f"oracle Best-of-{n} (pass@{n})",
              "adaptive": f"adaptive (threshold {cfg['threshold']})",
+             "adaptive_pruned": f"adaptive + pruning (threshold {cfg['threshold']}, rounds pruned at "
+                                f"{min(cfg['prune_at'])} tokens, keep {cfg.get('combined_keep')})",
              "pruned_run": f"pruned at {min(cfg['prune_at'])} tokens, keep {min(cfg['keep_fractions'])}"}
     for k, label in names.items():
         if k in sm:
@@ -161,6 +179,7 @@ def write_report(result: dict, out: Path) -> str:
               f"{_pct(h['prune_acc'])} ({-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
               f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "
               f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s).",
+              *_combined_line(result),
               "", *verdict(result), "", "## Threshold sweep (adaptive sampling)", "",
               "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
     for th, a in sorted(result["sweeps"]["threshold"].items(), key=lambda x: float(x[0])):

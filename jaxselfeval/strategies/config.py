@@ -14,12 +14,17 @@ class AdaptiveConfig:
 
     temperatures: one per round (annealed: first round near-greedy, later hotter); a single
     value is used for every round.
+    prune_at / keep_fraction (adaptive sampling and early pruning combined): in each round of r
+    candidates, probe all of them after `prune_at` tokens and decode only the best
+    max(1, round(r * keep_fraction)) to the end (rounds that would keep all are not probed early).
     """
 
     rounds: tuple[int, ...] = (1, 1, 2, 4, 8)
     threshold: float = 0.9
     temperatures: tuple[float, ...] = (0.3, 0.7, 1.0, 1.0, 1.0)
     max_samples: int = 16
+    prune_at: int | None = None
+    keep_fraction: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "rounds", tuple(int(r) for r in self.rounds))
@@ -39,6 +44,16 @@ class AdaptiveConfig:
                            "round (or a single value)")
         if min(temps) < 0:
             raise JSEError("temperatures must be >= 0 (0 = greedy)")
+        if self.prune_at is not None and int(self.prune_at) < 1:
+            raise JSEError(f"prune_at must be >= 1 token, got {self.prune_at}")
+        if not 0.0 < float(self.keep_fraction) <= 1.0:
+            raise JSEError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+
+    def keep(self, r: int) -> int:
+        """Candidates of a round of r decoded to the end (r when this round is not pruned)."""
+        if self.prune_at is None:
+            return r
+        return min(r, max(1, round(r * self.keep_fraction)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,6 +136,8 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
     """Adaptive sampling: rounds of growing size over the prompts still active; a prompt stops
     when its best score reaches the threshold. The prompt cache is prefilled once and compacted
     (gathered) between rounds, so finished prompts cost nothing and restarts never prefill.
+    With cfg.prune_at set, each round is also pruned early (`AdaptiveConfig.keep`): its
+    candidates are probed after prune_at tokens and only the best are decoded to the end.
 
     With trace=True every round runs for every prompt (no stopping) and the per-round best
     scores/correctness are returned too, for exact threshold sweeps.
@@ -158,18 +160,27 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
         if len(active) == 0:
             break
         Pk = P if len(active) == G else Engine.select_prompts(P, active)
-        C = run.eng.decode(Pk, run.eng.branch(Pk, r, run.max_new, temperature=temp, cand_offset=cand))
-        s = np.asarray(run.eng.probe(Pk, C, run.spec)).reshape(-1, r)
+        C = run.eng.branch(Pk, r, run.max_new, temperature=temp, cand_offset=cand)
+        keep = cfg.keep(r)
+        if keep < r:  # prune this round: probe all r early, decode only the best `keep`
+            C = run.eng.decode(Pk, C, until=cfg.prune_at)
+            s_early = run.eng.probe(Pk, C, run.spec)
+            before = np.asarray(C.length).reshape(-1, r).sum(1)
+            C = Engine.select(C, Engine.top_rows(s_early, r, keep))
+            gen[active] += before - np.asarray(C.length).reshape(-1, keep).sum(1)  # the pruned
+            probes[active] += r * run.probe_len
+        C = run.eng.decode(Pk, C)
+        s = np.asarray(run.eng.probe(Pk, C, run.spec)).reshape(-1, keep)
         outs = Engine.outputs(C)
         for i, g in enumerate(active):
             j = int(np.argmax(s[i]))
             samples[g] += r
-            gen[g] += sum(len(outs[i * r + k]) for k in range(r))
-            probes[g] += r * run.probe_len
+            gen[g] += sum(len(outs[i * keep + k]) for k in range(keep))
+            probes[g] += keep * run.probe_len
             if s[i, j] > best[g]:
                 best[g] = s[i, j]
-                best_ok[g] = run.correct(examples[g], outs[i * r + j])
-                best_out[g] = outs[i * r + j]
+                best_ok[g] = run.correct(examples[g], outs[i * keep + j])
+                best_out[g] = outs[i * keep + j]
         rounds.append({"best": best.copy(), "ok": best_ok.copy(), "samples": samples.copy(),
                        "gen": gen.copy(), "probes": probes.copy()})
         cand += r
