@@ -55,6 +55,35 @@ def test_threshold_sweep_equals_real_runs_with_compaction(setup):
         assert a.chosen_score == pytest.approx(b.chosen_score, abs=1e-6)
 
 
+def test_compaction_pads_rounds_to_few_batch_sizes(setup, monkeypatch):
+    """Rounds run on the active prompts padded to a power of two (copies of the last, dropped),
+    so the jitted decode sees few batch sizes; the records are those of the unpadded rounds
+    (test_threshold_sweep_equals_real_runs_with_compaction)."""
+    from jaxselfeval.strategies.run import padded_rows
+
+    assert padded_rows(np.array([3]), 100).tolist() == [3]
+    assert padded_rows(np.array([0, 4, 7]), 100).tolist() == [0, 4, 7, 7]
+    assert len(padded_rows(np.arange(37), 100)) == 64 and len(padded_rows(np.arange(70), 100)) == 100
+    run, exs = setup
+    sizes, branch = [], run.eng.branch
+
+    def spy(P, n, *a, **k):
+        sizes.append(int(P.length.shape[0]))
+        return branch(P, n, *a, **k)
+
+    monkeypatch.setattr(run.eng, "branch", spy)
+    cfg = AdaptiveConfig((1, 1, 2), 1.0, (0.0, 0.7, 1.0), 4)
+    _, rounds = adaptive(run, exs, cfg, trace=True)
+    th = float(np.sort(rounds[0]["best"])[2]) + 1e-6  # 3 prompts go on after round 1: padded to 4
+    sizes.clear()
+    real = adaptive(run, exs, dataclasses.replace(cfg, threshold=th))
+    assert sizes[:2] == [5, 4] and set(sizes) <= {1, 2, 4, 5}, sizes
+    sim = threshold_sweep(rounds, exs, [th])[th]
+    assert [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in real] == \
+        [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in sim]
+    assert [r.chosen_score for r in real] == pytest.approx([r.chosen_score for r in sim], abs=1e-6)
+
+
 def test_per_row_temperature_first_round_greedy(setup):
     run, exs = setup
     P = run.prompts(exs)

@@ -132,6 +132,16 @@ def prune_records(pool, examples, cfg: PruneConfig, probe_len: int):
     return recs
 
 
+def padded_rows(active, total: int) -> np.ndarray:
+    """The prompt rows a round runs: `active`, padded (with copies of its last row, whose results
+    are dropped) to the next power of two, or to `total` if that is smaller. Compaction then
+    gives at most log2(total) + 1 batch sizes, so the jitted decode and probe compile once per
+    size and round size instead of once for every count of prompts still active."""
+    a = len(active)
+    size = min(total, 1 << max(a - 1, 0).bit_length())
+    return np.concatenate([active, np.full(size - a, active[-1], int)]).astype(int)
+
+
 def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=False):
     """Adaptive sampling: rounds of growing size over the prompts still active; a prompt stops
     when its best score reaches the threshold. The prompt cache is prefilled once and compacted
@@ -159,15 +169,17 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
     for r, temp in zip(cfg.rounds, cfg.temperatures):
         if len(active) == 0:
             break
-        Pk = P if len(active) == G else Engine.select_prompts(P, active)
+        A = len(active)
+        rows = padded_rows(active, G)
+        Pk = P if A == G else Engine.select_prompts(P, rows)
         C = run.eng.branch(Pk, r, run.max_new, temperature=temp, cand_offset=cand)
         keep = cfg.keep(r)
         if keep < r:  # prune this round: probe all r early, decode only the best `keep`
             C = run.eng.decode(Pk, C, until=cfg.prune_at)
             s_early = run.eng.probe(Pk, C, run.spec)
-            before = np.asarray(C.length).reshape(-1, r).sum(1)
+            before = np.asarray(C.length).reshape(-1, r).sum(1)[:A]
             C = Engine.select(C, Engine.top_rows(s_early, r, keep))
-            gen[active] += before - np.asarray(C.length).reshape(-1, keep).sum(1)  # the pruned
+            gen[active] += before - np.asarray(C.length).reshape(-1, keep).sum(1)[:A]  # pruned
             probes[active] += r * run.probe_len
         C = run.eng.decode(Pk, C)
         s = np.asarray(run.eng.probe(Pk, C, run.spec)).reshape(-1, keep)
