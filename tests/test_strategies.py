@@ -133,6 +133,14 @@ def test_adaptive_with_pruning_keeps_each_rounds_best_early_scores(setup):
         assert rec.chosen_score == pytest.approx(max(sc), abs=1e-5)
         assert rec.output == outs[int(np.argmax(sc))]
     assert sum(r.gen_tokens for r in recs) < sum(r.gen_tokens for r in plain)
+    # its threshold sweep (every round traced, then cut) equals real runs that stop and compact
+    _, rounds = adaptive(run, exs, cfg, trace=True)
+    th = float(np.sort(rounds[0]["best"])[2]) + 1e-6
+    real = adaptive(run, exs, dataclasses.replace(cfg, threshold=th))
+    sim = threshold_sweep(rounds, exs, [th])[th]
+    assert [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in real] == \
+        [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in sim]
+    assert len({r.samples for r in real}) > 1
     with pytest.raises(jse.JSEError, match="keep_fraction must be in"):
         AdaptiveConfig(**kw, prune_at=at, keep_fraction=0.0)
     with pytest.raises(jse.JSEError, match="prune_at must be >= 1"):
@@ -243,6 +251,8 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     assert both["n"] == 5 and 1 <= both["mean_samples"] <= 4
     assert "adaptive + pruning (threshold 0.8, rounds pruned at 2 tokens, keep 0.25)" in report
     assert res["headline"]["adaptive_pruned_acc"] == both["accuracy"]
+    assert {float(k) for k in res["sweeps"]["threshold_pruned"]} == {0.5}
+    assert "## Threshold sweep (adaptive + pruning: rounds pruned at 2 tokens, keep 0.25)" in report
     lik = res["summary"]["bon_likelihood"]
     assert lik["mean_samples"] == 4 and lik["mean_probe_tokens"] == 0
     assert res["headline"]["bon16_likelihood"] == lik["accuracy"]
@@ -328,3 +338,8 @@ def test_eval_killed_midway_resumes_to_the_uninterrupted_result(setup, tmp_path,
     with pytest.raises(JSEError, match="holds chunks of another evaluation"):
         evaluate(model, run.tok, run.task, dataclasses.replace(cfg, seed=1), tmp_path / "killed",
                  progress=False)
+    from jaxselfeval.evaluate import chunks as chunk_format  # nor those an older version wrote
+
+    monkeypatch.setattr(chunk_format, "FORMAT", chunk_format.FORMAT + 1)
+    with pytest.raises(JSEError, match="holds chunks of another evaluation"):
+        evaluate(model, run.tok, run.task, cfg, tmp_path / "killed", progress=False)

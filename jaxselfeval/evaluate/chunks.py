@@ -19,13 +19,19 @@ from jaxselfeval.evaluate.records import PromptRecord
 from jaxselfeval.fileio import write_atomic
 
 
+# What a chunk holds; bump it when the harness adds a strategy or sweep, so chunks written by an
+# older jaxselfeval (which lack it) are refused instead of merged into partial figures.
+FORMAT = 2
+
+
 def fingerprint(cfg, model, n_examples: int, with_rm: bool) -> str:
-    """sha256 of the eval settings, the number of problems, whether an RM baseline runs, and the
-    model's configuration and first values of every parameter (enough to tell two models apart)."""
+    """sha256 of the chunk format, the eval settings, the number of problems, whether an RM
+    baseline runs, and the model's configuration and first values of every parameter (enough to
+    tell two models apart)."""
     import jax
     from flax import nnx
 
-    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), n_examples, with_rm,
+    h = hashlib.sha256(json.dumps([FORMAT, dataclasses.asdict(cfg), n_examples, with_rm,
                                    dataclasses.asdict(model.config)], sort_keys=True,
                                   default=str).encode())
     for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
@@ -41,8 +47,8 @@ class ChunkStore:
         meta = self.dir / "meta.json"
         if meta.exists():
             if json.loads(meta.read_text()).get("fingerprint") != key:
-                raise JSEError(f"{self.dir} holds chunks of another evaluation (other settings or "
-                               f"model): remove that directory or pick another --out")
+                raise JSEError(f"{self.dir} holds chunks of another evaluation (other settings, "
+                               f"model or jaxselfeval version): remove that directory or pick another --out")
         elif writer:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(meta, json.dumps({"fingerprint": key}))
@@ -72,8 +78,8 @@ def encode(part: dict) -> dict:
 
 def decode(d: dict) -> dict:
     """Inverse of `encode`: records back as PromptRecords, sweep keys as the harness makes them
-    (threshold: float, bon: int, prune: "at:fraction"), pooled arrays as numpy."""
-    kinds = {"threshold": float, "bon": int, "prune": str}
+    (threshold, threshold_pruned: float, bon: int, prune: "at:fraction"), pooled arrays as numpy."""
+    kinds = {"threshold": float, "threshold_pruned": float, "bon": int, "prune": str}
     return {"recs": {k: [PromptRecord(**r) for r in v] for k, v in d["recs"].items()},
             "sweeps": {kind: {kinds[kind](k): [PromptRecord(**r) for r in v] for k, v in s.items()}
                        for kind, s in d["sweeps"].items()},

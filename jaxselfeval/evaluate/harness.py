@@ -105,7 +105,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     from jaxselfeval.strategies import run as S
 
     recs: dict[str, list] = {}
-    sweeps: dict = {"threshold": {}, "prune": {}, "bon": {}}
+    sweeps: dict = {"threshold": {}, "threshold_pruned": {}, "prune": {}, "bon": {}}
     pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                          offset=s)
     names = ["one", "bon_self", "bon_likelihood", "majority", "oracle"]
@@ -126,8 +126,9 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     recs["adaptive"] = S.adaptive(run, ch, acfg, offset=s)
     both = dataclasses.replace(acfg, prune_at=min(cfg.prune_at), keep_fraction=cfg.combined_keep)
     recs["adaptive_pruned"] = S.adaptive(run, ch, both, offset=s)
-    _, rounds = S.adaptive(run, ch, acfg, offset=s, trace=True)
-    sweeps["threshold"] = S.threshold_sweep(rounds, ch, cfg.thresholds)
+    for kind, c in (("threshold", acfg), ("threshold_pruned", both)):
+        _, rounds = S.adaptive(run, ch, c, offset=s, trace=True)
+        sweeps[kind] = S.threshold_sweep(rounds, ch, cfg.thresholds)
     # side by side: Best-of-n decoded fully vs pruned at the earliest point
     wall = {"bon_full": S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s),
             "adaptive": sum(r.wall_s for r in recs["adaptive"]),

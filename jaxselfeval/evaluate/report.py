@@ -43,9 +43,10 @@ def plots(result: dict, out: Path):
                 label=f"prune at {t} tokens (keep {', '.join(str(f) for f, _ in pts)})")
     ax.plot([v["mean_tokens"] for _, v in th], [100 * v["accuracy"] for _, v in th], "^-",
             label="adaptive sampling")
-    if "adaptive_pruned" in sm:
-        ax.plot([sm["adaptive_pruned"]["mean_tokens"]], [100 * sm["adaptive_pruned"]["accuracy"]],
-                "P", ms=10, label="adaptive + pruning")
+    if sw.get("threshold_pruned"):
+        tp = sorted(sw["threshold_pruned"].values(), key=lambda v: v["mean_tokens"])
+        ax.plot([v["mean_tokens"] for v in tp], [100 * v["accuracy"] for v in tp], "P-",
+                label="adaptive + pruning (threshold sweep)")
     ax.set_xscale("log")
     ax.set_xlabel("mean generated tokens per prompt (probe tokens included)")
     ax.set_ylabel("accuracy (%)")
@@ -184,6 +185,15 @@ def write_report(result: dict, out: Path) -> str:
               "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
     for th, a in sorted(result["sweeps"]["threshold"].items(), key=lambda x: float(x[0])):
         lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | {a['mean_tokens']:.0f} |")
+    tp = result["sweeps"].get("threshold_pruned")
+    if tp:
+        lines += ["", f"## Threshold sweep (adaptive + pruning: rounds pruned at "
+                      f"{min(cfg['prune_at'])} tokens, keep {cfg.get('combined_keep')})", "",
+                  "| threshold | accuracy | mean samples started | mean tokens |",
+                  "| --- | --- | --- | --- |"]
+        for th, a in sorted(tp.items(), key=lambda x: float(x[0])):
+            lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | "
+                         f"{a['mean_tokens']:.0f} |")
     lines += ["", "## Pruning sweep", "", "| prune at | keep | accuracy | mean tokens |",
               "| --- | --- | --- | --- |"]
     for k, a in result["sweeps"]["prune"].items():
