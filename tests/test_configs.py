@@ -33,3 +33,16 @@ def test_overrides_take_the_declared_types():
 def test_bad_values_name_the_key(ov, msg):
     with pytest.raises(jse.JSEError, match=msg):
         load_dataclass_config(SelfEvalConfig, "selfeval_tiny", [ov])
+
+
+@pytest.mark.parametrize("cmd,keys", [("eval", ["combined_keep=0.25", "keep_fractions=", "limit=300"]),
+                                      ("generate", ["keep_fraction=0.125", "threshold=0.8"])])
+def test_help_lists_every_setting_with_its_default(cmd, keys, capsys):
+    from jaxselfeval.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for k in keys:
+        assert k in text, k

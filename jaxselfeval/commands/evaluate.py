@@ -14,8 +14,15 @@ def add_arguments(p):
     p.add_argument("--out", default="runs/eval",
                    help="output directory; each finished chunk of prompts is kept in OUT/chunks, so "
                         "re-running after a kill resumes (on several hosts: a directory all see)")
-    p.add_argument("overrides", nargs="*",
-                   help="key=value overrides of the eval config (limit, n, threshold, rounds, ...)")
+    import dataclasses
+
+    from jaxselfeval.evaluate.harness import EvalConfig
+
+    p.add_argument("overrides", nargs="*", help="key=value settings: limit problems, n samples for "
+                   "Best-of-n, adaptive rounds / round_temperatures / threshold (and the sweep's "
+                   "thresholds), prune_at token counts x keep_fractions for pruning, combined_keep "
+                   "for adaptive + pruning (defaults: " + ", ".join(
+                       f"{f.name}={f.default}" for f in dataclasses.fields(EvalConfig)) + ")")
     p.add_argument("--no-progress", action="store_true")
 
 
