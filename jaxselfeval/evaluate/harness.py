@@ -33,12 +33,18 @@ class EvalConfig:
     combined_keep: float = 0.25  # adaptive + pruning: each round pruned at min(prune_at) to this
     seed: int = 0
 
+    def adaptive_configs(self) -> tuple[AdaptiveConfig, AdaptiveConfig]:
+        """(adaptive sampling, adaptive + pruning: rounds pruned at min(prune_at) to
+        combined_keep), validated."""
+        plain = AdaptiveConfig(self.rounds, self.threshold, self.round_temperatures, self.n)
+        return plain, dataclasses.replace(plain, prune_at=min(self.prune_at),
+                                          keep_fraction=self.combined_keep)
+
     def validate(self):
         check_threshold(self.threshold)
         for t in self.thresholds:
             check_threshold(t)
-        AdaptiveConfig(self.rounds, self.threshold, self.round_temperatures, self.n,
-                       min(self.prune_at), self.combined_keep)
+        self.adaptive_configs()
         for f in self.keep_fractions:
             PruneConfig(self.n, min(self.prune_at), f)
 
@@ -122,9 +128,8 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
             sc = PruneConfig(cfg.n, t, f, cfg.temperature)  # `pc` stays the timed setting
             sweeps["prune"][f"{t}:{f}"] = S.prune_records(pool, ch, sc, run.probe_len)
     recs["greedy"] = _greedy(run, ch, s)
-    acfg = AdaptiveConfig(cfg.rounds, cfg.threshold, cfg.round_temperatures, cfg.n)
+    acfg, both = cfg.adaptive_configs()
     recs["adaptive"] = S.adaptive(run, ch, acfg, offset=s)
-    both = dataclasses.replace(acfg, prune_at=min(cfg.prune_at), keep_fraction=cfg.combined_keep)
     recs["adaptive_pruned"] = S.adaptive(run, ch, both, offset=s)
     for kind, c in (("threshold", acfg), ("threshold_pruned", both)):
         _, rounds = S.adaptive(run, ch, c, offset=s, trace=True)

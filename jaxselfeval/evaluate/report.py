@@ -136,7 +136,7 @@ def _adaptive_gain(h, n) -> str:
 
 def _combined_line(result: dict) -> list[str]:
     """The headline of adaptive sampling and pruning combined, against adaptive alone."""
-    sm = result["summary"]
+    sm, h = result["summary"], result["headline"]
     if "adaptive_pruned" not in sm:
         return []
     a, b = sm["adaptive"], sm["adaptive_pruned"]
@@ -144,7 +144,7 @@ def _combined_line(result: dict) -> list[str]:
             f"{b['mean_samples']:.2f} samples started and {b['mean_tokens']:.0f} tokens per prompt "
             f"(probes included), against adaptive alone at the same threshold "
             f"{_pct(a['accuracy'])} with {a['mean_tokens']:.0f} tokens "
-            f"({b['mean_tokens'] / max(a['mean_tokens'], 1e-9):.2f}x the tokens)."]
+            f"({h['adaptive_pruned_tokens_vs_adaptive']:.2f}x the tokens)."]
 
 
 def write_report(result: dict, out: Path) -> str:
