@@ -46,3 +46,13 @@ def test_help_lists_every_setting_with_its_default(cmd, keys, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for k in keys:
         assert k in text, k
+
+
+@pytest.mark.parametrize("ov, msg", [
+    ("combined_keep=0", "combined_keep must be in \\(0, 1\\]"),
+    ("combined_keep=1.5", "combined_keep must be in \\(0, 1\\]"),
+    ("threshold=2", "threshold must be in \\[0, 1\\]"),
+])
+def test_bad_eval_settings_name_the_setting(ov, msg):
+    with pytest.raises(jse.JSEError, match=msg):
+        load_dataclass_config(EvalConfig, None, [ov]).validate()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.records import aggregate, gain_recovered
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold
 
@@ -44,6 +45,9 @@ class EvalConfig:
         check_threshold(self.threshold)
         for t in self.thresholds:
             check_threshold(t)
+        if not 0.0 < self.combined_keep <= 1.0:
+            raise JSEError(f"combined_keep must be in (0, 1] (the share of each adaptive round "
+                           f"decoded past the prune point), got {self.combined_keep}")
         self.adaptive_configs()
         for f in self.keep_fractions:
             PruneConfig(self.n, min(self.prune_at), f)
