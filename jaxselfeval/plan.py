@@ -200,13 +200,14 @@ def abstract_opt_state(tx, params, mesh):
 
 
 def abstract_cache(cfg, batch, length, dtype, mesh):
-    from jaxselfeval.model.cache import KVCache
+    """The sampler's cache (`init_cache(..., mesh=mesh)`) as sharded ShapeDtypeStructs."""
+    import jax
 
-    kv = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
-    axes = ("layers", "batch", "seq", "kv_heads", "head_dim")
-    return KVCache(_sds(kv, dtype, mesh, axes), _sds(kv, dtype, mesh, axes),
-                   _sds((batch, length), "int32", mesh, ("batch", "seq")),
-                   _sds((), "int32", mesh, ()))
+    from jaxselfeval.model.cache import cache_shardings, init_cache
+
+    shapes = jax.eval_shape(lambda: init_cache(cfg, batch, length, dtype))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                        cache_shardings(cfg, batch, length, mesh))
 
 
 # ----------------------------------------------------------------------------- programs

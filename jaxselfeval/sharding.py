@@ -134,3 +134,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
     lead = axes if len(axes) > 1 else (axes[0] if axes else None)
     return NamedSharding(mesh, PartitionSpec(lead))
+
+
+def local_mesh(spec: str | Mapping[str, int] | None) -> Mesh | None:
+    """A mesh over this process's own devices for sampling, or None (one device) when `spec` is
+    empty. Each host samples its own prompts (data build and eval split work by host), so the
+    model is sharded only across the chips of one host, e.g. 'tensor=4' or 'fsdp=8'."""
+    if spec is None or spec == "" or spec == {}:
+        return None
+    mesh = make_mesh(spec, jax.local_devices())
+    log.info("sampling on %d devices of this host, mesh %s", mesh.size, dict(mesh.shape))
+    return mesh
+
+
+def load_for_sampling(path, dtype: str = "float32", mesh: str | Mapping[str, int] | None = None):
+    """`load_pretrained(path, dtype)` sharded over `local_mesh(mesh)`: each device reads only its
+    slice, and the sampler (`Engine`) then runs on that mesh."""
+    from jaxselfeval.hf_io import load_pretrained
+
+    return load_pretrained(path, dtype, mesh=local_mesh(mesh))

@@ -1,6 +1,7 @@
 """Two processes on localhost joined by jax.distributed.initialize: training gives the losses of
 one process with the same mesh, a dataset build writes the dataset of one process, and an
-evaluation split between them reports what one process reports."""
+evaluation split between them reports what one process reports (each of the two sampling on its
+own two devices with the model sharded over them, the one process on one device)."""
 
 import json
 import socket
@@ -21,12 +22,13 @@ def _port():
         return s.getsockname()[1]
 
 
-def _two_then_one(what: str, model, tmp_path) -> list[str]:
-    """Run `what` (build | eval) with two processes into tmp_path/two, then with one into
-    tmp_path/one; returns the two processes' logs."""
+def _two_then_one(what: str, model, tmp_path, mesh: str) -> list[str]:
+    """Run `what` (build | eval) with two processes of two devices each, the model sharded over
+    them by `mesh`, into tmp_path/two, then with one process on one device into tmp_path/one;
+    returns the two processes' logs."""
     port = _port()
     procs = [subprocess.Popen([sys.executable, TASK_WORKER, str(port), "2", str(i), str(model),
-                               str(tmp_path / "two"), what], stdout=subprocess.PIPE,
+                               str(tmp_path / "two"), what, "2", mesh], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
@@ -67,9 +69,10 @@ def test_two_process_dataset_build_equals_one_process(tmp_path):
     from conftest import make_tiny_selfeval_model
     from jaxselfeval.selfeval.dataset import load_rows
 
-    outs = _two_then_one("build", make_tiny_selfeval_model(tmp_path / "model"), tmp_path)
-    for i in range(2):  # each process sampled its half of the 6 shards
+    outs = _two_then_one("build", make_tiny_selfeval_model(tmp_path / "model"), tmp_path, "fsdp=2")
+    for i in range(2):  # each process sampled its half of the 6 shards on its own 2 devices
         assert f"process {i} samples 3 of the 6 missing shards" in outs[i], outs[i][-3000:]
+        assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in outs[i]
     for split in ("train", "validation"):
         two, one = load_rows(tmp_path / "two", split), load_rows(tmp_path / "one", split)
         key = lambda r: r["id"]  # noqa: E731
@@ -88,9 +91,10 @@ def test_two_process_eval_equals_one_process(tmp_path):
     single-process evaluation's (wall times aside)."""
     from conftest import make_tiny_selfeval_model
 
-    outs = _two_then_one("eval", make_tiny_selfeval_model(tmp_path / "model"), tmp_path)
+    outs = _two_then_one("eval", make_tiny_selfeval_model(tmp_path / "model"), tmp_path, "tensor=2")
     for i in range(2):
         assert f"process {i} evaluates 2 of the 4 missing chunks" in outs[i], outs[i][-3000:]
+        assert "mesh {'data': 1, 'fsdp': 1, 'tensor': 2}" in outs[i]
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     assert two["summary"]["one"]["n"] == 4

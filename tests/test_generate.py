@@ -72,3 +72,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, caplog):
     with caplog.at_level("WARNING"):
         _gen(tmp_path, "bon")  # the shipped base model was never self-eval-trained
     assert "never self-eval-trained" in caplog.text
+
+
+def test_mesh_samples_what_one_device_samples_and_bf16_runs(tmp_path, capsys):
+    """--mesh shards the model over this host's 8 (simulated) devices: the same answers, samples,
+    tokens and scores; --dtype bfloat16 answers with the f32 greedy answers of the tiny base."""
+    ref = _gen(tmp_path, "adaptive")
+    got = _gen(tmp_path, "adaptive", "--mesh", "fsdp=2,tensor=4")
+    for a, b in zip(got, ref):
+        assert (a["response"], a["samples"], a["gen_tokens"]) == (b["response"], b["samples"],
+                                                                  b["gen_tokens"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    greedy = [r["response"] for r in _gen(tmp_path, "greedy")]
+    assert [r["response"] for r in _gen(tmp_path, "greedy", "--dtype", "bfloat16")] == greedy
+    out = tmp_path / "m.jsonl"
+    assert main(["generate", "--prompt", "hi", "--out", str(out), "--mesh", "tensor=3"]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 devices but 8 are available" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

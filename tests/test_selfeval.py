@@ -106,6 +106,16 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
         train_selfeval(SelfEvalConfig(data_dir=str(tmp_path)), progress=False)
 
 
+@pytest.mark.parametrize("kw,msg", [({"dtype": "float16"}, "dtype='float16': use float32 or "
+                                                           "bfloat16"),
+                                    ({"mesh": "tensor=3"}, "has 3 devices but 8 are available")])
+def test_bad_placement_fails_before_anything_is_written(tiny_dir, tmp_path, kw, msg):
+    with pytest.raises(jse.JSEError, match=msg):
+        build_dataset(BuildConfig(model=str(tiny_dir), out_dir=str(tmp_path / "d"), **kw),
+                      progress=False)
+    assert not (tmp_path / "d").exists()
+
+
 def test_lora_selfeval_trains_adapters_and_exports_merged(tiny_dir, tmp_path):
     """LoRA option: the exported (merged) model's probe scores equal the adapter model's, and the
     base weights outside the adapter targets are untouched."""

@@ -14,17 +14,20 @@ def add_arguments(p):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", default=None, help="write the JSON result here")
+    from jaxselfeval.commands.placement import add_placement_arguments
+
+    add_placement_arguments(p)
 
 
 def run(args) -> int:
-    import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.commands.placement import load_model
     from jaxselfeval.evaluate.accuracy import format_accuracy, sample_accuracy
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
 
     path = args.model or default_model_dir()
-    model = jse.load_pretrained(path)
+    model = load_model(path, args)
     tok = load_tokenizer(path)
     res = sample_accuracy(model, tok, get_task(args.task), split=args.split, limit=args.limit,
                           n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens)

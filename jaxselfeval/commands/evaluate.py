@@ -24,6 +24,9 @@ def add_arguments(p):
                    "for adaptive + pruning (defaults: " + ", ".join(
                        f"{f.name}={f.default}" for f in dataclasses.fields(EvalConfig)) + ")")
     p.add_argument("--no-progress", action="store_true")
+    from jaxselfeval.commands.placement import add_placement_arguments
+
+    add_placement_arguments(p)
 
 
 def check_selfeval_trained(model_dir) -> bool:
@@ -35,8 +38,8 @@ def check_selfeval_trained(model_dir) -> bool:
 
 
 def run(args) -> int:
-    import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.commands.placement import load_model
     from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
     from jaxselfeval.tasks import get_task
@@ -45,7 +48,7 @@ def run(args) -> int:
     path = args.model or str(default_model_dir())
     check_selfeval_trained(path)
     cfg = load_dataclass_config(EvalConfig, None, args.overrides, defaults={"task": args.task})
-    model = jse.load_pretrained(path)
+    model = load_model(path, args)
     tok = load_tokenizer(path)
     res = evaluate(model, tok, get_task(cfg.task), cfg, args.out, progress=not args.no_progress)
     print((Path(args.out) / "report.md").read_text())

@@ -37,6 +37,8 @@ class GenerateConfig:
 
 
 def add_arguments(p):
+    from jaxselfeval.commands.placement import add_placement_arguments
+
     p.add_argument("--model", default=None,
                    help="HF model directory, self-eval-trained for bon/adaptive/prune (default: "
                         "the shipped tiny base)")
@@ -49,6 +51,7 @@ def add_arguments(p):
                         "answer) | adaptive | prune | adaptive_prune (adaptive rounds, each "
                         "pruned early)")
     p.add_argument("--out", default=None, help="write JSONL here (default: print)")
+    add_placement_arguments(p)
     p.add_argument("overrides", nargs="*", help="key=value settings (defaults: " + ", ".join(
         f"{f.name}={f.default}" for f in dataclasses.fields(GenerateConfig)) + ")")
 
@@ -111,9 +114,9 @@ def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
 
 
 def run(args) -> int:
-    import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.commands.evaluate import check_selfeval_trained
+    from jaxselfeval.commands.placement import load_model
     from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.errors import JSEError
     from jaxselfeval.selfeval.prompts import load_prompts, require_chat_template
@@ -130,7 +133,7 @@ def run(args) -> int:
         check_selfeval_trained(path)
     tok = load_tokenizer(path)
     require_chat_template(tok, path)
-    model = jse.load_pretrained(path)
+    model = load_model(path, args)
     msgs = [[{"role": "user", "content": p}] for p in args.prompt]
     if args.prompts:
         context = model.config.max_position_embeddings - cfg.max_new_tokens

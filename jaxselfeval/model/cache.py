@@ -36,8 +36,30 @@ class KVCache(NamedTuple):
         return KVCache(self.k[:, rows], self.v[:, rows], self.pos[rows], jnp.array(self.index))
 
 
-def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.bfloat16) -> KVCache:
-    """An empty cache for `batch` rows of `max_len` slots."""
+CACHE_AXES = KVCache(("layers", "batch", "seq", "kv_heads", "head_dim"),
+                     ("layers", "batch", "seq", "kv_heads", "head_dim"), ("batch", "seq"), ())
+
+
+def cache_shardings(cfg: LlamaConfig, batch: int, max_len: int, mesh) -> KVCache:
+    """NamedSharding of each cache array on `mesh` by its logical axes (rows over data x fsdp,
+    kv heads over tensor; a dimension an axis does not divide is replicated)."""
+    from jax.sharding import NamedSharding
+
+    from jaxselfeval.sharding import logical_spec
+
+    kv = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    shapes = KVCache(kv, kv, (batch, max_len), ())
+    return KVCache(*(NamedSharding(mesh, logical_spec(a, s, mesh))
+                     for a, s in zip(CACHE_AXES, shapes)))
+
+
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.bfloat16,
+               mesh=None) -> KVCache:
+    """An empty cache for `batch` rows of `max_len` slots; with a mesh, each device allocates only
+    its slice (`cache_shardings`)."""
+    if mesh is not None:
+        return jax.jit(lambda: init_cache(cfg, batch, max_len, dtype),
+                       out_shardings=cache_shardings(cfg, batch, max_len, mesh))()
     shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
     return KVCache(
         k=jnp.zeros(shape, dtype),

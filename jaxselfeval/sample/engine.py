@@ -4,10 +4,16 @@ Prompts are prefilled once into a *prompt cache* of G rows (left-padded to a buc
 Candidates are B = G * N rows with their own (suffix) cache; every forward attends to the prompt
 cache as a shared segment (no copy per candidate). All jitted pieces take the model as
 (graphdef, state): split outside jit, merged inside, so each shape compiles once.
+
+A model whose parameters are sharded over a mesh (`load_pretrained(..., mesh=...)`) samples on
+that mesh: every jitted piece is traced under `jax.set_mesh`, so activations and caches split
+their batch over the (data, fsdp) axes while weights follow their logical axes (tensor, fsdp).
+The tokens drawn do not depend on the mesh (sampling keys are per prompt and candidate).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Sequence
 
 import jax
@@ -67,11 +73,23 @@ class Candidates(NamedTuple):
         return int(self.cache.index)
 
 
+def model_mesh(model):
+    """The mesh a model's parameters are sharded over (`NamedSharding`), or None (one device)."""
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+        sh = getattr(leaf, "sharding", None)
+        if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh.size > 1:
+            return sh.mesh
+        return None
+    return None
+
+
 class Engine:
-    """Holds (graphdef, state) of a model and the jitted pieces. `stop_ids`: end tokens."""
+    """Holds (graphdef, state) of a model and the jitted pieces. `stop_ids`: end tokens.
+    `mesh`: where to sample (default: the mesh the model's parameters are sharded over)."""
 
     def __init__(self, model, *, stop_ids: Sequence[int] = (), seed: int = 0, top_k: int = 0,
-                 cache_dtype=None):
+                 cache_dtype=None, mesh=None):
+        self.mesh = mesh if mesh is not None else model_mesh(model)
         self.graphdef, self.state = nnx.split(model)
         self.config = model.config
         self.stop_ids = tuple(int(s) for s in stop_ids)
@@ -81,6 +99,10 @@ class Engine:
         self._prefill = jax.jit(self._prefill_fn)
         self._decode = jax.jit(self._decode_fn, donate_argnums=(2,))
         self._probe = jax.jit(self._probe_fn)
+
+    def _on_mesh(self):
+        """Trace and run under the model's mesh (the model then splits activations by batch)."""
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ prefill
     def _prefill_fn(self, state, tokens, positions, cache):
@@ -105,8 +127,9 @@ class Engine:
         for i, p in enumerate(prompt_ids):
             toks[i, T - len(p):] = p
             pos[i, T - len(p):] = np.arange(len(p))
-        cache = init_cache(self.config, G, T, self.cache_dtype)
-        logits, cache = self._prefill(self.state, toks, pos, cache)
+        with self._on_mesh():
+            cache = init_cache(self.config, G, T, self.cache_dtype, self.mesh)
+            logits, cache = self._prefill(self.state, toks, pos, cache)
         return Prompts(cache, jnp.asarray(lens, jnp.int32), logits,
                        jnp.arange(G, dtype=jnp.int32) + prompt_offset)
 
@@ -136,9 +159,10 @@ class Engine:
         keys = row_keys(self.key, pid, cid, 0)
         logits = jnp.repeat(prompts.last_logits, n, axis=0)
         first = sample_tokens(logits, keys, temp, tp, self.top_k)
+        cache = init_cache(self.config, B, T, self.cache_dtype, self.mesh)
         return Candidates(
-            init_cache(self.config, B, T, self.cache_dtype), jnp.full((B, T), -1, jnp.int32),
-            first, jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool), temp, tp, pid, cid,
+            cache, jnp.full((B, T), -1, jnp.int32), first, jnp.zeros((B,), jnp.int32),
+            jnp.zeros((B,), bool), temp, tp, pid, cid,
             jnp.repeat(prompts.length, n), token_logprob(logits, first), jnp.zeros((B,), jnp.float32))
 
     # ------------------------------------------------------------------ decode
@@ -174,7 +198,8 @@ class Engine:
         """Decode until every row is done or `until` tokens were emitted (default: buffer end).
         The candidates' cache is donated (updated in place)."""
         until = cands.tokens.shape[1] if until is None else until
-        return self._decode(self.state, prompts, cands, jnp.asarray(until, jnp.int32))
+        with self._on_mesh():
+            return self._decode(self.state, prompts, cands, jnp.asarray(until, jnp.int32))
 
     # ------------------------------------------------------------------ probe
     def _probe_fn(self, state, prefix, c: Candidates, suffix, yes_no):
@@ -196,8 +221,9 @@ class Engine:
         """Self-evaluation score P(No) / (P(Yes) + P(No)) per candidate, f32 [B]. The candidates'
         cache and positions are not touched (nothing is written)."""
         suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
-        score, _, _ = self._probe(self.state, prompts, cands, suffix,
-                                  jnp.asarray([spec.yes, spec.no], jnp.int32))
+        with self._on_mesh():
+            score, _, _ = self._probe(self.state, prompts, cands, suffix,
+                                      jnp.asarray([spec.yes, spec.no], jnp.int32))
         return score
 
     # ------------------------------------------------------------------ select

@@ -46,6 +46,10 @@ class BuildConfig:
     reward_model: str | None = None
     skip_bad_lines: bool = False  # malformed prompt-file lines: skip (counted) instead of an error
     on_too_long: str = "skip"  # prompts longer than the context minus max_new_tokens: skip | error
+    # Where the policy (and reward model) sample: weight dtype, and a mesh over each host's own
+    # devices such as "tensor=4" (null: one device). The rows do not depend on the mesh.
+    dtype: str = "float32"
+    mesh: str | None = None
 
 
 def _write_atomic(path: Path, rows: list[dict]):
@@ -101,12 +105,13 @@ def sample_rows(engine, items: list[Item], reward, *, offset, cfg: BuildConfig) 
     return rows
 
 
-def make_reward(cfg: BuildConfig, task, tokenizer):
-    """reward(items, responses) from the reward model if configured, else the task's verifier."""
+def make_reward(cfg: BuildConfig, task, tokenizer, mesh=None):
+    """reward(items, responses) from the reward model if configured (on `mesh`), else the task's
+    verifier."""
     if cfg.reward_model:
         from jaxselfeval.selfeval.reward_model import load_reward_model, score_sequences
 
-        rm = load_reward_model(cfg.reward_model)
+        rm = load_reward_model(cfg.reward_model, cfg.dtype, mesh=mesh)
 
         def by_rm(items, resps):
             seqs = [it.prompt_ids + r for it, rs in zip(items, resps) for r in rs]
@@ -138,7 +143,10 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
 
+    from jaxselfeval.sharding import local_mesh
+
     check_build_config(cfg)  # before anything is written
+    mesh = local_mesh(cfg.mesh)  # a mesh that does not fit this host's devices fails here too
     out = Path(cfg.out_dir)
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
@@ -168,9 +176,9 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
         log.info("process %d samples %d of the %d missing shards", jax.process_index(), len(mine),
                  len(todo))
     if mine:
-        model = jse.load_pretrained(model_dir)
+        model = jse.load_pretrained(model_dir, cfg.dtype, mesh=mesh)
         eng = Engine(model, stop_ids=(tok.eos_token_id,), seed=cfg.seed)
-        reward = make_reward(cfg, task, tok)
+        reward = make_reward(cfg, task, tok, mesh)
         base = {"train": 0, "validation": 10**6, "test": 2 * 10**6}
         for split, s, exs, path in tqdm(mine, desc="sampling shards", disable=not progress):
             rows = sample_rows(eng, exs, reward, offset=base.get(split, 0) + s, cfg=cfg)
@@ -203,6 +211,8 @@ def check_build_config(cfg: BuildConfig):
         raise JSEError(f"on_too_long={cfg.on_too_long!r}: use 'skip' or 'error'")
     if cfg.n < 1:
         raise JSEError(f"n must be >= 1, got {cfg.n}")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise JSEError(f"dtype={cfg.dtype!r}: use float32 or bfloat16")
 
 
 def _builder(out: Path):
