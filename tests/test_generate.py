@@ -90,3 +90,60 @@ def test_mesh_samples_what_one_device_samples_and_bf16_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has 3 devices but 8 are available" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    """A reward model (random head) on the shipped tiny base and its tokenizer."""
+    from jaxselfeval.selfeval.reward_model import init_reward_model, save_reward_model
+
+    base = default_model_dir()
+    rm = init_reward_model(jse.load_pretrained(base, lm_head=False), seed=3)
+    return save_reward_model(rm, tmp_path_factory.mktemp("rm"), tokenizer_dir=base)
+
+
+def test_bon_rm_returns_the_reward_models_best_candidate(tmp_path, rm_dir, capsys):
+    import numpy as np
+
+    from jaxselfeval.sample import generate
+    from jaxselfeval.selfeval.reward_model import load_reward_model, score_sequences
+    from jaxselfeval.tokenizer import encode_chat, load_tokenizer
+
+    rows = _gen(tmp_path, "bon_rm", "temperature=2.0", "--reward-model", str(rm_dir))
+    d = default_model_dir()
+    tok = load_tokenizer(d)
+    ids = [encode_chat(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
+    # the same 4 candidates: sampling keys depend on (seed, prompt, candidate) only
+    cands = generate(jse.load_pretrained(d), ids, n=4, max_new_tokens=24, temperature=2.0,
+                     tokenizer=tok)
+    rm = load_reward_model(rm_dir)
+    distinct = 0
+    for row, p, cs in zip(rows, ids, cands):
+        r = score_sequences(rm, [p + c for c in cs])
+        distinct += len(set(np.round(r, 5))) > 1
+        assert row["reward"] == pytest.approx(float(r.max()), abs=1e-5)
+        assert row["response"] == tok.decode(cs[int(np.argmax(r))], skip_special_tokens=True)
+        assert (row["samples"], row["probe_tokens"]) == (4, 0)
+    assert distinct >= 2  # the pick mattered
+    out = tmp_path / "x.jsonl"
+    assert main(["generate", "--prompt", "hi", "--out", str(out), "--strategy", "bon_rm"]) == 2
+    assert "--strategy bon_rm needs --reward-model DIR" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "hi", "--out", str(out), "--reward-model",
+                 str(rm_dir)]) == 2
+    assert "used by --strategy bon_rm only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_eval_with_a_reward_model_reports_its_best_of_n(tmp_path, rm_dir, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--out", str(out), "--reward-model", str(rm_dir), "--no-progress",
+                 "limit=3", "n=2", "batch_prompts=3", "max_new_tokens=24", "rounds=[1, 1]",
+                 "round_temperatures=[0, 1]", "thresholds=[0.5]", "prune_at=[4]",
+                 "keep_fractions=[0.5]"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["summary"]["bon_rm"]["n"] == 3 and res["summary"]["bon_rm"]["mean_samples"] == 2
+    assert "Best-of-2 by external reward model" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--out", str(tmp_path / "e2"), "--reward-model", str(tmp_path)]) == 2
+    assert "is not an HF directory" in capsys.readouterr().err
+    assert not (tmp_path / "e2").exists()

@@ -27,8 +27,9 @@ def tiny_dir(tmp_path_factory):
 
 
 def _cfg(model, out, **kw):
-    return BuildConfig(model=str(model), splits={"train": 12, "validation": 6}, n=4,
-                       max_new_tokens=24, truncations=[4, 8], shard_prompts=3, out_dir=str(out), **kw)
+    kw = {"splits": {"train": 12, "validation": 6}, "n": 4} | kw
+    return BuildConfig(model=str(model), max_new_tokens=24, truncations=[4, 8], shard_prompts=3,
+                       out_dir=str(out), **kw)
 
 
 BUILD = """
@@ -64,6 +65,26 @@ def test_killed_build_resumes_with_no_row_lost_or_duplicated(tiny_dir, tmp_path)
         for r in full:
             assert r["target"] == (1.0 if r["reward"] == 1.0 else
                                    sum(o["reward"] == 0 for o in full if o is not r) / (len(full) - 1))
+
+
+def test_resume_with_other_settings_is_refused_and_leaves_the_shards(tiny_dir, tmp_path, caplog):
+    """A build resumes only with the settings its shards were sampled with (else the dataset
+    would mix two builds); the mesh may change (it does not change the rows)."""
+    out = tmp_path / "d"
+    cfg = _cfg(tiny_dir, out, splits={"train": 3, "validation": 3})
+    build_dataset(cfg, progress=False)
+    before = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    conf = (out / "build_config.json").read_text()
+    with pytest.raises(jse.JSEError, match=r"holds shards sampled with other settings \(n: 4 -> 3; "
+                                           r"temperature: 1.0 -> 0.5\)"):
+        build_dataset(_cfg(tiny_dir, out, splits={"train": 3, "validation": 3}, n=3,
+                           temperature=0.5), progress=False)
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before
+    assert (out / "build_config.json").read_text() == conf
+    with caplog.at_level("INFO"):
+        build_dataset(_cfg(tiny_dir, out, splits={"train": 3, "validation": 3}, mesh="fsdp=2,tensor=4"),
+                      progress=False)
+    assert "all shards present" in caplog.text
 
 
 def test_training_probe_equals_sampler_probe(tiny_dir):
@@ -177,3 +198,12 @@ def test_prompt_file_build_with_reward_model(tiny_dir, tmp_path):
         build_dataset(BuildConfig(**{**cfg, "reward_model": None}, out_dir=str(tmp_path / "x")),
                       progress=False)
     assert not (tmp_path / "x").exists()  # nothing half-written
+    from jaxselfeval.tokenizer import build_tokenizer, save_tokenizer
+
+    save_tokenizer(build_tokenizer(["zz yy xx 42"] * 20, 280), tmp_path / "other")
+    other = save_reward_model(load_reward_model(rm_dir), tmp_path / "rm2",
+                              tokenizer_dir=tmp_path / "other")
+    with pytest.raises(jse.JSEError, match="tokenizes differently from the policy"):
+        build_dataset(BuildConfig(**{**cfg, "reward_model": str(other)},
+                                  out_dir=str(tmp_path / "x")), progress=False)
+    assert not (tmp_path / "x").exists()

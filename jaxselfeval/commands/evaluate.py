@@ -23,6 +23,9 @@ def add_arguments(p):
                    "thresholds), prune_at token counts x keep_fractions for pruning, combined_keep "
                    "for adaptive + pruning (defaults: " + ", ".join(
                        f"{f.name}={f.default}" for f in dataclasses.fields(EvalConfig)) + ")")
+    p.add_argument("--reward-model", default=None,
+                   help="HF LlamaForSequenceClassification directory on the policy's tokenizer: "
+                        "adds the Best-of-n-by-reward-model baseline to the report")
     p.add_argument("--no-progress", action="store_true")
     from jaxselfeval.commands.placement import add_placement_arguments
 
@@ -39,7 +42,7 @@ def check_selfeval_trained(model_dir) -> bool:
 
 def run(args) -> int:
     from jaxselfeval.assets import default_model_dir
-    from jaxselfeval.commands.placement import load_model
+    from jaxselfeval.commands.placement import load_model, load_rm
     from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
     from jaxselfeval.tasks import get_task
@@ -48,9 +51,12 @@ def run(args) -> int:
     path = args.model or str(default_model_dir())
     check_selfeval_trained(path)
     cfg = load_dataclass_config(EvalConfig, None, args.overrides, defaults={"task": args.task})
-    model = load_model(path, args)
+    cfg.validate()
     tok = load_tokenizer(path)
-    res = evaluate(model, tok, get_task(cfg.task), cfg, args.out, progress=not args.no_progress)
+    rm = load_rm(args.reward_model, tok, args) if args.reward_model else None
+    model = load_model(path, args)
+    res = evaluate(model, tok, get_task(cfg.task), cfg, args.out, progress=not args.no_progress,
+                   rm=rm)
     print((Path(args.out) / "report.md").read_text())
     del res
     return 0

@@ -18,8 +18,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("greedy", "sample", "bon", "bon_likelihood", "majority", "adaptive", "prune",
-              "adaptive_prune")
+STRATEGIES = ("greedy", "sample", "bon", "bon_rm", "bon_likelihood", "majority", "adaptive",
+              "prune", "adaptive_prune")
 
 
 @dataclasses.dataclass
@@ -46,11 +46,15 @@ def add_arguments(p):
     p.add_argument("--prompts", default=None, help="JSONL file of user turns")
     p.add_argument("--strategy", default="adaptive", choices=STRATEGIES,
                    help="greedy | sample (one at temperature) | bon (Best-of-n by the capability "
-                        "score) | bon_likelihood (Best-of-n by the model's own mean token "
+                        "score) | bon_rm (Best-of-n by an external reward model: "
+                        "--reward-model) | bon_likelihood (Best-of-n by the model's own mean token "
                         "log-probability: no training needed) | majority (vote on the final "
                         "answer) | adaptive | prune | adaptive_prune (adaptive rounds, each "
                         "pruned early)")
     p.add_argument("--out", default=None, help="write JSONL here (default: print)")
+    p.add_argument("--reward-model", default=None,
+                   help="bon_rm: HF LlamaForSequenceClassification directory on the policy's "
+                        "tokenizer (its reward of the chosen response is written as 'reward')")
     add_placement_arguments(p)
     p.add_argument("overrides", nargs="*", help="key=value settings (defaults: " + ", ".join(
         f"{f.name}={f.default}" for f in dataclasses.fields(GenerateConfig)) + ")")
@@ -93,30 +97,39 @@ def _strategy_config(strategy: str, cfg: GenerateConfig):
     return None
 
 
-def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int):
-    """One PromptRecord per item; scfg is `_strategy_config(strategy, cfg)`."""
+def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int, rm=None):
+    """(one PromptRecord per item, the reward model's reward of each chosen response or None);
+    scfg is `_strategy_config(strategy, cfg)`; `rm` (a RewardModel) for bon_rm."""
+    import numpy as np
+
     from jaxselfeval import strategies as S
 
     if strategy in ("adaptive", "adaptive_prune"):
-        return S.adaptive(run, items, scfg, offset=offset)
+        return S.adaptive(run, items, scfg, offset=offset), None
     if strategy == "prune":
-        return S.prune_run(run, items, scfg, offset=offset)[0]
+        return S.prune_run(run, items, scfg, offset=offset)[0], None
     n = 1 if strategy in ("greedy", "sample") else cfg.n
     temp = 0.0 if strategy == "greedy" else cfg.temperature
     pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)
-    name = {"greedy": "one", "sample": "one", "bon": "bon_self", "bon_likelihood": "bon_likelihood",
-            "majority": "majority"}[strategy]
+    name = {"greedy": "one", "sample": "one", "bon": "bon_self", "bon_rm": "bon_rm",
+            "bon_likelihood": "bon_likelihood", "majority": "majority"}[strategy]
+    if strategy == "bon_rm":
+        S.add_rm_scores(pool, rm)
     recs = S.pool_records(pool, items, name, probe_len=run.probe_len)
-    if strategy in ("greedy", "sample"):  # report the capability score of the single answer too
-        for r, s in zip(recs, pool["score"][:, 0]):
-            r.chosen_score = float(s)
-    return recs
+    chosen = (np.argmax(pool["rm_score"], axis=1) if strategy == "bon_rm"
+              else np.zeros(len(items), int))
+    if strategy in ("greedy", "sample", "bon_rm"):  # the capability score of the answer too
+        for g, r in enumerate(recs):
+            r.chosen_score = float(pool["score"][g, chosen[g]])
+    if strategy == "bon_rm":
+        return recs, [float(pool["rm_score"][g, j]) for g, j in enumerate(chosen)]
+    return recs, None
 
 
 def run(args) -> int:
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.commands.evaluate import check_selfeval_trained
-    from jaxselfeval.commands.placement import load_model
+    from jaxselfeval.commands.placement import load_model, load_rm
     from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.errors import JSEError
     from jaxselfeval.selfeval.prompts import load_prompts, require_chat_template
@@ -128,11 +141,16 @@ def run(args) -> int:
     scfg = _strategy_config(args.strategy, cfg)  # bad settings fail before any model is loaded
     if not args.prompt and not args.prompts:
         raise JSEError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    if (args.strategy == "bon_rm") != bool(args.reward_model):
+        raise JSEError("--strategy bon_rm needs --reward-model DIR" if args.reward_model is None
+                       else "--reward-model is used by --strategy bon_rm only: pick that strategy "
+                            "or leave the reward model out")
     path = args.model or str(default_model_dir())
     if args.strategy in ("bon", "adaptive", "prune", "adaptive_prune"):
         check_selfeval_trained(path)
     tok = load_tokenizer(path)
     require_chat_template(tok, path)
+    rm = load_rm(args.reward_model, tok, args) if args.reward_model else None
     model = load_model(path, args)
     msgs = [[{"role": "user", "content": p}] for p in args.prompt]
     if args.prompts:
@@ -145,11 +163,15 @@ def run(args) -> int:
     for s in range(0, len(items), cfg.batch_prompts):
         chunk = items[s:s + cfg.batch_prompts]
         log.info("%s: prompts %d-%d of %d", args.strategy, s + 1, s + len(chunk), len(items))
-        for it, r in zip(chunk, _records(runner, chunk, args.strategy, cfg, scfg, s)):
-            lines.append(json.dumps({
-                "messages": it.messages, "response": tok.decode(r.output, skip_special_tokens=True),
-                "score": r.chosen_score, "samples": r.samples, "gen_tokens": r.gen_tokens,
-                "probe_tokens": r.probe_tokens}))
+        recs, rewards = _records(runner, chunk, args.strategy, cfg, scfg, s, rm)
+        for i, (it, r) in enumerate(zip(chunk, recs)):
+            row = {"messages": it.messages,
+                   "response": tok.decode(r.output, skip_special_tokens=True),
+                   "score": r.chosen_score, "samples": r.samples, "gen_tokens": r.gen_tokens,
+                   "probe_tokens": r.probe_tokens}
+            if rewards is not None:
+                row["reward"] = rewards[i]
+            lines.append(json.dumps(row))
     text = "\n".join(lines) + "\n"
     if args.out:
         out = Path(args.out)

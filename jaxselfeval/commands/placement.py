@@ -14,7 +14,31 @@ def add_placement_arguments(p):
                         "prompts on their own chips")
 
 
-def load_model(path, args):
-    from jaxselfeval.sharding import load_for_sampling
+def _mesh(args):
+    """This host's mesh from --mesh (made once per command), or None."""
+    if not hasattr(args, "_local_mesh"):
+        from jaxselfeval.sharding import local_mesh
 
-    return load_for_sampling(path, args.dtype, args.mesh)
+        args._local_mesh = local_mesh(args.mesh)
+    return args._local_mesh
+
+
+def load_model(path, args):
+    """The policy at `path` in --dtype, sharded over --mesh (each device reads its slice)."""
+    from jaxselfeval.hf_io import load_pretrained
+
+    return load_pretrained(path, args.dtype, mesh=_mesh(args))
+
+
+def load_rm(path, tokenizer, args):
+    """The external reward model at `path`, checked against the policy's tokenizer, placed like
+    the policy (--dtype, --mesh)."""
+    from pathlib import Path
+
+    from jaxselfeval.errors import JSEError
+    from jaxselfeval.selfeval.reward_model import check_rm_tokenizer, load_reward_model
+
+    if not (Path(path) / "config.json").is_file():
+        raise JSEError(f"reward model '{path}' is not an HF directory (no config.json)")
+    check_rm_tokenizer(path, tokenizer)
+    return load_reward_model(path, args.dtype, mesh=_mesh(args))

@@ -140,23 +140,27 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.distributed import barrier, host_shard
     from jaxselfeval.sample import Engine
+    from jaxselfeval.sharding import local_mesh
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
-
-    from jaxselfeval.sharding import local_mesh
 
     check_build_config(cfg)  # before anything is written
     mesh = local_mesh(cfg.mesh)  # a mesh that does not fit this host's devices fails here too
     out = Path(cfg.out_dir)
     shards = out / "shards"
-    shards.mkdir(parents=True, exist_ok=True)
     model_dir = cfg.model or str(default_model_dir())
+    settings = dataclasses.asdict(cfg) | {"model": model_dir}
+    check_same_settings(out, settings)
+    tok = load_tokenizer(model_dir)
+    if cfg.reward_model:
+        from jaxselfeval.selfeval.reward_model import check_rm_tokenizer
+
+        check_rm_tokenizer(cfg.reward_model, tok)
+    shards.mkdir(parents=True, exist_ok=True)
     main = jax.process_index() == 0  # starts the backend: after jax.distributed.initialize
     if main:
-        (out / "build_config.json").write_text(
-            json.dumps(dataclasses.asdict(cfg) | {"model": model_dir}, indent=2))
+        write_atomic(out / "build_config.json", json.dumps(settings, indent=2))
     task = None if cfg.prompt_files else get_task(cfg.task)
-    tok = load_tokenizer(model_dir)
     todo = []
     for split, limit in cfg.splits.items():
         if cfg.prompt_files:
@@ -190,6 +194,27 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
         write_tfds(out, progress=progress)
     barrier("jse_data_build_written")
     return out
+
+
+# settings that do not change the rows: a build may resume with other values
+_RESUMABLE_WITH_OTHER = ("out_dir", "mesh")
+
+
+def check_same_settings(out: Path, settings: dict):
+    """A build resumes into `out` only with the settings its shards were sampled with (a resumed
+    build must equal an uninterrupted one); one-line error naming what differs otherwise."""
+    old_path = out / "build_config.json"
+    if not old_path.exists() or not any((out / "shards").glob("*.jsonl")):
+        return
+    defaults = dataclasses.asdict(BuildConfig())  # keys added since that build: their defaults
+    old = defaults | json.loads(old_path.read_text())
+    settings = json.loads(json.dumps(settings))  # as written: tuples -> lists
+    diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items()
+            if k not in _RESUMABLE_WITH_OTHER and old.get(k) != v]
+    if diff:
+        raise JSEError(f"{out} holds shards sampled with other settings ({'; '.join(diff)}): "
+                       f"build with the same settings to resume, or remove it / pick another "
+                       f"out_dir")
 
 
 def check_build_config(cfg: BuildConfig):

@@ -144,6 +144,29 @@ def load_reward_model(path, dtype="float32", *, mesh=None) -> RewardModel:
     return rm
 
 
+def check_rm_tokenizer(path, tokenizer) -> None:
+    """The reward model scores the policy's token ids, so it must read them as the policy's
+    tokenizer wrote them: every token of the policy's vocabulary at the same id in the reward
+    model's tokenizer (extra tokens such as an added pad are fine), or, for a directory without
+    tokenizer files, an embedding table covering the policy's ids. One-line error otherwise."""
+    path = Path(path)
+    cfg = json.loads((path / "config.json").read_text())
+    vocab = tokenizer.get_vocab()
+    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        from jaxselfeval.tokenizer import load_tokenizer
+
+        theirs = load_tokenizer(path).get_vocab()
+        bad = [t for t, i in vocab.items() if theirs.get(t) != i]
+        if bad:
+            raise JSEError(f"reward model '{path}' tokenizes differently from the policy ({len(bad)} "
+                           f"of its {len(vocab)} tokens differ, e.g. {bad[0]!r}): use a reward "
+                           f"model built on the policy's tokenizer (it scores the policy's ids)")
+    elif int(cfg.get("vocab_size", 0)) < max(vocab.values()) + 1:
+        raise JSEError(f"reward model '{path}' has {cfg.get('vocab_size')} embeddings but the "
+                       f"policy's tokenizer has ids up to {max(vocab.values())}: use a reward model "
+                       f"built on the policy's tokenizer")
+
+
 class _WithoutLMHead:
     """The backbone as `save_pretrained` sees it: tied embeddings, so no lm_head is written."""
 
