@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -58,8 +59,7 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.bfloat16,
     """An empty cache for `batch` rows of `max_len` slots; with a mesh, each device allocates only
     its slice (`cache_shardings`)."""
     if mesh is not None:
-        return jax.jit(lambda: init_cache(cfg, batch, max_len, dtype),
-                       out_shardings=cache_shardings(cfg, batch, max_len, mesh))()
+        return _sharded_init(cfg, batch, max_len, jnp.dtype(dtype), mesh)()
     shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
     return KVCache(
         k=jnp.zeros(shape, dtype),
@@ -67,3 +67,10 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.bfloat16,
         pos=jnp.full((batch, max_len), -1, jnp.int32),
         index=jnp.zeros((), jnp.int32),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_init(cfg, batch, max_len, dtype, mesh):
+    """The jitted constructor of a sharded empty cache (one compile per shape and mesh)."""
+    return jax.jit(lambda: init_cache(cfg, batch, max_len, dtype),
+                   out_shardings=cache_shardings(cfg, batch, max_len, mesh))

@@ -75,12 +75,9 @@ class Candidates(NamedTuple):
 
 def model_mesh(model):
     """The mesh a model's parameters are sharded over (`NamedSharding`), or None (one device)."""
-    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
-        sh = getattr(leaf, "sharding", None)
-        if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh.size > 1:
-            return sh.mesh
-        return None
-    return None
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    sh = getattr(leaves[0], "sharding", None) if leaves else None
+    return sh.mesh if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh.size > 1 else None
 
 
 class Engine:
