@@ -147,3 +147,41 @@ def test_eval_with_a_reward_model_reports_its_best_of_n(tmp_path, rm_dir, capsys
     assert main(["eval", "--out", str(tmp_path / "e2"), "--reward-model", str(tmp_path)]) == 2
     assert "is not an HF directory" in capsys.readouterr().err
     assert not (tmp_path / "e2").exists()
+
+
+def test_killed_run_resumes_at_the_first_unfinished_batch(tmp_path, monkeypatch):
+    """With --out, finished batches are kept in OUT.chunks: a run killed after its first batch
+    answers only the rest when run again and writes what an uninterrupted run writes."""
+    import jaxselfeval.commands.generate as G
+
+    def cmd(out):
+        return ["generate", "--strategy", "adaptive", "--out", str(out)] + [
+            x for p in PROMPTS for x in ("--prompt", p)]
+
+    small = SMALL + ["batch_prompts=1"]
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
+    assert main(cmd(whole) + SMALL) == 0  # one batch of all three prompts
+    real, calls = G._records, []
+
+    def killed_after_one(run, chunk, *a):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(chunk[0].id)
+        return real(run, chunk, *a)
+
+    monkeypatch.setattr(G, "_records", killed_after_one)
+    assert main(cmd(out) + small) == 130  # "interrupted"
+    assert not out.exists() and len(list((tmp_path / "out.jsonl.chunks").glob("chunk-*"))) == 1
+
+    def counted(run, chunk, *a):
+        calls.append(chunk[0].id)
+        return real(run, chunk, *a)
+
+    calls.clear()
+    monkeypatch.setattr(G, "_records", counted)
+    assert main(cmd(out) + SMALL[:1] + ["max_new_tokens=16"] + SMALL[2:] + ["batch_prompts=1"]) == 2
+    assert calls == []  # other settings: refused, the kept batch untouched
+    assert main(cmd(out) + small) == 0
+    assert calls == ["1", "2"]  # the first batch was not answered again
+    assert out.read_text() == whole.read_text()
+    assert not (tmp_path / "out.jsonl.chunks").exists()

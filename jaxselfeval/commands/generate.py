@@ -5,7 +5,9 @@
     jaxselfeval generate --model DIR --prompts prompts.jsonl --strategy bon n=16 --out out.jsonl
 
 Prompt files hold one user turn per line ({"prompt": ...} or {"messages": [...]}, as for
-`data build`). Without --out the responses are printed.
+`data build`). Without --out the responses are printed. With --out, each finished batch of
+prompts is kept in OUT.chunks/ until the whole file is written, so a killed run resumes at the
+first unfinished batch (and writes what an uninterrupted run writes).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -159,11 +162,16 @@ def run(args) -> int:
                              tokenizer_dir=path).messages
     items = [_Item(str(i), m) for i, m in enumerate(msgs)]
     runner = Runner(model, tok, _Prompts(), seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
-    lines = []
+    store = _store(args, cfg, msgs, model) if args.out else None
+    rows = []
     for s in range(0, len(items), cfg.batch_prompts):
         chunk = items[s:s + cfg.batch_prompts]
+        if store is not None and store.has(s):
+            rows += store.read_rows(s)
+            continue
         log.info("%s: prompts %d-%d of %d", args.strategy, s + 1, s + len(chunk), len(items))
         recs, rewards = _records(runner, chunk, args.strategy, cfg, scfg, s, rm)
+        batch = []
         for i, (it, r) in enumerate(zip(chunk, recs)):
             row = {"messages": it.messages,
                    "response": tok.decode(r.output, skip_special_tokens=True),
@@ -171,15 +179,34 @@ def run(args) -> int:
                    "probe_tokens": r.probe_tokens}
             if rewards is not None:
                 row["reward"] = rewards[i]
-            lines.append(json.dumps(row))
-    text = "\n".join(lines) + "\n"
+            batch.append(row)
+        if store is not None:
+            store.write_rows(s, batch)
+        rows += batch
+    text = "".join(json.dumps(r) + "\n" for r in rows)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         from jaxselfeval.fileio import write_atomic
 
-        write_atomic(out, text)  # all or nothing
-        log.info("wrote %d responses to %s", len(lines), out)
+        write_atomic(args.out, text)  # all or nothing
+        shutil.rmtree(store.dir)
+        log.info("wrote %d responses to %s", len(rows), args.out)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _store(args, cfg: GenerateConfig, msgs, model):
+    """OUT.chunks/: the finished batches of this run (same prompts, settings and model), kept
+    until OUT is written."""
+    from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint_of
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rm = str(Path(args.reward_model).resolve()) if args.reward_model else None
+    key = fingerprint_of([args.strategy, dataclasses.asdict(cfg), msgs, rm], model)
+    store = ChunkStore(out.with_name(out.name + ".chunks"), key, what="generate run")
+    done = [s for s in range(0, len(msgs), cfg.batch_prompts) if store.has(s)]
+    if done:
+        log.info("resuming: %d of %d batches already answered in %s", len(done),
+                 -(-len(msgs) // cfg.batch_prompts), store.dir)
+    return store

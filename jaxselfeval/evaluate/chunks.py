@@ -26,28 +26,33 @@ FORMAT = 2
 
 def fingerprint(cfg, model, n_examples: int, with_rm: bool) -> str:
     """sha256 of the chunk format, the eval settings, the number of problems, whether an RM
-    baseline runs, and the model's configuration and first values of every parameter (enough to
-    tell two models apart)."""
+    baseline runs, and the model (`fingerprint_of`)."""
+    return fingerprint_of([FORMAT, dataclasses.asdict(cfg), n_examples, with_rm], model)
+
+
+def fingerprint_of(settings: list, model) -> str:
+    """sha256 of JSON-able `settings`, the model's configuration and the first values of every
+    parameter (enough to tell two models, or two dtypes of one, apart)."""
     import jax
     from flax import nnx
 
-    h = hashlib.sha256(json.dumps([FORMAT, dataclasses.asdict(cfg), n_examples, with_rm,
-                                   dataclasses.asdict(model.config)], sort_keys=True,
-                                  default=str).encode())
+    h = hashlib.sha256(json.dumps(list(settings) + [dataclasses.asdict(model.config)],
+                                  sort_keys=True, default=str).encode())
     for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
         h.update(np.asarray(leaf.reshape(-1)[:64], np.float32).tobytes())
     return h.hexdigest()
 
 
 class ChunkStore:
-    """The chunks of one evaluation under `directory` (shared by every host)."""
+    """The chunks of one evaluation (or of another resumable job: `what`) under `directory`
+    (shared by every host)."""
 
-    def __init__(self, directory, key: str, *, writer: bool = True):
+    def __init__(self, directory, key: str, *, writer: bool = True, what: str = "evaluation"):
         self.dir = Path(directory)
         meta = self.dir / "meta.json"
         if meta.exists():
             if json.loads(meta.read_text()).get("fingerprint") != key:
-                raise JSEError(f"{self.dir} holds chunks of another evaluation (other settings, "
+                raise JSEError(f"{self.dir} holds chunks of another {what} (other settings, "
                                f"model or jaxselfeval version): remove that directory or pick another --out")
         elif writer:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +69,13 @@ class ChunkStore:
 
     def read(self, start: int) -> dict:
         return decode(json.loads(self.path(start).read_text()))
+
+    def write_rows(self, start: int, rows: list[dict]):
+        """A chunk of plain JSON rows (e.g. `generate`'s output lines)."""
+        write_atomic(self.path(start), json.dumps(rows))
+
+    def read_rows(self, start: int) -> list[dict]:
+        return json.loads(self.path(start).read_text())
 
 
 def encode(part: dict) -> dict:
