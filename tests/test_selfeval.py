@@ -81,10 +81,17 @@ def test_resume_with_other_settings_is_refused_and_leaves_the_shards(tiny_dir, t
                            temperature=0.5), progress=False)
     assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before
     assert (out / "build_config.json").read_text() == conf
-    with caplog.at_level("INFO"):
-        build_dataset(_cfg(tiny_dir, out, splits={"train": 3, "validation": 3}, mesh="fsdp=2,tensor=4"),
-                      progress=False)
+    with caplog.at_level("INFO"):  # the mesh and the sampler's batch size do not change rows
+        build_dataset(_cfg(tiny_dir, out, splits={"train": 3, "validation": 3},
+                           mesh="fsdp=2,tensor=4", batch_prompts=2), progress=False)
     assert "all shards present" in caplog.text
+    one = build_dataset(_cfg(tiny_dir, tmp_path / "one", splits={"train": 3, "validation": 3},
+                             batch_prompts=1), progress=False)
+    for split in ("train", "validation"):  # one prompt at a time: the same rows
+        key = lambda r: r["id"]  # noqa: E731
+        a, b = sorted(load_rows(one, split), key=key), sorted(load_rows(out, split), key=key)
+        assert len(a) > 0 and [(r["id"], list(r["response_ids"]), r["target"]) for r in a] == [
+            (r["id"], list(r["response_ids"]), r["target"]) for r in b]
 
 
 def test_training_probe_equals_sampler_probe(tiny_dir):

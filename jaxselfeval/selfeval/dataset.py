@@ -50,6 +50,9 @@ class BuildConfig:
     # devices such as "tensor=4" (null: one device). The rows do not depend on the mesh.
     dtype: str = "float32"
     mesh: str | None = None
+    # prompts sampled at once (batch_prompts x n candidate rows decode together; null: a whole
+    # shard). Size it to the chips with `jaxselfeval plan --decode-batch`; rows do not depend on it.
+    batch_prompts: int | None = None
 
 
 def _write_atomic(path: Path, rows: list[dict]):
@@ -84,15 +87,20 @@ def file_items(path, tokenizer, limit: int, cfg: "BuildConfig", context: int) ->
 
 
 def sample_rows(engine, items: list[Item], reward, *, offset, cfg: BuildConfig) -> list[dict]:
-    """Rows for a chunk of prompts (prompt index = offset + i keys the sampler).
-    reward(items, responses per item) -> one reward list per item."""
+    """Rows for a chunk of prompts (prompt index = offset + i keys the sampler), sampled
+    `cfg.batch_prompts` prompts at a time. reward(items, responses per item) -> one reward list
+    per item."""
     from jaxselfeval.sample import Engine
 
     prompts = [it.prompt_ids for it in items]
-    P = engine.prefill(prompts, prompt_offset=offset)
-    C = engine.decode(P, engine.branch(P, cfg.n, cfg.max_new_tokens, temperature=cfg.temperature))
-    outs = Engine.outputs(C)
-    resps = [outs[i * cfg.n:(i + 1) * cfg.n] for i in range(len(items))]
+    step = cfg.batch_prompts or len(items)
+    resps = []
+    for s in range(0, len(items), step):
+        P = engine.prefill(prompts[s:s + step], prompt_offset=offset + s)
+        C = engine.decode(P, engine.branch(P, cfg.n, cfg.max_new_tokens,
+                                           temperature=cfg.temperature))
+        outs = Engine.outputs(C)
+        resps += [outs[i * cfg.n:(i + 1) * cfg.n] for i in range(len(outs) // cfg.n)]
     rows = []
     for i, (it, resp, rewards) in enumerate(zip(items, resps, reward(items, resps))):
         targets = capability_targets(rewards, cfg.margin)
@@ -197,7 +205,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
 
 
 # settings that do not change the rows: a build may resume with other values
-_RESUMABLE_WITH_OTHER = ("out_dir", "mesh")
+_RESUMABLE_WITH_OTHER = ("out_dir", "mesh", "batch_prompts")
 
 
 def check_same_settings(out: Path, settings: dict):
@@ -236,6 +244,8 @@ def check_build_config(cfg: BuildConfig):
         raise JSEError(f"on_too_long={cfg.on_too_long!r}: use 'skip' or 'error'")
     if cfg.n < 1:
         raise JSEError(f"n must be >= 1, got {cfg.n}")
+    if cfg.batch_prompts is not None and cfg.batch_prompts < 1:
+        raise JSEError(f"batch_prompts must be >= 1 (or null: a whole shard), got {cfg.batch_prompts}")
     if cfg.dtype not in ("float32", "bfloat16"):
         raise JSEError(f"dtype={cfg.dtype!r}: use float32 or bfloat16")
 
