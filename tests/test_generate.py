@@ -86,6 +86,7 @@ def test_mesh_samples_what_one_device_samples_and_bf16_runs(tmp_path, capsys):
     greedy = [r["response"] for r in _gen(tmp_path, "greedy")]
     assert [r["response"] for r in _gen(tmp_path, "greedy", "--dtype", "bfloat16")] == greedy
     out = tmp_path / "m.jsonl"
+    capsys.readouterr()
     assert main(["generate", "--prompt", "hi", "--out", str(out), "--mesh", "tensor=3"]) == 2
     err = capsys.readouterr().err
     assert "has 3 devices but 8 are available" in err and len(err.strip().splitlines()) == 1

@@ -55,6 +55,7 @@ def add_arguments(p):
                         "answer) | adaptive | prune | adaptive_prune (adaptive rounds, each "
                         "pruned early)")
     p.add_argument("--out", default=None, help="write JSONL here (default: print)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--reward-model", default=None,
                    help="bon_rm: HF LlamaForSequenceClassification directory on the policy's "
                         "tokenizer (its reward of the chosen response is written as 'reward')")
@@ -130,6 +131,8 @@ def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int, 
 
 
 def run(args) -> int:
+    from tqdm import tqdm
+
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.commands.evaluate import check_selfeval_trained
     from jaxselfeval.commands.placement import load_model, load_rm
@@ -164,12 +167,14 @@ def run(args) -> int:
     runner = Runner(model, tok, _Prompts(), seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
     store = _store(args, cfg, msgs, model) if args.out else None
     rows = []
+    bar = tqdm(total=len(items), desc=args.strategy, unit="prompt", disable=args.no_progress)
     for s in range(0, len(items), cfg.batch_prompts):
         chunk = items[s:s + cfg.batch_prompts]
         if store is not None and store.has(s):
             rows += store.read_rows(s)
+            bar.update(len(chunk))
             continue
-        log.info("%s: prompts %d-%d of %d", args.strategy, s + 1, s + len(chunk), len(items))
+        log.debug("%s: prompts %d-%d of %d", args.strategy, s + 1, s + len(chunk), len(items))
         recs, rewards = _records(runner, chunk, args.strategy, cfg, scfg, s, rm)
         batch = []
         for i, (it, r) in enumerate(zip(chunk, recs)):
@@ -183,6 +188,8 @@ def run(args) -> int:
         if store is not None:
             store.write_rows(s, batch)
         rows += batch
+        bar.update(len(chunk))
+    bar.close()
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if args.out:
         from jaxselfeval.fileio import write_atomic
