@@ -54,7 +54,9 @@ def add_arguments(p):
                         "log-probability: no training needed) | majority (vote on the final "
                         "answer) | adaptive | prune | adaptive_prune (adaptive rounds, each "
                         "pruned early)")
-    p.add_argument("--out", default=None, help="write JSONL here (default: print)")
+    p.add_argument("--out", default=None,
+                   help="write JSONL here (default: print); finished batches of prompts are kept "
+                        "in OUT.chunks until then, so re-running a killed run resumes it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--reward-model", default=None,
                    help="bon_rm: HF LlamaForSequenceClassification directory on the policy's "

@@ -10,8 +10,8 @@ def add_placement_arguments(p):
     p.add_argument("--mesh", default=None,
                    help="shard the model over this host's devices, e.g. tensor=4 or "
                         "fsdp=2,tensor=4 (axes data, fsdp, tensor; sizes multiply to the local "
-                        "device count; default: one device). Several hosts each sample their own "
-                        "prompts on their own chips")
+                        "device count; default: one device). On several hosts, data build and "
+                        "eval give each host its own prompts, sampled on its own chips")
 
 
 def _mesh(args):
