@@ -214,3 +214,7 @@ def test_prompt_file_build_with_reward_model(tiny_dir, tmp_path):
         build_dataset(BuildConfig(**{**cfg, "reward_model": str(other)},
                                   out_dir=str(tmp_path / "x")), progress=False)
     assert not (tmp_path / "x").exists()
+    with pytest.raises(jse.JSEError, match="is not an HF directory"):
+        build_dataset(BuildConfig(**{**cfg, "reward_model": str(tmp_path / "other")},
+                                  out_dir=str(tmp_path / "x")), progress=False)
+    assert not (tmp_path / "x").exists()

@@ -33,12 +33,7 @@ def load_model(path, args):
 def load_rm(path, tokenizer, args):
     """The external reward model at `path`, checked against the policy's tokenizer, placed like
     the policy (--dtype, --mesh)."""
-    from pathlib import Path
-
-    from jaxselfeval.errors import JSEError
     from jaxselfeval.selfeval.reward_model import check_rm_tokenizer, load_reward_model
 
-    if not (Path(path) / "config.json").is_file():
-        raise JSEError(f"reward model '{path}' is not an HF directory (no config.json)")
     check_rm_tokenizer(path, tokenizer)
     return load_reward_model(path, args.dtype, mesh=_mesh(args))

@@ -238,8 +238,6 @@ def check_build_config(cfg: BuildConfig):
         for s in cfg.splits:
             if not Path(cfg.prompt_files[s]).is_file():
                 raise JSEError(f"prompt file '{cfg.prompt_files[s]}' (split {s}) does not exist")
-    if cfg.reward_model and not (Path(cfg.reward_model) / "config.json").is_file():
-        raise JSEError(f"reward_model '{cfg.reward_model}' is not an HF directory (no config.json)")
     if cfg.on_too_long not in ("skip", "error"):
         raise JSEError(f"on_too_long={cfg.on_too_long!r}: use 'skip' or 'error'")
     if cfg.n < 1:

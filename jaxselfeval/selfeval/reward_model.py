@@ -148,8 +148,11 @@ def check_rm_tokenizer(path, tokenizer) -> None:
     """The reward model scores the policy's token ids, so it must read them as the policy's
     tokenizer wrote them: every token of the policy's vocabulary at the same id in the reward
     model's tokenizer (extra tokens such as an added pad are fine), or, for a directory without
-    tokenizer files, an embedding table covering the policy's ids. One-line error otherwise."""
+    tokenizer files, an embedding table covering the policy's ids. One-line error otherwise (and
+    for a directory that is not an HF one)."""
     path = Path(path)
+    if not (path / "config.json").is_file():
+        raise JSEError(f"reward model '{path}' is not an HF directory (no config.json)")
     cfg = json.loads((path / "config.json").read_text())
     vocab = tokenizer.get_vocab()
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
