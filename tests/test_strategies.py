@@ -343,3 +343,10 @@ def test_eval_killed_midway_resumes_to_the_uninterrupted_result(setup, tmp_path,
     monkeypatch.setattr(chunk_format, "FORMAT", chunk_format.FORMAT + 1)
     with pytest.raises(JSEError, match="holds chunks of another evaluation"):
         evaluate(model, run.tok, run.task, cfg, tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    # nor those of the same weights sampled in another dtype: a bf16 checkpoint loaded in f32
+    # and in bf16 has equal values, so the dtypes themselves must tell them apart
+    bf = jse.save_pretrained(model, tmp_path / "bf16", dtype="bfloat16")
+    as32, as16 = jse.load_pretrained(bf, "float32"), jse.load_pretrained(bf, "bfloat16")
+    assert chunk_format.fingerprint(cfg, as32, 6, False) != chunk_format.fingerprint(cfg, as16, 6,
+                                                                                     False)

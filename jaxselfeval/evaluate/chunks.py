@@ -31,12 +31,14 @@ def fingerprint(cfg, model, n_examples: int, with_rm: bool) -> str:
 
 
 def fingerprint_of(settings: list, model) -> str:
-    """sha256 of JSON-able `settings`, the model's configuration and the first values of every
-    parameter (enough to tell two models, or two dtypes of one, apart)."""
+    """sha256 of JSON-able `settings`, the model's configuration, its weight and compute dtypes
+    (a bf16 checkpoint loaded in f32 or bf16 has the same values but samples differently) and
+    the first values of every parameter (enough to tell two models apart)."""
     import jax
     from flax import nnx
 
-    h = hashlib.sha256(json.dumps(list(settings) + [dataclasses.asdict(model.config)],
+    dtypes = [str(model.param_dtype), str(model.compute_dtype)]
+    h = hashlib.sha256(json.dumps(list(settings) + [dataclasses.asdict(model.config), dtypes],
                                   sort_keys=True, default=str).encode())
     for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
         h.update(np.asarray(leaf.reshape(-1)[:64], np.float32).tobytes())
