@@ -40,8 +40,12 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return d
 
 
-def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
-    """Apply `a.b=value` strings (value parsed as YAML); unknown keys named with a suggestion."""
+def apply_overrides(cfg: dict, overrides: list[str] | None, open_keys=()) -> dict:
+    """Apply `a.b=value` strings (value parsed as YAML); unknown keys named with a suggestion.
+
+    open_keys: top-level keys holding free-form mappings (task_args, lora, prompt_files, ...)
+    whose own keys are checked where they are used: `task_args.max_steps=3` may add a key the
+    file did not set, and a null section becomes a mapping."""
     cfg = dict(cfg)
     for ov in overrides or []:
         if "=" not in ov:
@@ -50,14 +54,30 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         parts = key.split(".")
         node = cfg
         for i, k in enumerate(parts):
-            if k not in node:
-                raise JSEError(f"unknown config key '{'.'.join(parts[:i + 1])}'{closest(k, node)}")
+            here = ".".join(parts[:i + 1])
+            if not isinstance(node, dict):
+                raise JSEError(f"config key '{'.'.join(parts[:i])}' is not a section: set "
+                               f"{'.'.join(parts[:i])}=VALUE")
+            if k not in node and not (i == 1 and parts[0] in open_keys):
+                raise JSEError(f"unknown config key '{here}'{closest(k, node)}")
             if i == len(parts) - 1:
                 node[k] = yaml.safe_load(val)
             else:
-                node[k] = dict(node[k])
+                if node.get(k) is None and i == 0 and k in open_keys:
+                    node[k] = {}
+                node[k] = dict(node[k]) if isinstance(node[k], dict) else node[k]
                 node = node[k]
     return cfg
+
+
+def mapping_fields(cls) -> tuple[str, ...]:
+    """The fields of dataclass `cls` declared as mappings (`dict`, `dict | None`)."""
+    out = []
+    for k, hint in typing.get_type_hints(cls).items():
+        types_ = [typing.get_origin(a) or a for a in (typing.get_args(hint) or (hint,))]
+        if dict in types_ or (typing.get_origin(hint) or hint) is dict:
+            out.append(k)
+    return tuple(out)
 
 
 def _coerce(key: str, val, hint):
@@ -100,7 +120,7 @@ def load_dataclass_config(cls, path=None, overrides: list[str] | None = None, *,
             if k not in base:
                 raise JSEError(f"unknown config key '{k}' in {path}{closest(k, list(base))}")
         base.update(d)
-    return cls(**coerce_fields(cls, apply_overrides(base, overrides)))
+    return cls(**coerce_fields(cls, apply_overrides(base, overrides, mapping_fields(cls))))
 
 
 def coerce_fields(cls, d: dict) -> dict:

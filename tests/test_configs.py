@@ -56,3 +56,30 @@ def test_help_lists_every_setting_with_its_default(cmd, keys, capsys):
 def test_bad_eval_settings_name_the_setting(ov, msg):
     with pytest.raises(jse.JSEError, match=msg):
         load_dataclass_config(EvalConfig, None, [ov]).validate()
+
+
+def test_dotted_overrides_reach_free_form_sections_and_are_checked_where_used():
+    """task_args / model / lora / prompt_files hold mappings the YAML may not set: a dotted
+    override adds the key (a null section becomes a mapping); its name is checked by what uses it
+    (the task's options, LlamaConfig, LoRAConfig); a dotted key under a plain value is one error."""
+    from jaxselfeval.lora import load_lora_config
+    from jaxselfeval.tasks import get_task
+
+    t = load_train_config("train_tiny", ["task_args.max_steps=3", "model.num_hidden_layers=2"])
+    assert t.task_args["max_steps"] == 3 and t.task_args["n_train"] == 40000
+    assert t.model == {"num_hidden_layers": 2}
+    assert get_task(t.task, **t.task_args).max_steps == 3
+    with pytest.raises(jse.JSEError, match="task 'arithmetic' has no option 'n_trian' \\(did you "
+                                           "mean 'n_train'\\?\\)"):
+        get_task("arithmetic", **load_train_config("train_tiny", ["task_args.n_trian=5"]).task_args)
+    b = load_dataclass_config(BuildConfig, "data_tiny", ["prompt_files.train=a.jsonl",
+                                                         "splits.train=5"])
+    assert b.prompt_files == {"train": "a.jsonl"} and b.splits == {"train": 5, "validation": 200}
+    se = load_dataclass_config(SelfEvalConfig, "selfeval_tiny", ["lora=null", "lora.rank=4"])
+    assert se.lora == {"rank": 4} and load_lora_config(se.lora).rank == 4
+    with pytest.raises(jse.JSEError, match="unknown lora config key 'rnak' \\(did you mean 'rank'"):
+        load_lora_config(load_dataclass_config(SelfEvalConfig, "selfeval_tiny", ["lora.rnak=8"]).lora)
+    with pytest.raises(jse.JSEError, match="config key 'n' is not a section: set n=VALUE"):
+        load_dataclass_config(BuildConfig, "data_tiny", ["n.x=3"])
+    with pytest.raises(jse.JSEError, match="unknown config key 'stepz' \\(did you mean 'steps'"):
+        load_dataclass_config(SelfEvalConfig, "selfeval_tiny", ["stepz.x=3"])

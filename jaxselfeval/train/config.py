@@ -100,17 +100,7 @@ def load_train_config(path, overrides=None) -> TrainConfig:
         if k not in base:
             raise JSEError(f"unknown config key '{k}' in {path}{closest(k, list(base))}")
     base.update(d)
-    model_ov, rest = [], []
-    for ov in overrides or []:
-        (model_ov if ov.startswith("model.") else rest).append(ov)
-    cfg = apply_overrides(base, rest)
-    if model_ov:  # model.X=... may add keys the YAML did not set: validated against LlamaConfig
-        import yaml
-
-        cfg["model"] = dict(cfg.get("model") or {})
-        for ov in model_ov:
-            if "=" not in ov:
-                raise JSEError(f"override '{ov}' must be key=value")
-            key, val = ov.split("=", 1)
-            cfg["model"][key[len("model."):]] = yaml.safe_load(val)
+    # model.X / task_args.X may add keys the file did not set: checked against LlamaConfig and
+    # the task's options
+    cfg = apply_overrides(base, overrides, open_keys=("model", "task_args"))
     return TrainConfig.from_dict(cfg)
