@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random Llama models saved by transformers (HF layout)."""
 
 import os
+import subprocess
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -79,3 +80,22 @@ def make_tiny_selfeval_model(d):
                           bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
     jse.save_pretrained(jse.create_model(cfg, seed=5), d / "hf", tokenizer_dir=d / "tok")
     return d / "hf"
+
+
+class WorkersHung(Exception):
+    """Worker processes still running after their time (killed); args[0]: their log tails."""
+
+
+def communicate_all(procs, timeout: int = 300, *, fail: bool = True) -> list[str]:
+    """The processes' outputs once all have exited. If any is still running after `timeout`
+    seconds (a hung collective), every one is killed (no orphans left to slow the rest of the
+    suite) and the test fails with the tail of each log (fail=False: WorkersHung is raised)."""
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = "\n---\n".join((p.communicate()[0] or "")[-2000:] for p in procs)
+        if not fail:
+            raise WorkersHung(tails) from None
+        pytest.fail(f"worker processes still running after {timeout} s, killed:\n{tails}")

@@ -4,13 +4,16 @@ evaluation split between them reports what one process reports (each of the two 
 own two devices with the model sharded over them, the one process on one device)."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import WorkersHung, communicate_all
 
 WORKER = str(Path(__file__).parent / "_dist_worker.py")
 TASK_WORKER = str(Path(__file__).parent / "_dist_task_worker.py")
@@ -26,11 +29,21 @@ def _two_then_one(what: str, model, tmp_path, mesh: str) -> list[str]:
     """Run `what` (build | eval) with two processes of two devices each, the model sharded over
     them by `mesh`, into tmp_path/two, then with one process on one device into tmp_path/one;
     returns the two processes' logs."""
-    port = _port()
-    procs = [subprocess.Popen([sys.executable, TASK_WORKER, str(port), "2", str(i), str(model),
-                               str(tmp_path / "two"), what, "2", mesh], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for attempt in (1, 2):
+        port = _port()
+        procs = [subprocess.Popen([sys.executable, TASK_WORKER, str(port), "2", str(i), str(model),
+                                   str(tmp_path / "two"), what, "2", mesh],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+        try:
+            outs = communicate_all(procs, 240, fail=attempt == 2)
+            break
+        except WorkersHung as e:
+            # XLA:CPU's gloo collectives (the multi-process simulation, not a TPU host's path)
+            # have hung here about once in ten runs, in or after the per-process sampling; the
+            # second run starts from scratch
+            warnings.warn(f"two-process {what} hung; running it again. Logs:\n{e.args[0]}")
+            shutil.rmtree(tmp_path / "two", ignore_errors=True)
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     r = subprocess.run([sys.executable, TASK_WORKER, "0", "1", "0", str(model), str(tmp_path / "one"),
                         what], capture_output=True, text=True, timeout=300)
@@ -44,7 +57,7 @@ def test_two_processes_match_one(tmp_path):
     procs = [subprocess.Popen([sys.executable, WORKER, str(port), "2", str(i), str(tmp_path / "two"), "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = communicate_all(procs)
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     # one process, same 4-device mesh (data=2, fsdp=2) built from 4 local devices
     r = subprocess.run([sys.executable, WORKER, "0", "1", "0", str(tmp_path / "one"), "4"],
@@ -109,3 +122,12 @@ def _without_wall(x) -> str:
         return {k: strip(v) for k, v in x.items() if k != "wall_s"} if isinstance(x, dict) else x
 
     return json.dumps(strip(x), sort_keys=True)
+
+
+def test_hung_workers_are_killed_and_reported():
+    procs = [subprocess.Popen([sys.executable, "-c", f"print('worker {i}', flush=True); "
+                               "import time; time.sleep(60)"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    with pytest.raises(WorkersHung, match="(?s)worker 0.*---.*worker 1"):
+        communicate_all(procs, 2, fail=False)
+    assert all(p.poll() is not None for p in procs)  # none left running

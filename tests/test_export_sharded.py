@@ -9,6 +9,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import communicate_all
 from safetensors.numpy import save_file as st_save_file
 
 import jaxselfeval as jse
@@ -116,7 +117,7 @@ def test_two_process_export_equals_single_process(hf_models, tmp_path):
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(tmp_path / "two")],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=env))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = communicate_all(procs)
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     res = [line.split(" ", 1)[1] for o in outs for line in o.splitlines()
            if line.startswith("RESULT")]
