@@ -39,9 +39,9 @@ def _two_then_one(what: str, model, tmp_path, mesh: str) -> list[str]:
             outs = communicate_all(procs, 240, fail=attempt == 2)
             break
         except WorkersHung as e:
-            # XLA:CPU's gloo collectives (the multi-process simulation, not a TPU host's path)
-            # have hung here about once in ten runs, in or after the per-process sampling; the
-            # second run starts from scratch
+            # the eval hung here once (1 of 7 runs so far), after its per-process sampling began,
+            # most likely in XLA:CPU's gloo collectives (the multi-process simulation, not a TPU
+            # host's path); the second run starts from scratch
             warnings.warn(f"two-process {what} hung; running it again. Logs:\n{e.args[0]}")
             shutil.rmtree(tmp_path / "two", ignore_errors=True)
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
