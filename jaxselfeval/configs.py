@@ -54,30 +54,27 @@ def apply_overrides(cfg: dict, overrides: list[str] | None, open_keys=()) -> dic
         parts = key.split(".")
         node = cfg
         for i, k in enumerate(parts):
-            here = ".".join(parts[:i + 1])
             if not isinstance(node, dict):
-                raise JSEError(f"config key '{'.'.join(parts[:i])}' is not a section: set "
-                               f"{'.'.join(parts[:i])}=VALUE")
-            if k not in node and not (i == 1 and parts[0] in open_keys):
-                raise JSEError(f"unknown config key '{here}'{closest(k, node)}")
+                parent = ".".join(parts[:i])
+                raise JSEError(f"config key '{parent}' is not a section: set {parent}=VALUE")
+            if k not in node and not (i == 1 == len(parts) - 1 and parts[0] in open_keys):
+                raise JSEError(f"unknown config key '{'.'.join(parts[:i + 1])}'{closest(k, node)}")
             if i == len(parts) - 1:
                 node[k] = yaml.safe_load(val)
             else:
-                if node.get(k) is None and i == 0 and k in open_keys:
+                if node[k] is None and i == 0 and k in open_keys:
                     node[k] = {}
-                node[k] = dict(node[k]) if isinstance(node[k], dict) else node[k]
+                if isinstance(node[k], dict):
+                    node[k] = dict(node[k])  # copy: the caller's sections stay as they were
                 node = node[k]
     return cfg
 
 
 def mapping_fields(cls) -> tuple[str, ...]:
-    """The fields of dataclass `cls` declared as mappings (`dict`, `dict | None`)."""
-    out = []
-    for k, hint in typing.get_type_hints(cls).items():
-        types_ = [typing.get_origin(a) or a for a in (typing.get_args(hint) or (hint,))]
-        if dict in types_ or (typing.get_origin(hint) or hint) is dict:
-            out.append(k)
-    return tuple(out)
+    """The fields of dataclass `cls` declared as mappings (`dict`, `dict[str, int]`,
+    `dict | None`)."""
+    return tuple(k for k, hint in typing.get_type_hints(cls).items()
+                 if dict in {typing.get_origin(a) or a for a in (hint, *typing.get_args(hint))})
 
 
 def _coerce(key: str, val, hint):

@@ -92,15 +92,8 @@ class TrainConfig:
 def load_train_config(path, overrides=None) -> TrainConfig:
     """TrainConfig from a YAML file (or configs/NAME) plus `key=value` / `model.key=value`
     overrides (values parsed as YAML)."""
-    from jaxselfeval.configs import apply_overrides, find_config, load_yaml
+    from jaxselfeval.configs import load_dataclass_config
 
-    d = load_yaml(find_config(path))
-    base = dataclasses.asdict(TrainConfig())
-    for k in d:
-        if k not in base:
-            raise JSEError(f"unknown config key '{k}' in {path}{closest(k, list(base))}")
-    base.update(d)
-    # model.X / task_args.X may add keys the file did not set: checked against LlamaConfig and
-    # the task's options
-    cfg = apply_overrides(base, overrides, open_keys=("model", "task_args"))
-    return TrainConfig.from_dict(cfg)
+    cfg = load_dataclass_config(TrainConfig, path, overrides)  # model.X / task_args.X may add keys
+    cfg.validate()
+    return cfg
