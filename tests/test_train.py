@@ -15,6 +15,7 @@ from flax import nnx
 
 import jaxselfeval as jse
 from jaxselfeval.train import TrainConfig, lm_loss, run_training
+from jaxselfeval.model.llama import LAYER_PARAMS
 from jaxselfeval.train.data import Batches
 
 CFG = jse.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -72,6 +73,14 @@ def test_bad_inputs(tmp_path):
         TrainConfig.from_dict({"stpes": 3})
     with pytest.raises(jse.JSEError, match="checking_fraction must be in \\[0, 1\\], got 1.5"):
         TrainConfig.from_dict({"checking_fraction": 1.5})
+    with pytest.raises(jse.JSEError, match="exit_layer and exit_weight must be >= 0"):
+        TrainConfig.from_dict({"exit_layer": -1})
+    from jaxselfeval.train.base import train_base
+
+    with pytest.raises(jse.JSEError, match="exit_layer 8 is not below the model's 8 layers: set "
+                                           "exit_layer=0..7"):
+        train_base(TrainConfig(model_config="tiny", exit_layer=8, out_dir=str(tmp_path / "ex")))
+    assert not (tmp_path / "ex").exists()
     with pytest.raises(jse.JSEError, match="batch_size 12 .* not divisible by the data axes"):
         b = _data()
         run_training(jse.create_model(CFG), Batches(b.tokens, b.mask, 12, 0), lm_loss,
@@ -117,3 +126,26 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert sorted(a.files) == sorted(b.files)
     for k in a.files:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_early_exit_reads_the_first_layers_and_its_loss_trains_them(tmp_path):
+    """forward(exit_layer=K): the final logits are the plain forward's, the exit logits are those
+    of the same model cut to its first K layers; lm_loss_with_exit adds that exit's loss."""
+    from jaxselfeval.train.losses import lm_loss_with_exit
+
+    cfg3 = CFG.replace(num_hidden_layers=3)
+    model = jse.create_model(cfg3, seed=1)
+    cut = jse.create_model(cfg3.replace(num_hidden_layers=1), seed=1)
+    for name, _ in nnx.to_flat_state(nnx.state(cut, nnx.Param)):
+        full = getattr(model, name[0])[...]
+        getattr(cut, name[0])[...] = full[:1] if name[0] in LAYER_PARAMS else full
+    toks = _data().tokens[:4]
+    (final, early), _ = model.forward(toks, exit_layer=1)
+    np.testing.assert_allclose(final, model(toks), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(early, cut(toks), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(early, final, atol=1e-3)
+    batch = {"tokens": toks, "mask": np.ones(toks.shape, np.float32)}
+    plain, _ = lm_loss(model, batch)
+    total, m = lm_loss_with_exit(1, 0.5)(model, batch)
+    np.testing.assert_allclose(m["loss"], plain, rtol=1e-6)
+    np.testing.assert_allclose(total, plain + 0.5 * lm_loss(cut, batch)[0], rtol=1e-5)

@@ -126,7 +126,7 @@ class Llama(nnx.Module):
 
     def forward(self, tokens, positions=None, *, cache: KVCache | None = None,
                 prefix: KVCache | None = None, write: bool = True, last_only: bool = False,
-                return_hidden: bool = False):
+                return_hidden: bool = False, exit_layer: int = 0):
         """One pass over `tokens` [B, S] at `positions` [B, S] (-1 = padding, invisible).
 
         Attends to: `prefix` (a cache of G prompts shared by B/G consecutive rows each, read
@@ -134,6 +134,8 @@ class Llama(nnx.Module):
         tokens (causally by position). If `cache` is given and `write`, the current keys/values
         are stored at slots [cache.index, cache.index + S) and the new cache is returned.
         Returns (logits f32 [B, S or 1, V] (or final hidden [B, S, D] if return_hidden), cache).
+        exit_layer > 0 (training, no cache): the first item is (logits, exit logits), the exit
+        logits read after layer `exit_layer` through the final norm and LM head (an early exit).
         """
         cfg = self.config
         B, S = tokens.shape
@@ -173,6 +175,11 @@ class Llama(nnx.Module):
 
         if self.remat:
             layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
+        if exit_layer:
+            x, _ = jax.lax.scan(layer, x, jax.tree.map(lambda a: a[:exit_layer], xs))
+            early = self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps))
+            x, _ = jax.lax.scan(layer, x, jax.tree.map(lambda a: a[exit_layer:], xs))
+            return (self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)), early), None
         x, (new_k, new_v) = jax.lax.scan(layer, x, xs)
 
         new_cache = None

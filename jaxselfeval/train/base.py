@@ -81,10 +81,16 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     from jaxselfeval.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
     from jaxselfeval.train.data import Batches, encode_sft
     from jaxselfeval.train.loop import run_training
-    from jaxselfeval.train.losses import lm_loss
+    from jaxselfeval.train.losses import lm_loss, lm_loss_with_exit
 
     from flax import nnx
 
+    from jaxselfeval.errors import JSEError
+
+    layers = load_model_config(cfg.model_config).replace(**cfg.model).num_hidden_layers
+    if cfg.exit_layer >= layers:  # checked before anything is written
+        raise JSEError(f"exit_layer {cfg.exit_layer} is not below the model's {layers} layers: "
+                       f"set exit_layer=0..{layers - 1} (0: no early exit)")
     out = Path(cfg.out_dir)
     task = get_task(cfg.task, **cfg.task_args)
     train = task.examples("train")
@@ -103,12 +109,13 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     mc = load_model_config(cfg.model_config).replace(
         vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, **cfg.model)
+    loss = lm_loss_with_exit(cfg.exit_layer, cfg.exit_weight) if cfg.exit_layer else lm_loss
     model = Llama(mc, rngs=nnx.Rngs(cfg.seed), param_dtype=cfg.param_dtype,
                   compute_dtype=cfg.compute_dtype, remat=cfg.remat)
     log.info("model: %.2fM parameters (%s master weights, %s compute)",
              jse.count_params(model) / 1e6, cfg.param_dtype, cfg.compute_dtype)
     t0 = time.time()
-    model, hist = run_training(model, Batches(tokens, mask, cfg.batch_size, cfg.seed), lm_loss, cfg,
+    model, hist = run_training(model, Batches(tokens, mask, cfg.batch_size, cfg.seed), loss, cfg,
                                out_dir=out, progress=progress)
     train_s = time.time() - t0
     summary = {"steps": cfg.steps, "train_seconds": round(train_s, 1),

@@ -22,6 +22,9 @@ class TrainConfig:
     # extra "check the working" documents mixed into `train base`, as a share of the training
     # examples (tasks with `checking_documents`: arithmetic): the model learns to mark a wrong line
     checking_fraction: float = 0.0
+    # `train base`: also train the LM loss after this layer (an early exit; 0: off), weighted
+    exit_layer: int = 0
+    exit_weight: float = 1.0
     seq_len: int = 192  # padded length; longer examples are dropped (counted in the log)
     batch_size: int = 32  # global, per optimizer step
     grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum each)
@@ -86,6 +89,9 @@ class TrainConfig:
             raise JSEError(f"lr must be > 0 and warmup_steps >= 0 (got {self.lr}, {self.warmup_steps})")
         if not 0.0 <= self.checking_fraction <= 1.0:
             raise JSEError(f"checking_fraction must be in [0, 1], got {self.checking_fraction}")
+        if self.exit_layer < 0 or self.exit_weight < 0:
+            raise JSEError(f"exit_layer and exit_weight must be >= 0 (got {self.exit_layer}, "
+                           f"{self.exit_weight})")
         parse_mesh(self.mesh)
 
 

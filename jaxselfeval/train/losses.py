@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -23,4 +22,25 @@ def lm_loss(model, batch):
     return loss, {"loss": loss, "token_acc": acc, "tokens": m.sum()}
 
 
-del jax
+def lm_loss_with_exit(exit_layer: int, weight: float = 1.0):
+    """lm_loss plus `weight` x the same loss read after layer `exit_layer` through the final norm
+    and LM head (an early exit, as LayerSkip trains Llama). The prediction then forms
+    `exit_layer` layers in, and the layers above it are left to compare it with the token that
+    came: what a probe at the end has to read to tell a slipped token (the metrics' "loss" is
+    the final layer's)."""
+
+    def loss_fn(model, batch):
+        tokens, m = batch["tokens"], batch["mask"][:, :-1]
+        (logits, early), _ = model.forward(tokens, exit_layer=exit_layer)
+        targets, n = tokens[:, 1:], jnp.maximum(m.sum(), 1.0)
+
+        def ce(lg):
+            return (optax.softmax_cross_entropy_with_integer_labels(lg[:, :-1], targets) * m).sum() / n
+
+        loss, exit_loss = ce(logits), ce(early)
+        acc = ((jnp.argmax(logits[:, :-1], -1) == targets) * m).sum() / n
+        return loss + weight * exit_loss, {"loss": loss, "exit_loss": exit_loss, "token_acc": acc,
+                                           "tokens": m.sum()}
+
+    return loss_fn
+
