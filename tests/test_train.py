@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 import jaxselfeval as jse
-from jaxselfeval.train import TrainConfig, lm_loss, run_training
 from jaxselfeval.model.llama import LAYER_PARAMS
+from jaxselfeval.train import TrainConfig, lm_loss, run_training
 from jaxselfeval.train.data import Batches
 
 CFG = jse.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -87,7 +87,8 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
 
     from jaxselfeval.errors import JSEError
 
-    layers = load_model_config(cfg.model_config).replace(**cfg.model).num_hidden_layers
+    arch = load_model_config(cfg.model_config).replace(**cfg.model)
+    layers = arch.num_hidden_layers
     if cfg.exit_layer >= layers:  # checked before anything is written
         raise JSEError(f"exit_layer {cfg.exit_layer} is not below the model's {layers} layers: "
                        f"set exit_layer=0..{layers - 1} (0: no early exit)")
@@ -106,9 +107,9 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
              dropped)
     if cfg.checking_fraction > 0:
         tokens, mask = _add_checking(task, tok, train, tokens, mask, cfg)
-    mc = load_model_config(cfg.model_config).replace(
-        vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, **cfg.model)
+    mc = arch.replace(**{"vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+                         "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                         **cfg.model})  # the tokenizer's ids unless cfg.model sets them
     loss = lm_loss_with_exit(cfg.exit_layer, cfg.exit_weight) if cfg.exit_layer else lm_loss
     model = Llama(mc, rngs=nnx.Rngs(cfg.seed), param_dtype=cfg.param_dtype,
                   compute_dtype=cfg.compute_dtype, remat=cfg.remat)

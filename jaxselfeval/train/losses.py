@@ -6,20 +6,24 @@ import jax.numpy as jnp
 import optax
 
 
+def _next_token(logits, batch):
+    """(mean cross-entropy, accuracy, target count) of logits f32 [B, S, V] predicting
+    tokens[:, t+1] where mask[:, t] is 1."""
+    tokens, m = batch["tokens"], batch["mask"][:, :-1]
+    logits, targets = logits[:, :-1], tokens[:, 1:]
+    n = jnp.maximum(m.sum(), 1.0)
+    loss = (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * m).sum() / n
+    acc = ((jnp.argmax(logits, -1) == targets) * m).sum() / n
+    return loss, acc, m.sum()
+
+
 def lm_loss(model, batch):
     """Next-token cross-entropy on masked (assistant) tokens.
 
     batch: tokens int32 [B, S]; mask f32 [B, S] (1 where tokens[:, t+1] is a target).
     """
-    tokens, mask = batch["tokens"], batch["mask"]
-    logits = model(tokens)[:, :-1]
-    targets = tokens[:, 1:]
-    m = mask[:, :-1]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    n = jnp.maximum(m.sum(), 1.0)
-    loss = (ce * m).sum() / n
-    acc = ((jnp.argmax(logits, -1) == targets) * m).sum() / n
-    return loss, {"loss": loss, "token_acc": acc, "tokens": m.sum()}
+    loss, acc, count = _next_token(model(batch["tokens"]), batch)
+    return loss, {"loss": loss, "token_acc": acc, "tokens": count}
 
 
 def lm_loss_with_exit(exit_layer: int, weight: float = 1.0):
@@ -30,17 +34,10 @@ def lm_loss_with_exit(exit_layer: int, weight: float = 1.0):
     the final layer's)."""
 
     def loss_fn(model, batch):
-        tokens, m = batch["tokens"], batch["mask"][:, :-1]
-        (logits, early), _ = model.forward(tokens, exit_layer=exit_layer)
-        targets, n = tokens[:, 1:], jnp.maximum(m.sum(), 1.0)
-
-        def ce(lg):
-            return (optax.softmax_cross_entropy_with_integer_labels(lg[:, :-1], targets) * m).sum() / n
-
-        loss, exit_loss = ce(logits), ce(early)
-        acc = ((jnp.argmax(logits[:, :-1], -1) == targets) * m).sum() / n
-        return loss + weight * exit_loss, {"loss": loss, "exit_loss": exit_loss, "token_acc": acc,
-                                           "tokens": m.sum()}
+        (logits, early), _ = model.forward(batch["tokens"], exit_layer=exit_layer)
+        loss, acc, count = _next_token(logits, batch)
+        exit_loss = _next_token(early, batch)[0]
+        return loss + weight * exit_loss, {"loss": loss, "exit_loss": exit_loss,
+                                           "token_acc": acc, "tokens": count}
 
     return loss_fn
-
