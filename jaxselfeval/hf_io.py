@@ -267,8 +267,9 @@ def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype=None,
         cur_bytes += nb
     shards.append(cur)
     writer = jax.process_index() == 0
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent if out.parent.exists() else None)) \
-        if writer else None
+    if writer:  # the temporary directory beside `out`, so the final rename stays on one disk
+        out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent)) if writer else None
     try:
         weight_map, total = {}, 0
         for si, shard in enumerate(shards):

@@ -32,7 +32,8 @@ def test_load_export_load_is_bit_exact_and_sharded_files(hf_models, tmp_path):
     path, _ = hf_models["llama3_gqa2_untied"]
     a = jse.load_pretrained(path)
     # a tiny shard limit forces several files + index
-    out = jse.save_pretrained(a, tmp_path / "e", max_shard_bytes=40_000)
+    out = jse.save_pretrained(a, tmp_path / "new" / "e", max_shard_bytes=40_000)  # parent made
+    assert sorted(p.name for p in out.parent.iterdir()) == ["e"]  # no temporary left beside it
     idx = json.loads((out / "model.safetensors.index.json").read_text())
     files = set(idx["weight_map"].values())
     assert len(files) > 2 and all((out / f).exists() for f in files)
