@@ -65,7 +65,8 @@ def test_dotted_overrides_reach_free_form_sections_and_are_checked_where_used():
     from jaxselfeval.lora import load_lora_config
     from jaxselfeval.tasks import get_task
 
-    t = load_train_config("train_tiny", ["task_args.max_steps=3", "model.num_hidden_layers=2"])
+    t = load_train_config("train_tiny", ["task_args.max_steps=3", "task_args.direct_share=[0.5,0.3,0.1]",
+                                         "model.num_hidden_layers=2"])
     assert t.task_args["max_steps"] == 3 and t.task_args["n_train"] == 40000
     assert t.model == {"num_hidden_layers": 2}
     assert get_task(t.task, **t.task_args).max_steps == 3

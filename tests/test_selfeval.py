@@ -218,3 +218,32 @@ def test_prompt_file_build_with_reward_model(tiny_dir, tmp_path):
         build_dataset(BuildConfig(**{**cfg, "reward_model": str(tmp_path / "other")},
                                   out_dir=str(tmp_path / "x")), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_validation_reads_each_truncation_point_two_ways(monkeypatch):
+    """auroc_trunc{t}: the rows still running at t; auroc_at{t}: every response, one finished
+    within t tokens counted as its complete self (what pruning at t sees)."""
+    import types
+
+    import numpy as np
+
+    from jaxselfeval.selfeval import train as T
+
+    # prompt a: a short wrong response (3 tokens, finished before 8) and a long right one;
+    # prompt b: two long responses, right scored above wrong at 8 tokens
+    rows = [  # (example, truncation, length, reward, score)
+        ("a", 0, 3, 0.0, 0.1), ("a", 0, 20, 1.0, 0.9), ("a", 8, 8, 1.0, 0.5),
+        ("b", 0, 20, 1.0, 0.7), ("b", 8, 8, 1.0, 0.6), ("b", 0, 30, 0.0, 0.3), ("b", 8, 8, 0.0, 0.4),
+    ]
+    ex, tr, length, rew, s = (np.asarray(c) for c in zip(*rows))
+    monkeypatch.setattr(T, "scores", lambda *a, **k: s.astype(np.float64))
+    val = {"tokens": None, "last": None, "target": rew, "truncation": tr, "reward": rew,
+           "example": ex, "length": length}
+    res = T.validate(None, val, types.SimpleNamespace(yes=0, no=1))
+    # running at 8: (a right 0.5), (b right 0.6), (b wrong 0.4): both pairs ordered right
+    assert res["auroc_trunc8"] == 1.0
+    # + the finished wrong one of prompt a (0.1): still every (right, wrong) pair ordered
+    assert res["auroc_at8"] == 1.0 and res["auroc_within_at8"] == 1.0
+    s[0] = 0.55  # the finished wrong answer now outranks a's running right one (0.5)
+    res = T.validate(None, val, types.SimpleNamespace(yes=0, no=1))
+    assert res["auroc_trunc8"] == 1.0 and res["auroc_at8"] == pytest.approx(3 / 4)

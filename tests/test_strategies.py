@@ -262,17 +262,36 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
 def test_verdict_reads_each_goal_from_the_headline():
     from jaxselfeval.evaluate.report import verdict
 
-    h = {"one_sample": 0.70, "bon16_self": 0.80, "majority": 0.75, "bon16_rm": 0.78,
-         "oracle": 0.95, "adaptive_acc_at_1.2": 0.79, "adaptive_gain_recovered": 0.9,
-         "prune_fraction_pruned": 0.875, "prune_acc_loss_points": 0.5, "prune_wall_speedup": 2.5}
-    res = {"headline": h, "config": {"n": 16}}
+    h = {"one_sample": 0.70, "greedy": 0.85, "bon16_self": 0.90, "majority": 0.75,
+         "bon16_rm": 0.78, "oracle": 0.95, "adaptive_acc_at_1.2": 0.89,
+         "adaptive_mean_samples": 1.15, "adaptive_gain_recovered": gain_recovered(0.89, 0.85, 0.90),
+         "prune_at": 8, "prune_fraction_pruned": 0.75, "prune_acc_loss_points": 0.5,
+         "prune_wall_speedup": 2.5}
+    pool = {"samples": 4800, "sample_at_1": 0.7, "auroc": 0.9, "auroc_within": 0.8,
+            "auroc_at8": 0.8, "auroc_trunc8": 0.6, "running_at8": 0.7, "ece": 0.02}
+    res = {"headline": h, "config": {"n": 16}, "pool": pool}
     text = "\n".join(verdict(res))
-    assert "NOT met" not in text and "recovering 90.0% of the Best-of-16 gain" in text
-    h.update(bon16_self=0.40, adaptive_gain_recovered=gain_recovered(0.79, 0.70, 0.40))
+    assert "NOT met" not in text, text
+    assert "recovering 80.0% of the Best-of-16 gain over greedy: 85.0% -> 90.0%" in text
+    assert "AUROC 0.800 pooled (goal >= 0.75): met; over the 70% of samples still running" in text
+    # the share is of the gain over the better of greedy and one sample
+    h.update(greedy=0.60, adaptive_gain_recovered=gain_recovered(0.89, 0.70, 0.90))
+    assert "recovering 95.0% of the Best-of-16 gain over one sample" in "\n".join(verdict(res))
+    # Best-of-16 below greedy: its goal fails, and pruning close to it is no evidence
+    h.update(greedy=0.95, adaptive_gain_recovered=gain_recovered(0.89, 0.95, 0.90))
     text = "\n".join(verdict(res))
-    assert "beats one sample: NOT met (-30.0 points)" in text
-    assert "no gain to recover; adaptive itself is +9.0 points over one sample" in text
-    assert "no evidence for the capability score" in text  # pruning "met" against a bad Best-of-16
+    assert "and >= greedy: NOT met (90.0% vs one sample 70.0%, +20.0 points; greedy 95.0%, -5.0)" in text
+    assert "no gain to recover; adaptive itself is -6.0 points over greedy" in text
+    assert "Pruning >= 75% at 8 tokens within 1 point of Best-of-16 by self-evaluation and >= 2x " \
+           "less wall time: NOT met" in text and "no evidence for the capability score" in text
+    # a token at chance: no goal that rests on it is met, whatever the accuracies say
+    h.update(greedy=0.60, adaptive_gain_recovered=gain_recovered(0.89, 0.70, 0.90))
+    pool.update(auroc_within=0.52, ece=0.09)
+    text = "\n".join(verdict(res))
+    assert "- Best-of-16 by self-evaluation >= one sample + 10 points and >= greedy: NOT met" in text
+    assert "at chance, within-prompt AUROC 0.520" in text
+    assert "Calibration: ECE 0.090 against the capability targets (goal <= 0.05): NOT met" in text
+    assert ": met" not in text.split("Calibration")[1].split("beats majority")[0]
 
 
 def _comparable(res) -> str:

@@ -210,3 +210,28 @@ def test_encode_segments_masks_only_trained_segments():
     assert len(toks[0]) == 64 and mask[0].sum() == len(bad)
     with pytest.raises(jse.JSEError, match="every document is longer than seq_len=8"):
         encode_segments(tok, [(msgs, segs)], 8)
+
+
+def test_arithmetic_direct_share_answers_training_problems_directly():
+    from jaxselfeval.errors import JSEError
+    from jaxselfeval.tasks.arithmetic import is_direct
+
+    shares = [0.8, 0.5, 0.2, 0.0]
+    plain = get_task("arithmetic", n_train=4000, n_validation=50, n_test=50)
+    mixed = get_task("arithmetic", n_train=4000, n_validation=50, n_test=50, direct_share=shares)
+    for split in ("validation", "test"):  # held-out problems and solutions are untouched
+        assert mixed.examples(split) == plain.examples(split)
+    a, b = plain.examples("train"), mixed.examples("train")
+    assert [e.question for e in a] == [e.question for e in b]
+    for d, share in enumerate(shares, 1):
+        rows = [(x, y) for x, y in zip(a, b) if x.difficulty == d]
+        direct = [y for x, y in rows if is_direct(y.solution)]
+        assert abs(len(direct) / len(rows) - share) < 0.05, (d, len(direct) / len(rows))
+        for x, y in rows:  # a direct solution states the same (right) answer, nothing else
+            assert y.solution == (f"#### {x.answer}" if is_direct(y.solution) else x.solution)
+            assert mixed.verify(y, y.solution) == 1.0
+    with pytest.raises(JSEError, match="one share in \\[0, 1\\] per difficulty 1..4"):
+        get_task("arithmetic", direct_share=[0.5, 0.5])
+    with pytest.raises(JSEError, match="direct_share"):
+        get_task("arithmetic", direct_share=[0.5, 1.5, 0, 0])
+    assert is_direct(" #### 12") and not is_direct("3 + 4 = 7\n#### 7")

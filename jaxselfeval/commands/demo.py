@@ -84,10 +84,12 @@ def run(args) -> int:
         write_report(res, ev_dir)  # the report follows this version's code
     else:
         log.info("stage 4/4: evaluating every strategy -> %s", ev_dir)
-        ecfg = EvalConfig(limit=24 if q else 300, batch_prompts=24 if q else 100,
-                          n=8 if q else 16, rounds=(1, 1, 2, 4) if q else (1, 1, 2, 4, 8),
-                          round_temperatures=(0.0, 0.7, 1.0, 1.0) if q else (0.0, 0.7, 1.0, 1.0, 1.0))
-        res = evaluate(jse.load_pretrained(hf), load_tokenizer(hf), get_task("arithmetic"), ecfg,
+        ecfg = load_dataclass_config(EvalConfig, "eval_tiny", [
+            "limit=24", "batch_prompts=24", "n=8", "rounds=[1,1,2,4]",
+            "round_temperatures=[0.0,0.7,0.7,0.7]"] if q else [])
+        ecfg.validate()
+        res = evaluate(jse.load_pretrained(hf), load_tokenizer(hf),
+                       get_task(ecfg.task, **ecfg.task_args), ecfg,
                        ev_dir, progress=prog, rm=rm)
     base_acc = _base_accuracy(base, out, res["config"], prog)
     trained = res["pool"]["sample_at_1"]
@@ -157,7 +159,7 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
 
     log.info("base model sample@1 on the same %d problems (for the policy-damage check)",
              ecfg["limit"])
-    res = sample_accuracy(jse.load_pretrained(base), load_tokenizer(base), get_task(ecfg["task"]),
+    res = sample_accuracy(jse.load_pretrained(base), load_tokenizer(base), get_task(ecfg["task"], **ecfg.get("task_args", {})),
                           split=ecfg["split"], limit=ecfg["limit"], n=ecfg["n"],
                           temperature=ecfg["temperature"], max_new_tokens=ecfg["max_new_tokens"],
                           seed=ecfg["seed"], progress=progress)

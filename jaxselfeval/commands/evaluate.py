@@ -18,7 +18,8 @@ def add_arguments(p):
 
     from jaxselfeval.evaluate.harness import EvalConfig
 
-    p.add_argument("overrides", nargs="*", help="key=value settings: limit problems, n samples for "
+    p.add_argument("overrides", nargs="*", help="key=value settings: limit problems, task_args.seed=1 for "
+                   "other problems of the task, n samples for "
                    "Best-of-n, adaptive rounds / round_temperatures / threshold (and the sweep's "
                    "thresholds), prune_at token counts x keep_fractions for pruning, combined_keep "
                    "for adaptive + pruning (defaults: " + ", ".join(
@@ -55,7 +56,7 @@ def run(args) -> int:
     tok = load_tokenizer(path)
     rm = load_rm(args.reward_model, tok, args) if args.reward_model else None
     model = load_model(path, args)
-    res = evaluate(model, tok, get_task(cfg.task), cfg, args.out, progress=not args.no_progress,
+    res = evaluate(model, tok, get_task(cfg.task, **cfg.task_args), cfg, args.out, progress=not args.no_progress,
                    rm=rm)
     print((Path(args.out) / "report.md").read_text())
     del res

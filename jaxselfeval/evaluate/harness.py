@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class EvalConfig:
     task: str = "arithmetic"
+    task_args: dict = dataclasses.field(default_factory=dict)  # e.g. {seed: 1}: other problems
     split: str = "test"
     limit: int = 300
     n: int = 16
@@ -118,7 +119,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     sweeps: dict = {"threshold": {}, "threshold_pruned": {}, "prune": {}, "bon": {}}
     pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                          offset=s)
-    names = ["one", "bon_self", "bon_likelihood", "majority", "oracle"]
+    names = ["one", "bon_self", "bon_likelihood", "bon_combined", "majority", "oracle"]
     if rm is not None:
         S.add_rm_scores(pool, rm)
         names.append("bon_rm")
@@ -143,8 +144,9 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
             "adaptive": sum(r.wall_s for r in recs["adaptive"]),
             "adaptive_pruned": sum(r.wall_s for r in recs["adaptive_pruned"])}
     recs["pruned_run"], wall["pruned"] = S.prune_run(run, ch, pc, offset=s)
-    return {"recs": recs, "sweeps": sweeps, "wall": wall,
-            "pooled": {k: pool[k] for k in ("correct", "score", "likelihood")}}
+    pooled = {k: pool[k] for k in ("correct", "score", "likelihood", "length")}
+    pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
+    return {"recs": recs, "sweeps": sweeps, "wall": wall, "pooled": pooled}
 
 
 def _summarize(part: dict, cfg: EvalConfig) -> dict:
@@ -154,24 +156,46 @@ def _summarize(part: dict, cfg: EvalConfig) -> dict:
     p = part["pooled"]
     return {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw,
             "wall_s": part["wall"], "headline": _headline(summary, sw, part["wall"], cfg),
-            "pool": pool_stats(p["correct"], p["score"], p["likelihood"])}
+            "pool": pool_stats(p["correct"], p["score"], p["likelihood"], length=p["length"],
+                               score_at={t: p[f"score_at{t}"] for t in cfg.prune_at})}
 
 
-def pool_stats(correct, score, likelihood=None) -> dict:
-    """Of the pooled samples (correct, score, likelihood: [P, n]): sample@1 (mean correctness of
-    all samples, the policy's accuracy), and how the final self-evaluation score (and the policy's
-    own mean token log-probability) separates right from wrong, pooled over prompts and within
-    each prompt (what Best-of-N uses)."""
+def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None) -> dict:
+    """Of the pooled samples (correct, score, likelihood, length: [P, n]): sample@1 (mean
+    correctness of all samples, the policy's accuracy), and how the final self-evaluation score
+    (and the policy's own mean token log-probability) separates right from wrong, pooled over
+    prompts and within each prompt (what Best-of-N uses), and the score's ECE against the
+    capability targets of the pooled samples.
+
+    score_at {t: [P, n]}: the score after t tokens, a response that finished sooner scored as its
+    complete self (what pruning at t sees): "auroc_at{t}" over every sample, and
+    "auroc_trunc{t}" over the samples still running at t only."""
     from jaxselfeval.selfeval import metrics as M
 
+    from jaxselfeval.selfeval.labels import capability_targets
+
     groups = np.repeat(np.arange(correct.shape[0]), correct.shape[1])
-    return {"sample_at_1": float(correct.mean()), "samples": int(correct.size),
-            "auroc": M.auroc(score.ravel(), correct.ravel()),
-            "auroc_within": M.auroc_within(score.ravel(), correct.ravel(), groups),
-            **({} if likelihood is None else {
-                "likelihood_auroc": M.auroc(likelihood.ravel(), correct.ravel()),
-                "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), correct.ravel(),
-                                                          groups)})}
+    c = correct.ravel()
+    targets = np.concatenate([capability_targets(r) for r in correct])
+    out = {"sample_at_1": float(correct.mean()), "samples": int(correct.size),
+           "auroc": M.auroc(score.ravel(), c),
+           "auroc_within": M.auroc_within(score.ravel(), c, groups),
+           "ece": M.ece(score.ravel(), targets)}
+    if likelihood is not None:
+        both = np.log(np.maximum(score, 1e-9)) + likelihood
+        out.update({"likelihood_auroc": M.auroc(likelihood.ravel(), c),
+                    "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), c, groups),
+                    "combined_auroc": M.auroc(both.ravel(), c),
+                    "combined_auroc_within": M.auroc_within(both.ravel(), c, groups)})
+    for t, s in (score_at or {}).items():
+        s = s.ravel()
+        out[f"auroc_at{t}"] = M.auroc(s, c)
+        out[f"auroc_within_at{t}"] = M.auroc_within(s, c, groups)
+        if length is not None:
+            live = length.ravel() > t
+            out[f"auroc_trunc{t}"] = M.auroc(s[live], c[live])
+            out[f"running_at{t}"] = float(live.mean())
+    return out
 
 
 def _greedy(run, ch, offset):
@@ -187,6 +211,7 @@ def _greedy(run, ch, offset):
 
 def _headline(summary, sw, wall, cfg) -> dict:
     one, bon = summary["one"]["accuracy"], summary["bon_self"]["accuracy"]
+    greedy = summary["greedy"]["accuracy"]
     # adaptive: best accuracy among thresholds with <= 1.2 mean samples
     cheap = [(th, a) for th, a in sw["threshold"].items() if a["mean_samples"] <= 1.2]
     th, a = max(cheap, key=lambda x: x[1]["accuracy"]) if cheap else (None, None)
@@ -197,10 +222,12 @@ def _headline(summary, sw, wall, cfg) -> dict:
         "oracle": summary["oracle"]["accuracy"], "greedy": summary["greedy"]["accuracy"],
         "bon16_rm": summary["bon_rm"]["accuracy"] if "bon_rm" in summary else None,
         "bon16_likelihood": summary["bon_likelihood"]["accuracy"] if "bon_likelihood" in summary else None,
+        "bon16_combined": summary["bon_combined"]["accuracy"] if "bon_combined" in summary else None,
         "adaptive_threshold_at_1.2": th,
         "adaptive_acc_at_1.2": a["accuracy"] if a else None,
         "adaptive_mean_samples": a["mean_samples"] if a else None,
-        "adaptive_gain_recovered": gain_recovered(a["accuracy"], one, bon) if a else None,
+        "adaptive_gain_recovered": (gain_recovered(a["accuracy"], max(one, greedy), bon)
+                                    if a else None),
         "prune_fraction_pruned": 1 - min(cfg.keep_fractions), "prune_at": t0,
         "prune_acc": pr["accuracy"], "prune_acc_loss_points": 100 * (bon - pr["accuracy"]),
         "prune_wall_speedup": wall["bon_full"] / max(wall["pruned"], 1e-9),

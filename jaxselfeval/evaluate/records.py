@@ -57,7 +57,8 @@ def by_difficulty(records: Iterable[PromptRecord]) -> dict[int, dict]:
     return {d: aggregate(rs) for d, rs in sorted(groups.items())}
 
 
-def gain_recovered(acc: float, one_sample: float, best_of_n: float) -> float:
-    """Share of the Best-of-N gain over one sample that `acc` recovers (nan if no gain)."""
-    gain = best_of_n - one_sample
-    return (acc - one_sample) / gain if gain > 0 else float("nan")
+def gain_recovered(acc: float, baseline: float, best_of_n: float) -> float:
+    """Share of the Best-of-N gain over `baseline` (the better of greedy and one sample) that
+    `acc` recovers (nan if Best-of-N gains nothing over it)."""
+    gain = best_of_n - baseline
+    return (acc - baseline) / gain if gain > 0 else float("nan")

@@ -61,38 +61,84 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+# The goals (issue 17): the capability token's quality, and what each strategy must show.
+TOKEN_GOALS = {"auroc": 0.85, "auroc_within": 0.75, "auroc_at": 0.75, "ece": 0.05}
+BON_MARGIN, GAIN_SHARE, PRUNE_LOSS, PRUNE_SPEEDUP = 0.10, 0.74, 1.0, 2.0
+CHANCE = 0.6  # a within-prompt AUROC below this ranks a prompt's samples no better than a coin
+
+
+def _mark(ok) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _ge(x, goal) -> bool:
+    return x is not None and x == x and x >= goal
+
+
 def verdict(result: dict) -> list[str]:
-    """The issue's goals, each marked met / not met with its numbers, and why when not."""
+    """Each goal marked met / NOT met with its numbers, and why when not. A goal that rests on
+    the capability token is never met while the token ranks a prompt's samples at chance."""
     h, n = result["headline"], result["config"]["n"]
     pool = result.get("pool") or {}
+    t0 = h["prune_at"]
     lines = ["## Goals", ""]
-
-    def mark(ok):
-        return "met" if ok else "NOT met"
-
-    bon = h["bon16_self"]
-    others = {"one sample": h["one_sample"], "majority vote": h["majority"]}
+    within = pool.get("auroc_within")
+    chance = within is not None and not _ge(within, CHANCE)
+    if pool:
+        at = pool.get(f"auroc_at{t0}")
+        lines += [
+            f"- Capability token, complete responses: AUROC {pool['auroc']:.3f} pooled (goal >= "
+            f"{TOKEN_GOALS['auroc']}), {within:.3f} within a prompt (goal >= "
+            f"{TOKEN_GOALS['auroc_within']}): "
+            f"{_mark(_ge(pool['auroc'], TOKEN_GOALS['auroc']) and _ge(within, TOKEN_GOALS['auroc_within']))}.",
+            f"- Capability token at {t0} tokens (a response finished sooner scored as its complete "
+            f"self, what pruning sees): AUROC "
+            f"{'n/a' if at is None else format(at, '.3f')} pooled (goal >= "
+            f"{TOKEN_GOALS['auroc_at']}): {_mark(_ge(at, TOKEN_GOALS['auroc_at']))}"
+            + (f"; over the {100 * pool[f'running_at{t0}']:.0f}% of samples still running at "
+               f"{t0} tokens only: {pool[f'auroc_trunc{t0}']:.3f}."
+               if f"auroc_trunc{t0}" in pool else "."),
+        ]
+        if "ece" in pool:
+            lines.append(f"- Calibration: ECE {pool['ece']:.3f} against the capability targets "
+                         f"(goal <= {TOKEN_GOALS['ece']}): {_mark(pool['ece'] <= TOKEN_GOALS['ece'])}.")
+    bon, one, greedy = h["bon16_self"], h["one_sample"], h["greedy"]
+    why_chance = (f" (the token ranks a prompt's samples at chance, within-prompt AUROC "
+                  f"{within:.3f}, so nothing here is its doing)") if chance else ""
+    ok = bon >= one + BON_MARGIN and bon >= greedy and not chance
+    lines.append(f"- Best-of-{n} by self-evaluation >= one sample + {100 * BON_MARGIN:.0f} points "
+                 f"and >= greedy: {_mark(ok)} ({_pct(bon)} vs one sample {_pct(one)}, "
+                 f"{100 * (bon - one):+.1f} points; greedy {_pct(greedy)}, "
+                 f"{100 * (bon - greedy):+.1f}){why_chance}.")
+    others = {"majority vote": h["majority"]}
     if h.get("bon16_rm") is not None:
         others[f"external-RM Best-of-{n}"] = h["bon16_rm"]
     for name, acc in others.items():
-        lines.append(f"- Best-of-{n} by self-evaluation beats {name}: {mark(bon > acc)} "
+        lines.append(f"- Best-of-{n} by self-evaluation beats {name}: {_mark(bon > acc)} "
                      f"({100 * (bon - acc):+.1f} points).")
-    lines.append(f"- Adaptive sampling recovers >= 80% of the Best-of-{n} gain at <= 1.2 samples: "
-                 f"{mark(_recovered(h) is not None and _recovered(h) >= 0.8)} ({_adaptive_gain(h, n)}).")
-    lines.append(f"- Pruning >= 75% at the earliest point with <= 1 point loss and >= 2x less wall "
-                 f"time: {mark(h['prune_fraction_pruned'] >= 0.75 and h['prune_acc_loss_points'] <= 1 and h['prune_wall_speedup'] >= 2)} "
+    rec = _recovered(h)
+    lines.append(f"- Adaptive sampling at <= 1.2 mean samples recovers >= {100 * GAIN_SHARE:.0f}% "
+                 f"of Best-of-{n}'s gain over the better of greedy and one sample: "
+                 f"{_mark(rec is not None and rec >= GAIN_SHARE and not chance)} "
+                 f"({_adaptive_gain(h, n)}){why_chance}.")
+    prune_ok = (h["prune_fraction_pruned"] >= 0.75 and h["prune_acc_loss_points"] <= PRUNE_LOSS
+                and h["prune_wall_speedup"] >= PRUNE_SPEEDUP)
+    weak = bon < max(one, greedy)
+    lines.append(f"- Pruning >= 75% at {t0} tokens within {PRUNE_LOSS:.0f} point of Best-of-{n} "
+                 f"by self-evaluation and >= {PRUNE_SPEEDUP:.0f}x less wall time: "
+                 f"{_mark(prune_ok and not chance and not weak)} "
                  f"({100 * h['prune_fraction_pruned']:.0f}% pruned, accuracy "
                  f"{-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}, "
                  f"{h['prune_wall_speedup']:.2f}x)" + (
-                     f"; the accuracy half holds only because Best-of-{n} itself picks worse than "
-                     "one sample here, so this is no evidence for the capability score."
-                     if bon < h["one_sample"] else "."))
+                     f"; not met although the figures hold, because Best-of-{n} itself picks worse "
+                     "than greedy or one sample here: being close to it is no evidence for the "
+                     "capability score" if prune_ok and weak else "") + why_chance + ".")
     if pool:
-        lines += ["", f"Why: over the {pool['samples']} pooled samples (the policy's sample@1 is "
+        lines += ["", f"Over the {pool['samples']} pooled samples (the policy's sample@1 is "
                   f"{_pct(pool['sample_at_1'])}), the final self-evaluation score separates right "
-                  f"from wrong answers with AUROC {pool['auroc']:.3f} pooled over prompts but "
-                  f"{pool['auroc_within']:.3f} among a prompt's own samples."]
-        if pool["auroc_within"] < 0.6:
+                  f"from wrong answers with AUROC {pool['auroc']:.3f} pooled over prompts and "
+                  f"{within:.3f} among a prompt's own samples."]
+        if chance:
             lines.append("A within-prompt AUROC near 0.5 means the capability token tells easy "
                          "prompts from hard ones but not a prompt's right answers from its wrong "
                          f"ones, so Best-of-{n} by self-evaluation is at best a random pick among the "
@@ -100,20 +146,16 @@ def verdict(result: dict) -> list[str]:
                          "comes from its near-greedy first round and from spending samples on hard "
                          "prompts.")
         if pool.get("likelihood_auroc_within") is not None:
-            lik = h.get("bon16_likelihood")
-            lines.append(f"For comparison, the policy's own mean token log-probability of each "
-                         f"sample (no training, no probe) ranks a prompt's samples with AUROC "
+            lines.append(f"The policy's own mean token log-probability of each sample (no "
+                         f"training, no probe) ranks a prompt's samples with AUROC "
                          f"{pool['likelihood_auroc_within']:.3f} (pooled "
-                         f"{pool['likelihood_auroc']:.3f}) and picks Best-of-{n} at {_pct(lik)}"
-                         + (": the model's own token probabilities do tell a prompt's right answers "
-                            "from its wrong ones, but the capability token has not learned to read "
-                            "that at the probe position." if pool["likelihood_auroc_within"] >
-                            pool["auroc_within"] + 0.1 else "."))
-        if bon < h["one_sample"] - 0.05:
-            lines.append(f"Best-of-{n} falls below one sample, i.e. below a random pick: in "
-                         f"{100 * (1 - bon):.0f}% of the prompts the highest of the {n} scores went "
-                         "to a wrong answer, though most prompts have right ones (oracle "
-                         f"{_pct(h['oracle'])}).")
+                         f"{pool['likelihood_auroc']:.3f}) and picks Best-of-{n} at "
+                         f"{_pct(h.get('bon16_likelihood'))}"
+                         + (f"; the token and the log-probability together (log score + mean "
+                            f"token log-probability) rank at {pool['combined_auroc_within']:.3f} "
+                            f"within a prompt and pick Best-of-{n} at {_pct(h['bon16_combined'])}."
+                            if h.get("bon16_combined") is not None and "combined_auroc_within"
+                            in pool else "."))
     return lines
 
 
@@ -124,13 +166,17 @@ def _recovered(h) -> float | None:
 
 def _adaptive_gain(h, n) -> str:
     """'X% of the gain', or why there is no gain to recover."""
-    if _recovered(h) is not None:
-        return f"recovering {_pct(h['adaptive_gain_recovered'])} of the Best-of-{n} gain"
+    base = max(h["one_sample"], h["greedy"])
+    name = "greedy" if h["greedy"] >= h["one_sample"] else "one sample"
     acc = h["adaptive_acc_at_1.2"]
-    extra = "" if acc is None else (f"; adaptive itself is {100 * (acc - h['one_sample']):+.1f} "
-                                    "points over one sample")
-    return (f"Best-of-{n} gains nothing over one sample here "
-            f"({100 * (h['bon16_self'] - h['one_sample']):+.1f} points), so there is no gain to "
+    if _recovered(h) is not None:
+        return (f"{_pct(acc)} at {h['adaptive_mean_samples']:.2f} samples, recovering "
+                f"{_pct(h['adaptive_gain_recovered'])} of the Best-of-{n} gain over {name}: "
+                f"{_pct(base)} -> {_pct(h['bon16_self'])}")
+    extra = "" if acc is None else (f"; adaptive itself is {100 * (acc - base):+.1f} "
+                                    f"points over {name}")
+    return (f"Best-of-{n} gains nothing over {name} here "
+            f"({100 * (h['bon16_self'] - base):+.1f} points), so there is no gain to "
             f"recover{extra}")
 
 
@@ -153,10 +199,11 @@ def write_report(result: dict, out: Path) -> str:
     lines = [f"# jaxselfeval evaluation: {cfg['task']} / {cfg['split']} ({sm['one']['n']} problems)", "",
              "| strategy | accuracy | ±95% | mean samples | mean tokens (incl. probes) |",
              "| --- | --- | --- | --- | --- |"]
-    names = {"greedy": "greedy", "one": "one sample (T=1)", "majority": f"majority vote of {n}",
+    names = {"greedy": "greedy", "one": f"one sample (T={cfg['temperature']})", "majority": f"majority vote of {n}",
              "bon_self": f"Best-of-{n} by self-evaluation",
              "bon_rm": f"Best-of-{n} by external reward model",
              "bon_likelihood": f"Best-of-{n} by the policy's own likelihood (no training)",
+             "bon_combined": f"Best-of-{n} by self-evaluation x likelihood",
              "oracle": f"oracle Best-of-{n} (pass@{n})",
              "adaptive": f"adaptive (threshold {cfg['threshold']})",
              "adaptive_pruned": f"adaptive + pruning (threshold {cfg['threshold']}, rounds pruned at "
@@ -175,7 +222,7 @@ def write_report(result: dict, out: Path) -> str:
               f"own likelihood {_pct(h.get('bon16_likelihood'))}, oracle {_pct(h['oracle'])}.",
               f"- Adaptive sampling at <= 1.2 mean samples (threshold {h['adaptive_threshold_at_1.2']}): "
               f"{_pct(h['adaptive_acc_at_1.2'])} with {h['adaptive_mean_samples'] or float('nan'):.2f} "
-              f"samples, {_adaptive_gain(h, n)} (goal >= 80% of the gain; the paper reports 74%).",
+              f"samples: {_adaptive_gain(h, n)} (goal >= 74% of the gain, the paper's figure).",
               f"- Pruning {100 * h['prune_fraction_pruned']:.0f}% of candidates at {h['prune_at']} tokens: "
               f"{_pct(h['prune_acc'])} ({-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
               f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "

@@ -111,7 +111,11 @@ def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarra
 
 def validate(model, val, spec) -> dict:
     """AUROC (win vs lose; pooled over prompts and within each prompt) of full responses and of
-    each truncation point, Brier and ECE against the soft targets."""
+    each truncation point, Brier and ECE against the soft targets.
+
+    Two readings of truncation point t: "auroc_trunc{t}" over the responses still running at t
+    (the truncated rows), "auroc_at{t}" over every response, one that finished within t tokens
+    counted as its complete self (what pruning at t sees). val["length"]: response tokens [N]."""
     s = scores(model, val["tokens"], val["last"], spec.yes, spec.no)
     tr, rew, tgt = val["truncation"], val["reward"], val["target"]
     full = tr == 0
@@ -123,6 +127,10 @@ def validate(model, val, spec) -> dict:
     for t in sorted(set(tr[~full].tolist())):
         res[f"auroc_trunc{t}"] = M.auroc(s[tr == t], rew[tr == t] > 0.5)
         res[f"auroc_within_trunc{t}"] = M.auroc_within(s[tr == t], rew[tr == t], ex[tr == t])
+        if "length" in val:
+            at = (tr == t) | (full & (val["length"] <= t))
+            res[f"auroc_at{t}"] = M.auroc(s[at], rew[at] > 0.5)
+            res[f"auroc_within_at{t}"] = M.auroc_within(s[at], rew[at], ex[at])
     res["_scores"] = s
     return res
 
@@ -177,7 +185,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     val = {"tokens": vt, "last": vl, "target": vtg,
            "truncation": np.asarray([va_rows[i]["truncation"] for i in keep]),
            "reward": np.asarray([va_rows[i]["reward"] for i in keep]),
-           "example": np.asarray([va_rows[i]["example"] for i in keep])}
+           "example": np.asarray([va_rows[i]["example"] for i in keep]),
+           "length": np.asarray([len(va_rows[i]["response_ids"]) for i in keep])}
     log.info("%d train rows, %d validation rows", len(tk), len(vt))
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        warmup_steps=cfg.warmup_steps, seed=cfg.seed, mesh=cfg.mesh,

@@ -82,7 +82,10 @@ def add_rm_scores(pool, rm, batch: int = 64):
 
 def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_len: int = 0):
     """Records of pooled strategies over the first `n` candidates:
-    one / bon_self / bon_rm / bon_likelihood / majority / oracle."""
+    one / bon_self / bon_rm / bon_likelihood / bon_combined / majority / oracle.
+
+    bon_combined ranks by log(score) + the mean token log-probability: the capability token's
+    estimate and the policy's own surprise at its tokens, both log-probabilities."""
     n = n or pool["n"]
     recs = []
     for g, e in enumerate(examples):
@@ -96,6 +99,9 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
             j, n_used, toks = int(np.argmax(pool["rm_score"][g, :n])), n, L.sum()
         elif strategy == "bon_likelihood":  # the policy's own log-probability, free with decoding
             j, n_used, toks = int(np.argmax(pool["likelihood"][g, :n])), n, L.sum()
+        elif strategy == "bon_combined":
+            both = np.log(np.maximum(s, 1e-9)) + pool["likelihood"][g, :n]
+            j, n_used, toks, probes = int(np.argmax(both)), n, L.sum(), n * probe_len
         elif strategy == "majority":  # the first candidate that gave the most common answer
             answers = pool["answers"][g][:n]
             votes = collections.Counter(a for a in answers if a is not None)
@@ -109,7 +115,8 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
         ok = float(top == e.answer) if strategy == "majority" else c[j]
         recs.append(PromptRecord(e.id, float(ok), int(n_used), int(toks), int(probes),
                                  difficulty=e.difficulty,
-                                 chosen_score=(float(s[j]) if strategy in ("bon_self", "bon_likelihood")
+                                 chosen_score=(float(s[j]) if strategy in ("bon_self", "bon_likelihood",
+                                                                           "bon_combined")
                                                else None),
                                  output=pool["outs"][g * pool["n"] + j] if "outs" in pool else None))
     return recs

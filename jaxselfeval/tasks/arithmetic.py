@@ -2,12 +2,21 @@
 
 Difficulty d (1..4) is the number of operations; the starting number grows with d. Solutions show one
 operation per line and end with '#### <answer>'. Splits are disjoint by question text.
+
+`direct_share` (one share per difficulty) answers that share of the *training* problems directly
+(`#### <answer>`, no working; always correct), as people and LLMs skip the working on questions
+that look easy: a model trained on it answers short problems directly more often, and its direct
+answers to long ones are mostly wrong because it cannot compute them in one step. Those are
+mistakes of capability, which the model's own hidden states can see (the way it answered and the
+problem's length), unlike its sampled digit slips. Held-out splits keep worked solutions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
+from jaxselfeval.errors import JSEError
 from jaxselfeval.tasks.base import Example, Task
 
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Ben", "Eva", "Leo", "Zoe"]
@@ -50,8 +59,9 @@ class ArithmeticTask(Task):
     name = "arithmetic"
 
     def __init__(self, seed: int = 0, n_train: int = 20000, n_validation: int = 500,
-                 n_test: int = 500, max_steps: int = 4):
+                 n_test: int = 500, max_steps: int = 4, direct_share=None):
         self.seed, self.max_steps = seed, max_steps
+        self.direct_share = _check_shares(direct_share, max_steps)
         self.sizes = {"train": n_train, "validation": n_validation, "test": n_test}
         self._cache: dict[str, list[Example]] | None = None
 
@@ -70,6 +80,11 @@ class ArithmeticTask(Task):
                 seen.add(q)
                 exs.append(Example(f"{split}-{len(exs)}", q, sol, ans, d))
             out[split] = exs
+        if self.direct_share:  # its own stream: the problems are the same with or without it
+            drng = random.Random(f"direct-{self.seed}")
+            out["train"] = [dataclasses.replace(e, solution=f"#### {e.answer}")
+                            if drng.random() < self.direct_share[e.difficulty - 1] else e
+                            for e in out["train"]]
         return out
 
     def messages(self, example: Example) -> list[dict]:
@@ -86,6 +101,24 @@ class ArithmeticTask(Task):
         if self._cache is None:
             self._cache = self._build()
         return self._cache[split]
+
+
+def _check_shares(shares, max_steps: int) -> tuple | None:
+    """direct_share: None, or one share in [0, 1] per difficulty 1..max_steps."""
+    if shares is None:
+        return None
+    if isinstance(shares, (int, float)):
+        shares = [shares] * max_steps
+    shares = tuple(float(x) for x in shares)
+    if len(shares) != max_steps or not all(0.0 <= x <= 1.0 for x in shares):
+        raise JSEError(f"direct_share must be one share in [0, 1] per difficulty 1..{max_steps}, "
+                       f"got {list(shares)}: e.g. direct_share=[0.7,0.4,0.35,0.3]")
+    return shares
+
+
+def is_direct(text: str) -> bool:
+    """True when a response states its answer with no working (starts with '####')."""
+    return text.lstrip().startswith("####")
 
 
 MARK_OK, MARK_BAD = " ok", " bad"
