@@ -149,3 +149,30 @@ def test_early_exit_reads_the_first_layers_and_its_loss_trains_them(tmp_path):
     total, m = lm_loss_with_exit(1, 0.5)(model, batch)
     np.testing.assert_allclose(m["loss"], plain, rtol=1e-6)
     np.testing.assert_allclose(total, plain + 0.5 * lm_loss(cut, batch)[0], rtol=1e-5)
+
+
+def test_train_base_second_stage_starts_from_the_given_weights(tmp_path):
+    """init_from: the weights and tokenizer of an HF directory, not a fresh model; bad ones are
+    one line before anything is written."""
+    from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.train.base import train_base
+
+    init = default_model_dir()
+    cfg = TrainConfig(init_from=str(init), task="arithmetic",
+                      task_args={"n_train": 64, "n_validation": 4, "n_test": 4,
+                                 "direct_share": [0.5, 0.5, 0.5, 0.5]},
+                      steps=2, batch_size=8, lr=1e-4, warmup_steps=1, seq_len=112,
+                      compute_dtype="float32", out_dir=str(tmp_path / "s2"), eval_problems=0,
+                      checkpoint_every=2, log_every=1)
+    export, summary = train_base(cfg, progress=False)
+    assert (export / "tokenizer.json").read_text() == (init / "tokenizer.json").read_text()
+    a, b = _params(jse.load_pretrained(init)), _params(jse.load_pretrained(export))
+    assert a.keys() == b.keys()
+    moved = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert 0 < moved < 0.01  # two small steps from the shipped weights, not a new model
+    for bad, msg in ((dict(init_from=str(tmp_path / "nope")), "is not an HF model directory"),
+                     (dict(model={"num_hidden_layers": 2}), "model.\\* overrides change the shape")):
+        out = tmp_path / "bad"
+        with pytest.raises(jse.JSEError, match=msg):
+            train_base(TrainConfig(**{**cfg.__dict__, "out_dir": str(out), **bad}), progress=False)
+        assert not out.exists()

@@ -11,6 +11,9 @@ log = logging.getLogger(__name__)
 def add_arguments(p):
     p.add_argument("--model", default=None, help="HF model directory (default: the shipped tiny base)")
     p.add_argument("--task", default="arithmetic", help="arithmetic | gsm8k")
+    p.add_argument("--config", default=None,
+                   help="YAML of eval settings, a path or configs/NAME (e.g. eval_tiny: the demo's); "
+                        "key=value overrides apply on top")
     p.add_argument("--out", default="runs/eval",
                    help="output directory; each finished chunk of prompts is kept in OUT/chunks, so "
                         "re-running after a kill resumes (on several hosts: a directory all see)")
@@ -51,7 +54,8 @@ def run(args) -> int:
 
     path = args.model or str(default_model_dir())
     check_selfeval_trained(path)
-    cfg = load_dataclass_config(EvalConfig, None, args.overrides, defaults={"task": args.task})
+    cfg = load_dataclass_config(EvalConfig, args.config, args.overrides,
+                                defaults={"task": args.task})
     cfg.validate()
     tok = load_tokenizer(path)
     rm = load_rm(args.reward_model, tok, args) if args.reward_model else None

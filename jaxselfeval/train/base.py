@@ -86,8 +86,16 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     from flax import nnx
 
     from jaxselfeval.errors import JSEError
+    from jaxselfeval.model.config import read_hf_config
 
-    arch = load_model_config(cfg.model_config).replace(**cfg.model)
+    if cfg.init_from and not (Path(cfg.init_from) / "config.json").exists():
+        raise JSEError(f"init_from '{cfg.init_from}' is not an HF model directory (no config.json): "
+                       "train the first stage, or set init_from=null to train from scratch")
+    if cfg.init_from and cfg.model:
+        raise JSEError("model.* overrides change the shape of a model trained from scratch: drop "
+                       "them, or set init_from=null")
+    arch = (read_hf_config(cfg.init_from) if cfg.init_from
+            else load_model_config(cfg.model_config)).replace(**cfg.model)
     layers = arch.num_hidden_layers
     if cfg.exit_layer >= layers:  # checked before anything is written
         raise JSEError(f"exit_layer {cfg.exit_layer} is not below the model's {layers} layers: "
@@ -99,7 +107,8 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     if (tok_dir / "tokenizer.json").exists():
         tok = load_tokenizer(tok_dir)
     else:
-        tok = build_tokenizer([e.question + "\n" + e.solution for e in train], cfg.tokenizer_vocab)
+        tok = (load_tokenizer(cfg.init_from) if cfg.init_from else
+               build_tokenizer([e.question + "\n" + e.solution for e in train], cfg.tokenizer_vocab))
         if jax.process_index() == 0:
             save_tokenizer(tok, tok_dir)
     tokens, mask, dropped = encode_sft(tok, task, train, cfg.seq_len)
@@ -107,12 +116,16 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
              dropped)
     if cfg.checking_fraction > 0:
         tokens, mask = _add_checking(task, tok, train, tokens, mask, cfg)
-    mc = arch.replace(**{"vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
-                         "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-                         **cfg.model})  # the tokenizer's ids unless cfg.model sets them
     loss = lm_loss_with_exit(cfg.exit_layer, cfg.exit_weight) if cfg.exit_layer else lm_loss
-    model = Llama(mc, rngs=nnx.Rngs(cfg.seed), param_dtype=cfg.param_dtype,
-                  compute_dtype=cfg.compute_dtype, remat=cfg.remat)
+    if cfg.init_from:
+        model = jse.load_pretrained(cfg.init_from, cfg.param_dtype, compute_dtype=cfg.compute_dtype)
+        log.info("starting from the weights of %s", cfg.init_from)
+    else:
+        mc = arch.replace(**{"vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+                             "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                             **cfg.model})  # the tokenizer's ids unless cfg.model sets them
+        model = Llama(mc, rngs=nnx.Rngs(cfg.seed), param_dtype=cfg.param_dtype,
+                      compute_dtype=cfg.compute_dtype, remat=cfg.remat)
     log.info("model: %.2fM parameters (%s master weights, %s compute)",
              jse.count_params(model) / 1e6, cfg.param_dtype, cfg.compute_dtype)
     t0 = time.time()

@@ -15,6 +15,9 @@ from jaxselfeval.errors import JSEError, closest
 @dataclasses.dataclass
 class TrainConfig:
     model_config: str = "tiny"  # configs/models/NAME.yaml, for training from scratch
+    # `train base` from an HF directory's weights and tokenizer instead of from scratch (a second
+    # stage: fine-tuning a pretrained base on another data mix); model_config is then unused
+    init_from: str | None = None
     model: dict = dataclasses.field(default_factory=dict)  # overrides of its LlamaConfig fields
     task: str = "arithmetic"
     task_args: dict = dataclasses.field(default_factory=dict)
