@@ -77,27 +77,26 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return True
 
 
+def _jax_distributed() -> bool:
+    """`jax.distributed.initialize` was called (by us or by the caller's own code): JAX's process
+    index and count are then the pod's. Public API only; never imports jax itself."""
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized()
+
+
 def process_index() -> int:
-    """This process's index (0 when not distributed; never starts a JAX backend itself)."""
+    """This process's index: ours after `initialize`, JAX's when the caller joined the processes
+    with `jax.distributed.initialize` itself, else 0 (never starts a JAX backend itself)."""
     if _state["initialized"]:
         return _state["process_id"]
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return sys.modules["jax"].process_index()
-    return 0
+    return sys.modules["jax"].process_index() if _jax_distributed() else 0
 
 
 def process_count() -> int:
+    """The number of processes (1 when not distributed; see `process_index`)."""
     if _state["initialized"]:
         return _state["num_processes"]
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return sys.modules["jax"].process_count()
-    return 1
+    return sys.modules["jax"].process_count() if _jax_distributed() else 1
 
 
 def is_main() -> bool:
