@@ -1,10 +1,14 @@
-"""All-or-nothing file writes: a kill leaves the old file or the new one, never half of one."""
+"""All-or-nothing writes: a kill leaves the old file (or directory) or the new one, never half of
+one, and never loses both."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
+
+from jaxselfeval.errors import JSEError
 
 
 def write_atomic(path, text: str):
@@ -28,3 +32,57 @@ def write_atomic(path, text: str):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def is_model_export(path) -> bool:
+    """`path` is a directory an export wrote (and may replace): an HF model directory with a
+    config.json and safetensors weights (single file or index)."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and (
+        (p / "model.safetensors").is_file() or (p / "model.safetensors.index.json").is_file())
+
+
+def check_replaceable(out, overwrite: bool = False) -> None:
+    """Refuse (one-line JSEError) to export over `out` when something that is not an HF model
+    export is there, unless `overwrite`; nothing is touched."""
+    out = Path(out)
+    if overwrite or not (out.exists() or out.is_symlink()) or is_model_export(out):
+        return
+    what = "a directory" if out.is_dir() else "a file"
+    raise JSEError(f"'{out}' exists and is {what} that is not an HF model export (no config.json "
+                   f"with safetensors weights): export to another path, or pass overwrite=True "
+                   f"(--overwrite) to replace it")
+
+
+def swap_dir(new, out) -> None:
+    """Put the directory `new` (a temporary beside `out`) at `out`, keeping the old `out` until
+    the new one is in place: the old one is renamed aside, the new one renamed in, then the old
+    one removed. A failure restores the old one; a kill between the two renames leaves it aside
+    as '.<name>.old-*' (`restore_aside` puts it back)."""
+    new, out = Path(new), Path(out)
+    aside = None
+    if out.exists() or out.is_symlink():
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        os.replace(out, aside)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, out)
+        raise
+    if aside is not None:
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside)
+        else:
+            aside.unlink()
+
+
+def restore_aside(out) -> None:
+    """After a kill between `swap_dir`'s two renames: when `out` is missing and its old copy is
+    beside it ('.<name>.old-*'), put the old copy back."""
+    out = Path(out)
+    if out.exists() or out.is_symlink() or not out.parent.is_dir():
+        return
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], out)

@@ -32,7 +32,7 @@ if what == "build":
                   progress=False)
 else:
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
-    from jaxselfeval.sharding import load_for_sampling
+    from jaxselfeval.hf_io import load_for_sampling
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
 
