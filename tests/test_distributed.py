@@ -131,3 +131,19 @@ def test_hung_workers_are_killed_and_reported():
     with pytest.raises(WorkersHung, match="(?s)worker 0.*---.*worker 1"):
         communicate_all(procs, 2, fail=False)
     assert all(p.poll() is not None for p in procs)  # none left running
+
+
+def test_a_hung_worker_is_killed_and_shows_where_it_hung():
+    """communicate_all sends SIGUSR1 before killing a worker past its time: the workers register
+    faulthandler for it, so the log names the call each process was stuck in."""
+    code = ("import faulthandler, signal, time\n"
+            "faulthandler.register(signal.SIGUSR1)\n"
+            "def stuck_in_a_collective():\n"
+            "    time.sleep(60)\n"
+            "print('started', flush=True)\n"
+            "stuck_in_a_collective()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    with pytest.raises(WorkersHung) as e:
+        communicate_all([p], timeout=5, fail=False)
+    assert p.returncode is not None and "stuck_in_a_collective" in e.value.args[0], e.value.args[0]
