@@ -104,14 +104,34 @@ def is_main() -> bool:
     return process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Wait until every process reaches the barrier `name` (no-op for one process)."""
+_barriers: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: float | None = None) -> None:
+    """Wait until every process reaches the barrier `name` (no-op for one process).
+
+    A barrier of the coordination service (the key-value store `jax.distributed` runs), not an
+    XLA collective: processes that arrive minutes apart (each did its own share of the work)
+    wait for each other. `multihost_utils.sync_global_devices` is an all-gather; on XLA:CPU
+    (gloo) the first process gives up after 30 s and the late one then waits forever
+    (tests/repro_barrier_skew.py). After `timeout_s` (default JSE_BARRIER_TIMEOUT_S, else one
+    hour) a JSEError names the barrier. Every process must pass the same barriers in the same
+    order (each use of a name gets its own key)."""
     import jax
 
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    if jax.process_count() <= 1:
+        return
+    from orbax.checkpoint import multihost
 
-        multihost_utils.sync_global_devices(name)
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("JSE_BARRIER_TIMEOUT_S") or 3600)
+    n = _barriers[name] = _barriers.get(name, 0) + 1
+    try:
+        multihost.get_barrier_sync_fn()(key=f"{name}.{n}", timeout_ms=int(timeout_s * 1000))
+    except Exception as e:  # the service reports a timeout or a process that left
+        raise JSEError(f"process {process_index()} waited {timeout_s:.0f} s at barrier '{name}' "
+                       f"but not every process arrived ({type(e).__name__}): look at the other "
+                       f"processes' logs, or raise JSE_BARRIER_TIMEOUT_S") from e
 
 
 def host_shard(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:
