@@ -127,7 +127,13 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
         timeout_s = float(os.environ.get("JSE_BARRIER_TIMEOUT_S") or 3600)
     n = _barriers[name] = _barriers.get(name, 0) + 1
     try:
-        multihost.get_barrier_sync_fn()(key=f"{name}.{n}", timeout_ms=int(timeout_s * 1000))
+        sync = multihost.get_barrier_sync_fn()
+    except ValueError:  # several processes but no jax.distributed client: the XLA barrier
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.sync_global_devices(name)
+    try:
+        sync(key=f"{name}.{n}", timeout_ms=int(timeout_s * 1000))
     except Exception as e:  # the service reports a timeout or a process that left
         raise JSEError(f"process {process_index()} waited {timeout_s:.0f} s at barrier '{name}' "
                        f"but not every process arrived ({type(e).__name__}): look at the other "
