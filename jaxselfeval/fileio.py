@@ -34,24 +34,17 @@ def write_atomic(path, text: str):
         raise
 
 
-def is_model_export(path) -> bool:
-    """`path` is a directory an export wrote (and may replace): an HF model directory with a
-    config.json and safetensors weights (single file or index)."""
-    p = Path(path)
-    return p.is_dir() and (p / "config.json").is_file() and (
-        (p / "model.safetensors").is_file() or (p / "model.safetensors.index.json").is_file())
-
-
-def check_replaceable(out, overwrite: bool = False) -> None:
-    """Refuse (one-line JSEError) to export over `out` when something that is not an HF model
-    export is there, unless `overwrite`; nothing is touched."""
+def check_replaceable(out, ours, overwrite: bool = False) -> None:
+    """Refuse (one-line JSEError) to replace `out` when something is there that `ours(out)` does
+    not recognise as this kind of output, unless `overwrite`; nothing is touched. `ours(path)`
+    -> None when `path` may be replaced, else what is wrong with it (a short phrase)."""
     out = Path(out)
-    if overwrite or not (out.exists() or out.is_symlink()) or is_model_export(out):
+    if overwrite or not (out.exists() or out.is_symlink()):
         return
-    what = "a directory" if out.is_dir() else "a file"
-    raise JSEError(f"'{out}' exists and is {what} that is not an HF model export (no config.json "
-                   f"with safetensors weights): export to another path, or pass overwrite=True "
-                   f"(--overwrite) to replace it")
+    why = ours(out)
+    if why is not None:
+        raise JSEError(f"'{out}' exists and {why}: write to another path, or pass overwrite=True "
+                       f"(--overwrite) to replace it")
 
 
 def swap_dir(new, out) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -248,6 +249,28 @@ def save_file(tensors: dict, filename: str, metadata: dict | None = None) -> Non
             f.write(t.get().reshape(-1).view(np.uint8).data)
 
 
+_EXPORT_FILES = re.compile(r"config\.json|selfeval\.json|model\.safetensors(\.index\.json)?|"
+                           r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def not_an_export(path) -> str | None:
+    """None when `path` is an HF model export an export may replace: a directory holding
+    config.json, safetensors weights and only files an export writes (TOKENIZER_FILES,
+    selfeval.json, shards); else what is wrong with it. A downloaded model directory with a
+    README or LICENSE is not one (those would be lost)."""
+    p = Path(path)
+    if not p.is_dir() or p.is_symlink():
+        return "is not a directory an export wrote"
+    names = {f.name for f in p.iterdir()}
+    if "config.json" not in names or not names & {"model.safetensors",
+                                                  "model.safetensors.index.json"}:
+        return "is not an HF model export (no config.json with safetensors weights)"
+    other = sorted(n for n in names if n not in TOKENIZER_FILES and not _EXPORT_FILES.fullmatch(n))
+    if other:
+        return f"holds files an export does not write (e.g. '{other[0]}')"
+    return None
+
+
 def check_export_target(out, overwrite: bool = False) -> None:
     """Before an export: put back an old export a kill left aside, then refuse (one line) a
     target that holds something other than an HF model export unless `overwrite`. Decided on
@@ -256,7 +279,7 @@ def check_export_target(out, overwrite: bool = False) -> None:
     if jax.process_index() == 0:
         restore_aside(out)
         try:
-            check_replaceable(out, overwrite)
+            check_replaceable(out, not_an_export, overwrite)
         except JSEError as e:
             err = e
     if jax.process_count() > 1:

@@ -38,9 +38,15 @@ def test_a_directory_that_is_not_an_export_is_refused_and_untouched(tmp_path):
         assert sorted(os.listdir(tmp_path)) == ["mine"]  # no temporary left beside it
     f = tmp_path / "a_file"
     f.write_text("x")
-    with pytest.raises(jse.JSEError, match="is a file that is not an HF model export"):
+    with pytest.raises(jse.JSEError, match="is not a directory an export wrote"):
         jse.save_pretrained(model, f)
     assert f.read_text() == "x"
+    hf = tmp_path / "downloaded"  # an HF model directory with the user's own files
+    jse.save_pretrained(model, hf)
+    (hf / "LICENSE").write_text("terms")
+    with pytest.raises(jse.JSEError, match="holds files an export does not write .*'LICENSE'"):
+        jse.save_pretrained(model, hf)
+    assert (hf / "LICENSE").read_text() == "terms"
     jse.save_pretrained(model, d, overwrite=True)  # told to: replaced
     assert jse.load_pretrained(d).config == model.config and not (d / "notes.txt").exists()
 
