@@ -44,7 +44,7 @@ def check_replaceable(out, ours, overwrite: bool = False) -> None:
     why = ours(out)
     if why is not None:
         raise JSEError(f"'{out}' exists and {why}: write to another path, or pass overwrite=True "
-                       f"(--overwrite) to replace it")
+                       f"(jaxselfeval convert --overwrite) to replace it")
 
 
 def swap_dir(new, out) -> None:

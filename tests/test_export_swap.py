@@ -108,3 +108,16 @@ def test_an_export_replaces_an_export(tmp_path):
     save_reward_model(rm, out)  # an HF export (of any kind) is replaced without asking
     save_reward_model(rm, out)
     assert (out / "config.json").exists() and sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_convert_refuses_a_users_directory_unless_told(tmp_path, capsys):
+    from jaxselfeval.cli import main
+
+    src = jse.save_pretrained(jse.create_model(CFG, seed=0), tmp_path / "src")
+    d = _user_dir(tmp_path)
+    assert main(["convert", "--model", str(src), "--out", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not an HF model export" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert sorted(os.listdir(d)) == ["notes.txt"]
+    assert main(["convert", "--model", str(src), "--out", str(d), "--overwrite"]) == 0
+    assert (d / "config.json").exists() and not (d / "notes.txt").exists()
