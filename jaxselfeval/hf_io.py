@@ -254,14 +254,16 @@ _EXPORT_FILES = re.compile(r"config\.json|selfeval\.json|model\.safetensors(\.in
 
 
 def not_an_export(path) -> str | None:
-    """None when `path` is an HF model export an export may replace: a directory holding
-    config.json, safetensors weights and only files an export writes (TOKENIZER_FILES,
-    selfeval.json, shards); else what is wrong with it. A downloaded model directory with a
+    """None when an export may replace `path`: an empty directory, or an HF model export (a
+    directory holding config.json, safetensors weights and only files an export writes:
+    TOKENIZER_FILES, selfeval.json, shards); else what is wrong with it. A downloaded model directory with a
     README or LICENSE is not one (those would be lost)."""
     p = Path(path)
     if not p.is_dir() or p.is_symlink():
         return "is not a directory an export wrote"
     names = {f.name for f in p.iterdir()}
+    if not names:  # an empty directory (e.g. made for the export): nothing to lose
+        return None
     if "config.json" not in names or not names & {"model.safetensors",
                                                   "model.safetensors.index.json"}:
         return "is not an HF model export (no config.json with safetensors weights)"

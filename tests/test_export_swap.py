@@ -47,6 +47,9 @@ def test_a_directory_that_is_not_an_export_is_refused_and_untouched(tmp_path):
     with pytest.raises(jse.JSEError, match="holds files an export does not write .*'LICENSE'"):
         jse.save_pretrained(model, hf)
     assert (hf / "LICENSE").read_text() == "terms"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    jse.save_pretrained(model, empty)  # an empty directory has nothing to lose
     jse.save_pretrained(model, d, overwrite=True)  # told to: replaced
     assert jse.load_pretrained(d).config == model.config and not (d / "notes.txt").exists()
 
