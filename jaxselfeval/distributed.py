@@ -77,27 +77,26 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return True
 
 
+def _jax_distributed() -> bool:
+    """`jax.distributed.initialize` was called (by us or by the caller's own code): JAX's process
+    index and count are then the pod's. Public API only; never imports jax itself."""
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized()
+
+
 def process_index() -> int:
-    """This process's index (0 when not distributed; never starts a JAX backend itself)."""
+    """This process's index: ours after `initialize`, JAX's when the caller joined the processes
+    with `jax.distributed.initialize` itself, else 0 (never starts a JAX backend itself)."""
     if _state["initialized"]:
         return _state["process_id"]
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return sys.modules["jax"].process_index()
-    return 0
+    return sys.modules["jax"].process_index() if _jax_distributed() else 0
 
 
 def process_count() -> int:
+    """The number of processes (1 when not distributed; see `process_index`)."""
     if _state["initialized"]:
         return _state["num_processes"]
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return sys.modules["jax"].process_count()
-    return 1
+    return sys.modules["jax"].process_count() if _jax_distributed() else 1
 
 
 def is_main() -> bool:
@@ -105,14 +104,40 @@ def is_main() -> bool:
     return process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Wait until every process reaches the barrier `name` (no-op for one process)."""
+_barriers: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: float | None = None) -> None:
+    """Wait until every process reaches the barrier `name` (no-op for one process).
+
+    A barrier of the coordination service (the key-value store `jax.distributed` runs), not an
+    XLA collective: processes that arrive minutes apart (each did its own share of the work)
+    wait for each other. `multihost_utils.sync_global_devices` is an all-gather; on XLA:CPU
+    (gloo) the first process gives up after 30 s and the late one then waits forever
+    (tests/repro_barrier_skew.py). After `timeout_s` (default JSE_BARRIER_TIMEOUT_S, else one
+    hour) a JSEError names the barrier. Every process must pass the same barriers in the same
+    order (each use of a name gets its own key)."""
     import jax
 
-    if jax.process_count() > 1:
+    if jax.process_count() <= 1:
+        return
+    from orbax.checkpoint import multihost
+
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("JSE_BARRIER_TIMEOUT_S") or 3600)
+    n = _barriers[name] = _barriers.get(name, 0) + 1
+    try:
+        sync = multihost.get_barrier_sync_fn()
+    except ValueError:  # several processes but no jax.distributed client: the XLA barrier
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(name)
+        return multihost_utils.sync_global_devices(name)
+    try:
+        sync(key=f"{name}.{n}", timeout_ms=int(timeout_s * 1000))
+    except Exception as e:  # the service reports a timeout or a process that left
+        raise JSEError(f"process {process_index()} waited {timeout_s:.0f} s at barrier '{name}' "
+                       f"but not every process arrived ({type(e).__name__}): look at the other "
+                       f"processes' logs, or raise JSE_BARRIER_TIMEOUT_S") from e
 
 
 def host_shard(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,8 +23,11 @@ from flax import nnx
 from safetensors import safe_open
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.fileio import check_replaceable, restore_aside, swap_dir
+from jaxselfeval.lora import merge_lora
 from jaxselfeval.model.config import LlamaConfig, read_hf_config
 from jaxselfeval.model.llama import Llama, abstract_model, as_dtype, param_shapes
+from jaxselfeval.sharding import RULES, local_mesh, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +130,6 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
 
     dtype: parameter storage dtype; compute_dtype defaults to bfloat16 when dtype is bfloat16.
     """
-    from jaxselfeval import sharding as shd
-
     path = Path(path)
     if not path.is_dir():
         raise JSEError(f"model directory '{path}' does not exist")
@@ -142,7 +144,7 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
     shapes = param_shapes(cfg)
     L = cfg.num_hidden_layers
     graphdef, state = nnx.split(model)
-    shardings = shd.state_shardings(state, mesh, rules or shd.RULES) if mesh is not None else None
+    shardings = state_shardings(state, mesh, rules or RULES) if mesh is not None else None
 
     for name, (shape, _axes) in shapes.items():
         tmpl, groups, split_shape, perm = lay[name]
@@ -172,6 +174,13 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
     model = nnx.merge(graphdef, state)
     model.source_dir = str(path)
     return model
+
+
+def load_for_sampling(path, dtype: str = "float32", mesh=None) -> Llama:
+    """`load_pretrained(path, dtype)` sharded over `local_mesh(mesh)` (e.g. 'tensor=4': this
+    host's devices): each device reads only its slice, and the sampler (`Engine`) then runs on
+    that mesh. mesh None or '': one device."""
+    return load_pretrained(path, dtype, mesh=local_mesh(mesh))
 
 
 def _hf_tensors(model: Llama):
@@ -240,19 +249,65 @@ def save_file(tensors: dict, filename: str, metadata: dict | None = None) -> Non
             f.write(t.get().reshape(-1).view(np.uint8).data)
 
 
+_EXPORT_FILES = re.compile(r"config\.json|selfeval\.json|model\.safetensors(\.index\.json)?|"
+                           r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def not_an_export(path) -> str | None:
+    """None when an export may replace `path`: an empty directory, or an HF model export (a
+    directory holding config.json, safetensors weights and only files an export writes:
+    TOKENIZER_FILES, selfeval.json, shards); else what is wrong with it. A downloaded model directory with a
+    README or LICENSE is not one (those would be lost)."""
+    p = Path(path)
+    if not p.is_dir() or p.is_symlink():
+        return "is not a directory an export wrote"
+    names = {f.name for f in p.iterdir()}
+    if not names:  # an empty directory (e.g. made for the export): nothing to lose
+        return None
+    if "config.json" not in names or not names & {"model.safetensors",
+                                                  "model.safetensors.index.json"}:
+        return "is not an HF model export (no config.json with safetensors weights)"
+    other = sorted(n for n in names if n not in TOKENIZER_FILES and not _EXPORT_FILES.fullmatch(n))
+    if other:
+        return f"holds files an export does not write (e.g. '{other[0]}')"
+    return None
+
+
+def check_export_target(out, overwrite: bool = False) -> None:
+    """Before an export: put back an old export a kill left aside, then refuse (one line) a
+    target that holds something other than an HF model export unless `overwrite`. Decided on
+    process 0 and shared, so every process stops together (no one left in a collective)."""
+    err = None
+    if jax.process_index() == 0:
+        restore_aside(out)
+        try:
+            check_replaceable(out, not_an_export, overwrite)
+        except JSEError as e:
+            err = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if int(multihost_utils.broadcast_one_to_all(np.int32(err is not None))) and err is None:
+            err = JSEError(f"process 0 refused to export to '{out}' (see its error)")
+    if err is not None:
+        raise err
+
+
 def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype=None,
-                    max_shard_bytes: int = 2 * 1024**3, tokenizer_dir=None) -> Path:
+                    max_shard_bytes: int = 2 * 1024**3, tokenizer_dir=None,
+                    overwrite: bool = False) -> Path:
     """Write `model` as an HF directory transformers' LlamaForCausalLM loads.
 
     One tensor is on the host at a time; shards of at most `max_shard_bytes` with an index when
     more than one. A model with LoRA adapters is written merged (`jaxselfeval.lora.merge_lora`).
     Tokenizer files are copied from `tokenizer_dir` (default: where the model
-    was loaded from). The directory appears whole or not at all.
+    was loaded from). The directory appears whole or not at all, and an export already at
+    `out_dir` is kept until the new one is in place (`fileio.swap_dir`); something at `out_dir`
+    that is not an HF model export is refused unless `overwrite` (`check_export_target`).
     """
     out = Path(out_dir)
+    check_export_target(out, overwrite)
     if getattr(model, "lora", None) is not None:  # adapters are exported merged into W
-        from jaxselfeval.lora import merge_lora
-
         model = merge_lora(model)
     dt = np.dtype(as_dtype(dtype)) if dtype is not None else np.dtype(model.param_dtype)
     dname = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[dt.name]
@@ -298,9 +353,7 @@ def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype=None,
         for f in ("selfeval.json",):  # our own metadata travels with the weights
             if src and (Path(src) / f).exists() and not (tmp / f).exists():
                 shutil.copy2(Path(src) / f, tmp / f)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        swap_dir(tmp, out)  # the old export is removed only once the new one is in place
         tmp = None
         return out
     finally:

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxselfeval.configs import apply_overrides, find_config, load_yaml
 from jaxselfeval.errors import JSEError, closest
 from jaxselfeval.model.llama import Llama, abstract_model, param_shapes
+from jaxselfeval.sharding import batch_sharding, shard_model, state_shardings
 
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 N_IN = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}  # input dims
@@ -75,8 +77,6 @@ class LoRAConfig:
 def load_lora_config(src=None, overrides: list[str] | None = None) -> LoRAConfig:
     """A LoRAConfig from None (defaults), a dict, a LoRAConfig, or a YAML file (its `lora:`
     section if it has one), with `key=value` overrides (e.g. rank=16, targets=[wq,wv])."""
-    from jaxselfeval.configs import apply_overrides, find_config, load_yaml
-
     if isinstance(src, LoRAConfig):
         d = dataclasses.asdict(src)
     elif src is None:
@@ -143,8 +143,6 @@ def add_lora(model: Llama, config: LoRAConfig | dict | None = None, *, seed: int
              mesh=None) -> Llama:
     """Attach fresh adapters as `model.lora` (in place; B = 0, so logits are unchanged).
     With `mesh`, the adapters are placed by their logical axes. Returns the model."""
-    from jaxselfeval.sharding import shard_model
-
     cfg = config if isinstance(config, LoRAConfig) else load_lora_config(config)
     if getattr(model, "lora", None) is not None:
         raise JSEError("the model already has LoRA adapters: merge_lora(model) first")
@@ -222,8 +220,6 @@ def make_lora_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransfor
 def jit_lora_step(step, lora, frozen, opt_state, mesh):
     """jax.jit with explicit shardings (by logical axes; batch over data axes); the adapters and
     optimizer state are donated, the frozen base is not."""
-    from jaxselfeval.sharding import batch_sharding, state_shardings
-
     l_sh, f_sh = state_shardings(lora, mesh), state_shardings(frozen, mesh)
     o_sh = jax.tree.map(lambda x: x.sharding, opt_state)
     return jax.jit(step, in_shardings=(l_sh, f_sh, o_sh, batch_sharding(mesh)),

@@ -1,8 +1,9 @@
-"""Device meshes and logical-axis sharding rules.
+"""Device meshes and placing a model on them by its logical axes.
 
 Every parameter carries `logical_axes` metadata (e.g. ("layers", "embed", "q_heads", "head_dim")).
-`RULES` maps a logical axis to mesh axes; a dimension that a mesh axis does not divide evenly is
-replicated instead (logged), so small test models shard on any mesh.
+`RULES` (from `jaxselfeval.model.axes`, re-exported here) maps a logical axis to mesh axes; a
+dimension that a mesh axis does not divide evenly is replicated instead (logged), so small test
+models shard on any mesh. Loading a model onto a mesh is `jaxselfeval.hf_io.load_for_sampling`.
 """
 
 from __future__ import annotations
@@ -17,25 +18,9 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.model.axes import MESH_AXES, RULES, logical_spec  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
-
-MESH_AXES = ("data", "fsdp", "tensor")
-
-# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
-RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "q_heads": "tensor",
-    "kv_heads": "tensor",
-    "mlp": "tensor",
-    "layers": None,
-    "head_dim": None,
-    "norm": None,
-    "seq": None,
-    "lora_rank": None,
-}
 
 
 def parse_mesh(spec: str | Mapping[str, int] | None) -> dict[str, int]:
@@ -83,29 +68,6 @@ def make_mesh(spec: str | Mapping[str, int] | None = None, devices: Sequence | N
     return Mesh(arr, tuple(sizes), axis_types=(AxisType.Auto,) * len(sizes))
 
 
-def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                 rules: Mapping = RULES) -> PartitionSpec:
-    """PartitionSpec for a tensor of `shape` with logical `axes`; undividable dims replicate."""
-    used: set[str] = set()
-    out = []
-    for name, dim in zip(axes, shape):
-        target = rules.get(name) if name is not None else None
-        if target is None:
-            out.append(None)
-            continue
-        targets = (target,) if isinstance(target, str) else tuple(target)
-        targets = tuple(t for t in targets if t in mesh.shape and mesh.shape[t] > 1 and t not in used)
-        size = math.prod(mesh.shape[t] for t in targets)
-        if not targets or dim % size:
-            if targets:
-                log.debug("replicating axis %s (size %d) over %s", name, dim, targets)
-            out.append(None)
-            continue
-        used.update(targets)
-        out.append(targets[0] if len(targets) == 1 else targets)
-    return PartitionSpec(*out)
-
-
 def state_shardings(state, mesh: Mesh, rules: Mapping = RULES):
     """NamedSharding for every Variable in an nnx State (by its `logical_axes` metadata)."""
 
@@ -146,10 +108,3 @@ def local_mesh(spec: str | Mapping[str, int] | None) -> Mesh | None:
     log.info("sampling on %d devices of this host, mesh %s", mesh.size, dict(mesh.shape))
     return mesh
 
-
-def load_for_sampling(path, dtype: str = "float32", mesh: str | Mapping[str, int] | None = None):
-    """`load_pretrained(path, dtype)` sharded over `local_mesh(mesh)`: each device reads only its
-    slice, and the sampler (`Engine`) then runs on that mesh."""
-    from jaxselfeval.hf_io import load_pretrained
-
-    return load_pretrained(path, dtype, mesh=local_mesh(mesh))

@@ -2,8 +2,12 @@
 evaluating the strategies ("eval") together, each on its own CPU devices (the model sharded over
 them when a mesh is given, as on the hosts of a TPU pod)."""
 
+import faulthandler
 import os
+import signal
 import sys
+
+faulthandler.register(signal.SIGUSR1)  # a hung run's stacks (conftest.communicate_all)
 
 # argv: port, processes, process id, model dir, out dir, build | eval, [devices per process, mesh]
 devices, mesh = (sys.argv[7], sys.argv[8] or None) if len(sys.argv) > 8 else ("1", None)
@@ -32,7 +36,7 @@ if what == "build":
                   progress=False)
 else:
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
-    from jaxselfeval.sharding import load_for_sampling
+    from jaxselfeval.hf_io import load_for_sampling
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
 

@@ -1,7 +1,11 @@
 """Worker for test_distributed: one of N processes (2 CPU devices each) training the tiny model."""
 
+import faulthandler
 import os
+import signal
 import sys
+
+faulthandler.register(signal.SIGUSR1)  # a hung run's stacks (conftest.communicate_all)
 
 # argv: port, processes, process id, out dir, local devices
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={sys.argv[5]}"

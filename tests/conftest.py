@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random Llama models saved by transformers (HF layout)."""
 
 import os
+import signal
 import subprocess
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -93,6 +95,10 @@ def communicate_all(procs, timeout: int = 300, *, fail: bool = True) -> list[str
     try:
         return [p.communicate(timeout=timeout)[0] for p in procs]
     except subprocess.TimeoutExpired:
+        for p in procs:  # the workers print every thread's Python stack on SIGUSR1: where it hung
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)
+        time.sleep(3)
         for p in procs:
             p.kill()
         tails = "\n---\n".join((p.communicate()[0] or "")[-2000:] for p in procs)

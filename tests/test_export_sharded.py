@@ -149,3 +149,27 @@ def test_distributed_helpers_single_process(monkeypatch):
     monkeypatch.setenv("JSE_PROCESS_ID", "x")
     with pytest.raises(jse.JSEError, match="not an integer"):
         d.initialize()
+
+
+def test_distributed_helpers_use_public_jax_api_only(monkeypatch):
+    """process_index/process_count read JAX's public `jax.distributed.is_initialized` (no
+    `jax._src.xla_bridge`): a process joined by the caller's own `jax.distributed.initialize`
+    reports JAX's index, and the helpers keep working when JAX's private module changes."""
+    import subprocess
+    import sys
+
+    from jaxselfeval import distributed as d
+
+    monkeypatch.setitem(d._state, "initialized", False)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax, "process_index", lambda: 3)
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    assert (d.process_index(), d.process_count(), d.is_main()) == (3, 4, False)
+    code = ("import jax, jax._src.xla_bridge as xb\n"
+            "del xb.backends_are_initialized  # a JAX release without the private helper\n"
+            "jax.devices()\n"
+            "from jaxselfeval import distributed as d\n"
+            "assert (d.process_index(), d.process_count(), d.is_main()) == (0, 1, True)\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

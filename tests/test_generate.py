@@ -161,7 +161,10 @@ def test_killed_run_resumes_at_the_first_unfinished_batch(tmp_path, monkeypatch)
 
     small = SMALL + ["batch_prompts=1"]
     whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
-    assert main(cmd(whole) + SMALL) == 0  # one batch of all three prompts
+    # the uninterrupted run has the same settings, so the same batch shapes: floats on XLA:CPU
+    # depend on the batch shape (a score moved in its 7th digit between one batch of three
+    # prompts and three of one on an AMD EPYC), so only like-for-like runs compare byte for byte
+    assert main(cmd(whole) + small) == 0
     real, calls = G._records, []
 
     def killed_after_one(run, chunk, *a):

@@ -9,7 +9,8 @@ import pytest
 import jaxselfeval as jse
 from jaxselfeval.errors import JSEError
 from jaxselfeval.sample import Engine, probe_spec
-from jaxselfeval.sharding import load_for_sampling, local_mesh
+from jaxselfeval.hf_io import load_for_sampling
+from jaxselfeval.sharding import local_mesh
 from jaxselfeval.strategies import AdaptiveConfig, Runner, adaptive
 from jaxselfeval.tasks import get_task
 from jaxselfeval.tokenizer import build_tokenizer, encode_chat, save_tokenizer

@@ -45,14 +45,16 @@ def test_threshold_sweep_equals_real_runs_with_compaction(setup):
     cfg = AdaptiveConfig(rounds=(1, 1, 2), threshold=1.0, temperatures=(0.0, 0.7, 1.0), max_samples=4)
     _, rounds = adaptive(run, exs, cfg, trace=True)
     scores = sorted({float(r["best"][g]) for r in rounds for g in range(len(exs))})
-    th = scores[len(scores) // 2]  # some prompts stop early, others go on (compaction)
+    k = len(scores) // 2  # some prompts stop early, others go on (compaction); the threshold
+    th = (scores[k - 1] + scores[k]) / 2  # lies between two scores: batch shapes move a float
+    assert scores[k] - scores[k - 1] > 1e-4  # in its 7th digit, never across the threshold
     real = adaptive(run, exs, AdaptiveConfig((1, 1, 2), th, (0.0, 0.7, 1.0), 4))
     sim = threshold_sweep(rounds, exs, [th])[th]
     assert len({r.samples for r in real}) > 1
     for a, b in zip(real, sim):
         assert (a.prompt_id, a.samples, a.gen_tokens, a.correct) == (b.prompt_id, b.samples,
                                                                       b.gen_tokens, b.correct)
-        assert a.chosen_score == pytest.approx(b.chosen_score, abs=1e-6)
+        assert a.chosen_score == pytest.approx(b.chosen_score, abs=1e-5)
 
 
 def test_compaction_pads_rounds_to_few_batch_sizes(setup, monkeypatch):
@@ -74,14 +76,16 @@ def test_compaction_pads_rounds_to_few_batch_sizes(setup, monkeypatch):
     monkeypatch.setattr(run.eng, "branch", spy)
     cfg = AdaptiveConfig((1, 1, 2), 1.0, (0.0, 0.7, 1.0), 4)
     _, rounds = adaptive(run, exs, cfg, trace=True)
-    th = float(np.sort(rounds[0]["best"])[2]) + 1e-6  # 3 prompts go on after round 1: padded to 4
+    best = np.sort(rounds[0]["best"])  # 3 prompts go on after round 1: padded to 4 (the
+    th = float(best[2] + best[3]) / 2  # threshold between two scores, far from both)
+    assert best[3] - best[2] > 1e-4
     sizes.clear()
     real = adaptive(run, exs, dataclasses.replace(cfg, threshold=th))
     assert sizes[:2] == [5, 4] and set(sizes) <= {1, 2, 4, 5}, sizes
     sim = threshold_sweep(rounds, exs, [th])[th]
     assert [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in real] == \
         [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in sim]
-    assert [r.chosen_score for r in real] == pytest.approx([r.chosen_score for r in sim], abs=1e-6)
+    assert [r.chosen_score for r in real] == pytest.approx([r.chosen_score for r in sim], abs=1e-5)
 
 
 def test_per_row_temperature_first_round_greedy(setup):

@@ -176,3 +176,35 @@ def test_train_base_second_stage_starts_from_the_given_weights(tmp_path):
         with pytest.raises(jse.JSEError, match=msg):
             train_base(TrainConfig(**{**cfg.__dict__, "out_dir": str(out), **bad}), progress=False)
         assert not out.exists()
+
+
+def test_weight_decay_hits_matrices_not_norms_or_the_embedding_table():
+    """Decay is decided by each parameter's logical axes: the stacked [layers, hidden] norms,
+    the final norm and the embedding table keep their values under zero gradients (only decay
+    moves a parameter then), while every matrix (attention, MLP, LM head) shrinks by lr * wd."""
+    import jax.numpy as jnp
+
+    from jaxselfeval.train.step import decays, make_optimizer, make_train_step
+
+    model = jse.create_model(CFG.replace(tie_word_embeddings=False), seed=0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    before = {k: np.asarray(v[...]) for k, v in params.items()}
+    lr, wd = 0.1, 0.5
+    tx = make_optimizer(TrainConfig(lr=lr, warmup_steps=1, steps=10, min_lr_ratio=1.0,
+                                    weight_decay=wd))
+
+    def zero_loss(m, batch):  # every gradient is 0: Adam's step is 0, decay alone acts
+        return 0.0 * jnp.sum(m(batch["tokens"])), {}
+
+    step = jax.jit(make_train_step(graphdef, zero_loss, tx))
+    opt = tx.init(params)
+    batch = {"tokens": np.zeros((2, 4), np.int32)}
+    for _ in range(2):  # the schedule's lr is 0 at step 0, lr at step 1
+        params, opt, _ = step(params, opt, batch)
+    kept = {"embed", "attn_norm", "mlp_norm", "final_norm"}
+    assert kept | {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "lm_head"} == set(before)
+    for k, v in params.items():
+        want = before[k] if k in kept else before[k] * (1 - lr * wd)
+        np.testing.assert_allclose(np.asarray(v[...]), want, rtol=1e-6, err_msg=k)
+    assert not decays(("layers", "norm"), (2, 32)) and not decays(("layers", "mlp"), (2, 64))
+    assert decays(("layers", "embed", "lora_rank"), (2, 32, 4)) and decays(None, (3, 2))

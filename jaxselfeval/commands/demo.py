@@ -33,7 +33,8 @@ def run(args) -> int:
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
     from jaxselfeval.model.config import read_hf_config
     from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
-    from jaxselfeval.selfeval.reward_model import load_reward_model, train_reward_model
+    from jaxselfeval.selfeval.reward_model import load_reward_model
+    from jaxselfeval.selfeval.reward_train import train_reward_model
     from jaxselfeval.selfeval.train import SelfEvalConfig, train_selfeval
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer

@@ -28,6 +28,9 @@ def add_convert_arguments(p):
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written tensors (default: as loaded)")
     p.add_argument("--max-shard-gb", type=float, default=2.0, help="safetensors shard size")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even when it holds something other than an HF model "
+                        "export (an export there is replaced without it)")
 
 
 def run_convert(args) -> int:
@@ -35,6 +38,7 @@ def run_convert(args) -> int:
 
     model = jse.load_pretrained(args.model, dtype=args.dtype or "float32")
     out = jse.save_pretrained(model, args.out, dtype=args.dtype,
-                              max_shard_bytes=int(args.max_shard_gb * 1024**3))
+                              max_shard_bytes=int(args.max_shard_gb * 1024**3),
+                              overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0

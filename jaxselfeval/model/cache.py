@@ -7,7 +7,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 
+from jaxselfeval.model.axes import logical_spec
 from jaxselfeval.model.config import LlamaConfig
 
 
@@ -44,10 +46,6 @@ CACHE_AXES = KVCache(("layers", "batch", "seq", "kv_heads", "head_dim"),
 def cache_shardings(cfg: LlamaConfig, batch: int, max_len: int, mesh) -> KVCache:
     """NamedSharding of each cache array on `mesh` by its logical axes (rows over data x fsdp,
     kv heads over tensor; a dimension an axis does not divide is replicated)."""
-    from jax.sharding import NamedSharding
-
-    from jaxselfeval.sharding import logical_spec
-
     kv = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
     shapes = KVCache(kv, kv, (batch, max_len), ())
     return KVCache(*(NamedSharding(mesh, logical_spec(a, s, mesh))

@@ -115,10 +115,11 @@ class Engine:
             raise JSEError("no prompts given")
         if min(lens) == 0:
             raise JSEError(f"prompt {lens.index(0)} is empty: give at least one token")
-        T = bucket(max(lens))
-        if T > self.config.max_position_embeddings:
+        ctx = self.config.max_position_embeddings
+        if max(lens) > ctx:
             raise JSEError(f"prompt of {max(lens)} tokens is longer than the model's context "
-                           f"({self.config.max_position_embeddings}): shorten it")
+                           f"({ctx} tokens): shorten it")
+        T = min(bucket(max(lens)), ctx)  # a context that is not a power of two caps the bucket
         toks = np.zeros((G, T), np.int32)
         pos = np.full((G, T), -1, np.int32)
         for i, p in enumerate(prompt_ids):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from jaxselfeval.errors import JSEError
 from jaxselfeval.fileio import write_atomic
 from jaxselfeval.selfeval.labels import capability_targets, truncation_points
+from jaxselfeval.selfeval.reward_model import check_rm_tokenizer, load_reward_model, score_sequences
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def make_reward(cfg: BuildConfig, task, tokenizer, mesh=None):
     """reward(items, responses) from the reward model if configured (on `mesh`), else the task's
     verifier."""
     if cfg.reward_model:
-        from jaxselfeval.selfeval.reward_model import load_reward_model, score_sequences
-
         rm = load_reward_model(cfg.reward_model, cfg.dtype, mesh=mesh)
 
         def by_rm(items, resps):
@@ -161,8 +160,6 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     check_same_settings(out, settings)
     tok = load_tokenizer(model_dir)
     if cfg.reward_model:
-        from jaxselfeval.selfeval.reward_model import check_rm_tokenizer
-
         check_rm_tokenizer(cfg.reward_model, tok)
     shards.mkdir(parents=True, exist_ok=True)
     main = jax.process_index() == 0  # starts the backend: after jax.distributed.initialize

@@ -18,13 +18,34 @@ def make_schedule(cfg):
         cfg.lr * cfg.min_lr_ratio)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
-    """AdamW with linear warmup + cosine decay, global-norm clipping, no decay on norms
-    (vectors); moments in the parameters' dtype (f32 master weights)."""
-    sched = make_schedule(cfg)
+def decays(axes, shape) -> bool:
+    """Whether weight decay applies to a parameter with logical `axes` (None: unknown) and
+    `shape`: matrices decay; norm scales ("norm"), vectors such as biases (one axis besides the
+    stacking "layers" axis) and the embedding table ("vocab" first, a lookup) do not. Without
+    axes, a parameter decays when it has two or more dimensions."""
+    if axes is None:
+        return len(shape) > 1
+    axes = [a for a in axes if a != "layers"]
+    return len(axes) > 1 and "norm" not in axes and axes[0] != "vocab"
 
-    def decay_mask(params):
-        return jax.tree.map(lambda x: x.ndim > 1 and x.shape[-1] > 1, params)
+
+def decay_mask(params):
+    """The weight-decay mask of an nnx.State (or any pytree): one bool per parameter, decided by
+    its `logical_axes` metadata (`decays`); a prefix of `params` for `optax.masked`."""
+
+    def one(v):
+        if isinstance(v, nnx.Variable):
+            return decays(v.get_metadata().get("logical_axes"), v.shape)
+        return decays(None, v.shape)
+
+    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """AdamW with linear warmup + cosine decay, global-norm clipping, decay on matrices only
+    (not on norms, biases or the embedding table: `decays`); moments in the parameters' dtype
+    (f32 master weights)."""
+    sched = make_schedule(cfg)
 
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                        optax.adamw(sched, b1=0.9, b2=cfg.b2, weight_decay=cfg.weight_decay,
