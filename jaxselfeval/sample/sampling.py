@@ -164,5 +164,6 @@ def sample_tokens_sorted(logits, keys, temperature, top_p, top_k: int = 0):
 
 def token_logprob(logits, tokens):
     """logits [..., V], tokens int32 [...] -> f32 [...]: log p(token) at temperature 1."""
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(lp, tokens[..., None], axis=-1)[..., 0]
+    x = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(x, tokens[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(x, axis=-1)  # no [..., V] log-softmax materialised
