@@ -97,3 +97,16 @@ def test_prefix_scan_is_length_independent():
     full = np.asarray(sampling._cumsum(a))
     for K in (1, 63, 64, 1000):
         np.testing.assert_array_equal(np.asarray(sampling._cumsum(a[:, :K])), full[:, :K])
+
+
+def test_engines_share_compiled_pieces():
+    """A new Engine (each generate() call) or a new seed reuses the compiled pieces."""
+    import jaxselfeval as jse
+    from jaxselfeval.configs import load_model_config
+    from jaxselfeval.sample import Engine
+
+    cfg = load_model_config("tiny")
+    a = Engine(jse.create_model(cfg, seed=0), seed=0, stop_ids=(3,))
+    b = Engine(jse.create_model(cfg, seed=1), seed=5, stop_ids=(3,))
+    assert a._decode is b._decode and a._prefill is b._prefill and a._first is b._first
+    assert Engine(jse.create_model(cfg), stop_ids=(4,))._decode is not a._decode

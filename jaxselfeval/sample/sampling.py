@@ -100,6 +100,12 @@ def _probs(logits, temperature):
     return jax.nn.softmax(logits.astype(jnp.float32) / t, axis=-1)
 
 
+def _top_k(p, k):
+    """lax.top_k behind an optimization barrier: without it XLA:CPU turns the TopK whose outputs
+    feed the prefix scan back into a full sort of [B, V] (measured: 2 s instead of 0.1 s)."""
+    return jax.lax.optimization_barrier(jax.lax.top_k(p, k))
+
+
 def _nucleus_fast(p, top_p, u, need):
     """Nucleus draws for rows `need` (bool [B]) through the tiers of TIERS, then the full sort."""
     def tier(i):
@@ -107,7 +113,7 @@ def _nucleus_fast(p, top_p, u, need):
             return lambda: _draw_prefix(*_sorted(p), top_p, u)[0]
 
         def run():
-            tok, ok = _draw_prefix(*jax.lax.top_k(p, TIERS[i]), top_p, u)
+            tok, ok = _draw_prefix(*_top_k(p, TIERS[i]), top_p, u)
             return jax.lax.cond(jnp.all(ok | ~need), lambda: tok, tier(i + 1))
 
         return run
@@ -140,7 +146,7 @@ def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0):
 
 def _draw_topk(p, top_p, u, k):
     """The top-k candidates, renormalised, then the nucleus within them (top_p 1: all k)."""
-    vals, ids = jax.lax.top_k(p, min(k, p.shape[-1]))
+    vals, ids = _top_k(p, min(k, p.shape[-1]))
     vals = vals / jnp.sum(vals, axis=-1, keepdims=True)
     return _draw_prefix(vals, ids, jnp.where(top_p >= 1, 2.0, top_p), u)[0]
 
