@@ -310,7 +310,8 @@ def compile_decode(cfg, pc: PlanConfig, mesh):
                        vec("bool"), vec("float32"), vec("float32"), vec("int32"), vec("int32"),
                        vec("int32"), vec("float32"), vec("float32"))
     until = _sds((), "int32", mesh, ())
-    return _compile(eng._decode, pc, mesh, state, _prompts(cfg, pc, mesh, G), cands, until)
+    return _compile(eng._decode, pc, mesh, state, _prompts(cfg, pc, mesh, G), cands, until,
+                    eng.key)
 
 
 COMPILERS = {"train": compile_train, "prefill": compile_prefill, "decode": compile_decode}

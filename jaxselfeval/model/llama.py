@@ -126,7 +126,7 @@ class Llama(nnx.Module):
 
     def forward(self, tokens, positions=None, *, cache: KVCache | None = None,
                 prefix: KVCache | None = None, write: bool = True, last_only: bool = False,
-                return_hidden: bool = False, exit_layer: int = 0):
+                return_hidden: bool = False, exit_layer: int = 0, attend_cache: bool = True):
         """One pass over `tokens` [B, S] at `positions` [B, S] (-1 = padding, invisible).
 
         Attends to: `prefix` (a cache of G prompts shared by B/G consecutive rows each, read
@@ -136,6 +136,7 @@ class Llama(nnx.Module):
         Returns (logits f32 [B, S or 1, V] (or final hidden [B, S, D] if return_hidden), cache).
         exit_layer > 0 (training, no cache): the first item is (logits, exit logits), the exit
         logits read after layer `exit_layer` through the final norm and LM head (an early exit).
+        attend_cache=False: `cache` is known to be empty (a prefill): it is written, not read.
         """
         cfg = self.config
         B, S = tokens.shape
@@ -147,7 +148,8 @@ class Llama(nnx.Module):
         x = shard_batch(jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32))
 
         xs = {"p": self._layer_params()}
-        if cache is not None:
+        read_cache = cache is not None and attend_cache
+        if read_cache:
             xs["ck"], xs["cv"] = cache.k, cache.v
         if prefix is not None:
             xs["pk"], xs["pv"] = prefix.k, prefix.v
@@ -163,7 +165,7 @@ class Llama(nnx.Module):
             segs = []
             if prefix is not None:
                 segs.append(Segment(xs["pk"], xs["pv"], prefix.pos))
-            if cache is not None:
+            if read_cache:
                 segs.append(Segment(xs["ck"], xs["cv"], cache.pos))
             segs.append(Segment(k, v, positions))
             a = attend(q, positions, segs, compute_dtype=cd)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.sample.engine import Engine
+from jaxselfeval.sample.engine import Engine, bucket
 from jaxselfeval.sample.probe import probe_spec
 
 
@@ -30,6 +31,7 @@ def generate(model, prompt_ids: Sequence[Sequence[int]], *, n: int = 1, max_new_
     """
     if not prompt_ids:
         raise JSEError("no prompts given")
+    # cheap: the compiled prefill/branch/decode are shared by model structure (engine.compiled)
     eng = Engine(model, stop_ids=_stop_ids(model, tokenizer, stop_ids), seed=seed, top_k=top_k)
     prompts = eng.prefill(prompt_ids)
     cands = eng.branch(prompts, n, max_new_tokens, temperature=temperature, top_p=top_p)
@@ -42,23 +44,41 @@ def self_evaluate(model, tokenizer, prompt_ids: Sequence[Sequence[int]],
                   response_ids: Sequence[Sequence[int]]) -> np.ndarray:
     """P(No) / (P(Yes) + P(No)) after each (prompt, response) pair and the probe turn. f32 [pairs].
 
-    One full forward per pair over prompt + response (+ eot) + probe suffix, batched with left
-    padding.
+    One forward per pair over prompt + response (+ eot) + probe suffix, batched with left
+    padding to bucketed [rows, length] (`bucket`), jitted once per model structure and bucket;
+    only the last position's logits are computed.
     """
     import jax.numpy as jnp
+    from flax import nnx
 
     if len(prompt_ids) != len(response_ids):
         raise JSEError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: give one "
                        "response per prompt")
     spec = probe_spec(tokenizer)
     seqs = [list(p) + list(r) + spec.after(r) for p, r in zip(prompt_ids, response_ids)]
-    T = max(len(s) for s in seqs)
-    toks = np.zeros((len(seqs), T), np.int32)
-    mask = np.zeros((len(seqs), T), np.int32)
+    T, R = bucket(max(len(s) for s in seqs)), bucket(len(seqs), minimum=1)
+    toks = np.zeros((R, T), np.int32)
+    pos = np.full((R, T), -1, np.int32)
     for i, s in enumerate(seqs):
         toks[i, T - len(s):] = s
-        mask[i, T - len(s):] = 1
-    logits = model(jnp.asarray(toks), attention_mask=jnp.asarray(mask))[:, -1]
-    p = np.asarray(jnp.exp(logits - logits.max(-1, keepdims=True)))
-    py, pn = p[:, spec.yes], p[:, spec.no]
-    return (pn / np.maximum(py + pn, 1e-30)).astype(np.float32)
+        pos[i, T - len(s):] = np.arange(len(s))
+    graphdef, state = nnx.split(model)
+    score = _score_fn(graphdef)(state, jnp.asarray(toks), jnp.asarray(pos),
+                                jnp.asarray([spec.yes, spec.no], jnp.int32))
+    return np.asarray(score)[:len(seqs)].astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _score_fn(graphdef):
+    """jit(state, tokens [R, T], positions [R, T], yes_no [2]) -> P(No) / (P(Yes) + P(No)) [R]."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    def score(state, toks, pos, yes_no):
+        logits, _ = nnx.merge(graphdef, state).forward(toks, pos, last_only=True)
+        p = jax.nn.softmax(logits[:, 0], axis=-1)
+        py, pn = p[:, yes_no[0]], p[:, yes_no[1]]
+        return pn / jnp.maximum(py + pn, 1e-30)
+
+    return jax.jit(score)

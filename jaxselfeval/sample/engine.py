@@ -14,6 +14,8 @@ The tokens drawn do not depend on the mesh (sampling keys are per prompt and can
 from __future__ import annotations
 
 import contextlib
+import functools
+from types import SimpleNamespace
 from typing import NamedTuple, Sequence
 
 import jax
@@ -80,9 +82,83 @@ def model_mesh(model):
     return sh.mesh if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh.size > 1 else None
 
 
+def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no):
+    """The probe turn (`Engine.probe`) against each candidate's cache; nothing written."""
+    model = nnx.merge(graphdef, state)
+    B, K = c.tokens.shape[0], suffix.shape[0]
+    # rows that ended emitted their eot already: the suffix's leading eot is then invisible
+    toks = jnp.broadcast_to(suffix, (B, K))
+    base = c.start + c.length
+    ar = jnp.arange(K, dtype=jnp.int32)[None]
+    pos = jnp.where(c.done[:, None], base[:, None] + ar - 1, base[:, None] + ar)
+    pos = pos.at[:, 0].set(jnp.where(c.done, -1, pos[:, 0]))
+    logits, _ = model.forward(toks, pos, cache=c.cache, prefix=prefix.cache, write=False,
+                              last_only=True)
+    p = jax.nn.softmax(logits[:, 0], axis=-1)
+    py, pn = p[:, yes_no[0]], p[:, yes_no[1]]
+    return pn / jnp.maximum(py + pn, 1e-30), py, pn
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int) -> SimpleNamespace:
+    """The jitted pieces for one model structure (`graphdef`), shared by every Engine of it: a
+    new Engine (e.g. each `generate()` call) or new weights of the same shapes compile nothing.
+    The sampling key is an argument (a new seed compiles nothing either)."""
+    stops = tuple(stop_ids) or (-2,)
+
+    def prefill(state, tokens, positions, cache):
+        # the cache is empty: written, not attended (no [S, T] scores against empty slots)
+        model = nnx.merge(graphdef, state)
+        logits, cache = model.forward(tokens, positions, cache=cache, last_only=True,
+                                      attend_cache=False)
+        return logits[:, 0], cache
+
+    def first(key, last_logits, length, prompt_id, temp, top_p, cand_offset, n):
+        G = last_logits.shape[0]
+        pid = jnp.repeat(prompt_id, n)
+        cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
+        logits = jnp.repeat(last_logits, n, axis=0)
+        tok = sample_tokens(logits, row_keys(key, pid, cid, 0), temp, top_p, top_k)
+        return tok, pid, cid, jnp.repeat(length, n), token_logprob(logits, tok)
+
+    def decode(state, prefix, c: Candidates, until, key):
+        model = nnx.merge(graphdef, state)
+        stop = jnp.asarray(stops, jnp.int32)
+        until = jnp.minimum(until, c.tokens.shape[1])
+
+        def cond(c):
+            return (c.cache.index < until) & ~jnp.all(c.done)
+
+        def body(c: Candidates):
+            t = c.cache.index
+            live = ~c.done
+            tok = c.next_token
+            tokens = jax.lax.dynamic_update_slice(
+                c.tokens, jnp.where(live, tok, -1)[:, None], (jnp.zeros((), jnp.int32), t))
+            pos = jnp.where(live, c.start + t, -1)[:, None]
+            logits, cache = model.forward(tok[:, None], pos, cache=c.cache, prefix=prefix.cache,
+                                          last_only=True)
+            logits = logits[:, 0]
+            keys = row_keys(key, c.prompt_id, c.cand_id, t + 1)
+            nxt = sample_tokens(logits, keys, c.temperature, c.top_p, top_k)
+            done = c.done | (live & jnp.isin(tok, stop))
+            return c._replace(cache=cache, tokens=tokens, next_token=nxt,
+                              length=c.length + live.astype(jnp.int32), done=done,
+                              logprob=c.logprob + jnp.where(live, c.next_logprob, 0.0),
+                              next_logprob=token_logprob(logits, nxt))
+
+        return jax.lax.while_loop(cond, body, c)
+
+    return SimpleNamespace(prefill=jax.jit(prefill),
+                           first=jax.jit(first, static_argnames="n"),
+                           decode=jax.jit(decode, donate_argnums=(2,)),
+                           probe=jax.jit(functools.partial(_probe_fn, graphdef)))
+
+
 class Engine:
     """Holds (graphdef, state) of a model and the jitted pieces. `stop_ids`: end tokens.
-    `mesh`: where to sample (default: the mesh the model's parameters are sharded over)."""
+    `mesh`: where to sample (default: the mesh the model's parameters are sharded over).
+    Cheap to build: the compiled pieces are shared by model structure (`compiled`)."""
 
     def __init__(self, model, *, stop_ids: Sequence[int] = (), seed: int = 0, top_k: int = 0,
                  cache_dtype=None, mesh=None):
@@ -93,20 +169,15 @@ class Engine:
         self.key = jax.random.PRNGKey(seed)
         self.top_k = int(top_k)
         self.cache_dtype = cache_dtype or model.compute_dtype
-        self._prefill = jax.jit(self._prefill_fn)
-        self._decode = jax.jit(self._decode_fn, donate_argnums=(2,))
-        self._probe = jax.jit(self._probe_fn)
+        fns = compiled(self.graphdef, self.stop_ids, self.top_k)
+        self._prefill, self._first, self._decode, self._probe = (
+            fns.prefill, fns.first, fns.decode, fns.probe)
 
     def _on_mesh(self):
         """Trace and run under the model's mesh (the model then splits activations by batch)."""
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ prefill
-    def _prefill_fn(self, state, tokens, positions, cache):
-        model = nnx.merge(self.graphdef, state)
-        logits, cache = model.forward(tokens, positions, cache=cache, last_only=True)
-        return logits[:, 0], cache
-
     def prefill(self, prompt_ids: Sequence[Sequence[int]], prompt_offset: int = 0) -> Prompts:
         """Left-pad G prompts to a bucketed length and run them once. Returns `Prompts`."""
         G = len(prompt_ids)
@@ -135,86 +206,47 @@ class Engine:
     def branch(self, prompts: Prompts, n: int, max_new_tokens: int, *, temperature=1.0,
                top_p=1.0, cand_offset: int = 0) -> Candidates:
         """N candidate rows per prompt sharing its cache; first tokens sampled from the prompt's
-        last logits. `temperature` / `top_p`: scalars or per-candidate arrays [G * n]."""
+        last logits. `temperature` / `top_p`: scalars or per-candidate arrays [G * n].
+        Checks run on host values; the prompt lengths are read back only when the prompt cache's
+        bucket alone cannot rule out running past the context."""
         if n < 1:
             raise JSEError(f"n must be >= 1, got {n}")
         if max_new_tokens < 1:
             raise JSEError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         G = prompts.length.shape[0]
         B = G * n
-        if int(jnp.max(prompts.length)) + max_new_tokens > self.config.max_position_embeddings:
+        ctx = self.config.max_position_embeddings
+        if (prompts.cache.max_len + max_new_tokens > ctx
+                and int(jnp.max(prompts.length)) + max_new_tokens > ctx):
             raise JSEError(f"prompt + max_new_tokens exceeds the model's context "
-                           f"({self.config.max_position_embeddings}): lower max_new_tokens")
-        temp = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (B,))
-        tp = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (B,))
-        if bool(jnp.any((tp <= 0) | (tp > 1))):
+                           f"({ctx}): lower max_new_tokens")
+        temp = np.broadcast_to(np.asarray(temperature, np.float32), (B,))
+        tp = np.broadcast_to(np.asarray(top_p, np.float32), (B,))
+        if np.any((tp <= 0) | (tp > 1)):
             raise JSEError("top_p must be in (0, 1]")
-        if bool(jnp.any(temp < 0)):
+        if np.any(temp < 0):
             raise JSEError("temperature must be >= 0 (0 = greedy)")
         T = max_new_tokens  # the buffer ends decoding: exactly max_new_tokens per candidate
-        pid = jnp.repeat(prompts.prompt_id, n)
-        cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
-        keys = row_keys(self.key, pid, cid, 0)
-        logits = jnp.repeat(prompts.last_logits, n, axis=0)
-        first = sample_tokens(logits, keys, temp, tp, self.top_k)
-        cache = init_cache(self.config, B, T, self.cache_dtype, self.mesh)
+        with self._on_mesh():
+            temp, tp = jnp.asarray(temp), jnp.asarray(tp)
+            first, pid, cid, start, lp = self._first(
+                self.key, prompts.last_logits, prompts.length, prompts.prompt_id, temp, tp,
+                jnp.int32(cand_offset), n=n)
+            cache = init_cache(self.config, B, T, self.cache_dtype, self.mesh)
         return Candidates(
             cache, jnp.full((B, T), -1, jnp.int32), first, jnp.zeros((B,), jnp.int32),
-            jnp.zeros((B,), bool), temp, tp, pid, cid,
-            jnp.repeat(prompts.length, n), token_logprob(logits, first), jnp.zeros((B,), jnp.float32))
+            jnp.zeros((B,), bool), temp, tp, pid, cid, start, lp, jnp.zeros((B,), jnp.float32))
 
     # ------------------------------------------------------------------ decode
-    def _decode_fn(self, state, prefix, c: Candidates, until):
-        model = nnx.merge(self.graphdef, state)
-        stops = jnp.asarray(self.stop_ids or (-2,), jnp.int32)
-        T = c.tokens.shape[1]
-        until = jnp.minimum(until, T)
-
-        def cond(c):
-            return (c.cache.index < until) & ~jnp.all(c.done)
-
-        def body(c: Candidates):
-            t = c.cache.index
-            live = ~c.done
-            tok = c.next_token
-            tokens = jax.lax.dynamic_update_slice(
-                c.tokens, jnp.where(live, tok, -1)[:, None], (jnp.zeros((), jnp.int32), t))
-            pos = jnp.where(live, c.start + t, -1)[:, None]
-            logits, cache = model.forward(tok[:, None], pos, cache=c.cache, prefix=prefix.cache,
-                                          last_only=True)
-            keys = row_keys(self.key, c.prompt_id, c.cand_id, t + 1)
-            nxt = sample_tokens(logits[:, 0], keys, c.temperature, c.top_p, self.top_k)
-            done = c.done | (live & jnp.isin(tok, stops))
-            return c._replace(cache=cache, tokens=tokens, next_token=nxt,
-                              length=c.length + live.astype(jnp.int32), done=done,
-                              logprob=c.logprob + jnp.where(live, c.next_logprob, 0.0),
-                              next_logprob=token_logprob(logits[:, 0], nxt))
-
-        return jax.lax.while_loop(cond, body, c)
-
     def decode(self, prompts: Prompts, cands: Candidates, until: int | None = None) -> Candidates:
         """Decode until every row is done or `until` tokens were emitted (default: buffer end).
         The candidates' cache is donated (updated in place)."""
         until = cands.tokens.shape[1] if until is None else until
         with self._on_mesh():
-            return self._decode(self.state, prompts, cands, jnp.asarray(until, jnp.int32))
+            return self._decode(self.state, prompts, cands, jnp.asarray(until, jnp.int32),
+                                self.key)
 
     # ------------------------------------------------------------------ probe
-    def _probe_fn(self, state, prefix, c: Candidates, suffix, yes_no):
-        model = nnx.merge(self.graphdef, state)
-        B, K = c.tokens.shape[0], suffix.shape[0]
-        # rows that ended emitted their eot already: the suffix's leading eot is then invisible
-        toks = jnp.broadcast_to(suffix, (B, K))
-        base = c.start + c.length
-        ar = jnp.arange(K, dtype=jnp.int32)[None]
-        pos = jnp.where(c.done[:, None], base[:, None] + ar - 1, base[:, None] + ar)
-        pos = pos.at[:, 0].set(jnp.where(c.done, -1, pos[:, 0]))
-        logits, _ = model.forward(toks, pos, cache=c.cache, prefix=prefix.cache, write=False,
-                                  last_only=True)
-        p = jax.nn.softmax(logits[:, 0], axis=-1)
-        py, pn = p[:, yes_no[0]], p[:, yes_no[1]]
-        return pn / jnp.maximum(py + pn, 1e-30), py, pn
-
     def probe(self, prompts: Prompts, cands: Candidates, spec) -> jax.Array:
         """Self-evaluation score P(No) / (P(Yes) + P(No)) per candidate, f32 [B]. The candidates'
         cache and positions are not touched (nothing is written)."""

@@ -1,0 +1,60 @@
+"""This machine's measured memory bandwidth and matmul peak, and a decode step's roofline bound.
+
+The bound of one decode step is the larger of (bytes it must read: weights + KV cache) / bandwidth
+and (its matmul FLOPs) / matmul peak in the compute dtype. Both rates are measured here (a large
+reduction; a large jitted matmul with f32 accumulation, as the model runs its matmuls).
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def _best(fn, repeat=3):
+    import jax
+
+    jax.block_until_ready(fn())
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def memory_bandwidth(mib: int = 512) -> float:
+    """Bytes/s of a jitted sum over a `mib` MiB float32 array (read once)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((mib * 2**18,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    return x.nbytes / _best(lambda: f(x))
+
+
+def matmul_peak(dtype, n: int = 2048) -> float:
+    """FLOP/s of an [n, n] x [n, n] matmul in `dtype` (f32 accumulation)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    return 2 * n**3 / _best(lambda: f(a, a))
+
+
+def decode_step_bound(cfg, rows: int, prompt_len: int, new_tokens: int, itemsize: int,
+                      bandwidth: float, peak: float) -> dict:
+    """Roofline of one decode step of `rows` candidates sharing one prompt of `prompt_len`
+    tokens, averaged over `new_tokens` steps. Returns seconds: {"bytes", "flops", "bound_s",
+    "mem_s", "flop_s"}."""
+    L, D, F, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    layer = D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F
+    matmul_params = L * layer + D * V  # the LM head (tied or not) is read in full every step
+    kv_slots = prompt_len + rows * new_tokens / 2  # shared prompt once + each row's own average
+    kv_bytes = 2 * L * kv_slots * K * Dh * itemsize
+    nbytes = matmul_params * itemsize + kv_bytes
+    flops = 2 * rows * matmul_params + 4 * rows * L * H * Dh * (prompt_len + new_tokens / 2)
+    mem_s, flop_s = nbytes / bandwidth, flops / peak
+    return {"bytes": nbytes, "flops": flops, "mem_s": mem_s, "flop_s": flop_s,
+            "bound_s": max(mem_s, flop_s)}
