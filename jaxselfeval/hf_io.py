@@ -129,6 +129,10 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
     from jaxselfeval import sharding as shd
 
     path = Path(path)
+    if path.suffix == ".gguf":  # a llama.cpp file: converted once into the cache, then read
+        from jaxselfeval.gguf_io import gguf_model_dir
+
+        path = gguf_model_dir(path)
     if not path.is_dir():
         raise JSEError(f"model directory '{path}' does not exist")
     cfg = read_hf_config(path)
