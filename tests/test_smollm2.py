@@ -78,8 +78,9 @@ def test_greedy_48_tokens_identical(smol, ref, model):
     ids = smol[3]
     ours = jse.generate(model, ids, max_new_tokens=48, temperature=0.0, stop_ids=())
     for p, o in zip(ids, ours):
-        want = ref.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False,
-                            eos_token_id=None, pad_token_id=2)[0, len(p):].tolist()
+        x = torch.tensor([p])  # an explicit mask: the pad id (2) is <|im_end|>, inside the prompt
+        want = ref.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=48,
+                            do_sample=False, eos_token_id=None, pad_token_id=2)[0, len(p):].tolist()
         assert o[0] == want
 
 
