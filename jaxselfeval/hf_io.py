@@ -131,6 +131,10 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
     dtype: parameter storage dtype; compute_dtype defaults to bfloat16 when dtype is bfloat16.
     """
     path = Path(path)
+    if path.suffix == ".gguf":  # a llama.cpp file: converted once into the cache, then read
+        from jaxselfeval.gguf_io import gguf_model_dir
+
+        path = gguf_model_dir(path)
     if not path.is_dir():
         raise JSEError(f"model directory '{path}' does not exist")
     cfg = read_hf_config(path)

@@ -108,3 +108,20 @@ def encode_chat(tok, messages, add_generation_prompt: bool = True) -> list[int]:
     out = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                   tokenize=True, return_dict=False)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def assistant_turn_close(tok, content: str = "R") -> list[int]:
+    """The token ids the chat template writes after an assistant turn's content (e.g. Llama 3:
+    [<|eot_id|>]; ChatML: [<|im_end|>, "\\n"]), read off the template itself: the rendered
+    [user, assistant] conversation is the generation prompt, then the content, then these. The
+    first is the token generation stops at. JSEError when the template does not render that way."""
+    user = [{"role": "user", "content": "Q"}]
+    g = encode_chat(tok, user, add_generation_prompt=True)
+    a = encode_chat(tok, user + [{"role": "assistant", "content": content}],
+                    add_generation_prompt=False)
+    c = [int(x) for x in tok.encode(content, add_special_tokens=False)]
+    if a[:len(g)] != g or a[len(g):len(g) + len(c)] != c or len(a) == len(g) + len(c):
+        raise JSEError(f"the chat template of {getattr(tok, 'name_or_path', '')!r} does not render "
+                       "an assistant turn as its generation prompt + content + closing tokens: "
+                       "cannot derive where a response ends")
+    return a[len(g) + len(c):]

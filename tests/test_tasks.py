@@ -22,6 +22,10 @@ SEED0_HELD_OUT_SHA = "24462e0e4b09fead95c916aec60a3242"
 
 @pytest.fixture(scope="module")
 def gsm8k(tmp_path_factory):
+    try:
+        raw_dir()
+    except jse.JSEError as e:  # a clone without ../shared/data/gsm8k and no $JSE_GSM8K_DIR
+        pytest.skip(f"GSM8K data not available: {e}")
     return get_task("gsm8k", data_dir=str(tmp_path_factory.mktemp("tfds")))
 
 

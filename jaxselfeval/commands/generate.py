@@ -31,7 +31,7 @@ class GenerateConfig:
     temperature: float = 1.0  # sample / bon / majority / prune
     max_new_tokens: int = 256
     threshold: float = 0.8  # adaptive: stop a prompt once its best score reaches it
-    rounds: tuple = (1, 1, 2, 4, 8)  # adaptive round sizes
+    rounds: tuple = (1, 1, 2, 4, 8)  # adaptive round sizes (the default is cut to n when larger)
     round_temperatures: tuple = (0.0, 0.7, 1.0, 1.0, 1.0)
     prune_at: int = 16  # prune / adaptive_prune: tokens decoded before the early probe
     keep_fraction: float = 0.125  # prune / adaptive_prune: share of a round decoded to the end
@@ -95,7 +95,10 @@ def _strategy_config(strategy: str, cfg: GenerateConfig):
 
     if strategy in ("adaptive", "adaptive_prune"):
         prune = strategy == "adaptive_prune"
-        return S.AdaptiveConfig(tuple(cfg.rounds), cfg.threshold, tuple(cfg.round_temperatures),
+        from jaxselfeval.strategies.config import rounds_for_n
+
+        rounds, temps = rounds_for_n(cfg.n, cfg.rounds, cfg.round_temperatures)
+        return S.AdaptiveConfig(rounds, cfg.threshold, temps,
                                 max_samples=cfg.n, prune_at=cfg.prune_at if prune else None,
                                 keep_fraction=cfg.keep_fraction if prune else 1.0)
     if strategy == "prune":

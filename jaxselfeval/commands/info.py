@@ -1,4 +1,4 @@
-"""`jaxselfeval info` and `jaxselfeval convert`."""
+"""`jaxselfeval info` and `jaxselfeval convert` (an HF directory or a GGUF file)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ def run_info(args) -> int:
 
 
 def add_convert_arguments(p):
-    p.add_argument("--model", required=True, help="HF model directory to read")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF model directory to read")
+    src.add_argument("--gguf", help="llama.cpp GGUF file to read (dequantized; tokenizer and chat "
+                                    "template from its metadata)")
     p.add_argument("--out", required=True, help="HF directory to write")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written tensors (default: as loaded)")
@@ -36,6 +39,11 @@ def add_convert_arguments(p):
 def run_convert(args) -> int:
     import jaxselfeval as jse
 
+    if args.gguf:
+        from jaxselfeval.gguf_io import convert_gguf
+
+        print(f"wrote {convert_gguf(args.gguf, args.out, dtype=args.dtype or 'float32')}")
+        return 0
     model = jse.load_pretrained(args.model, dtype=args.dtype or "float32")
     out = jse.save_pretrained(model, args.out, dtype=args.dtype,
                               max_shard_bytes=int(args.max_shard_gb * 1024**3),

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.records import aggregate, gain_recovered
-from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold
+from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class EvalConfig:
     temperature: float = 1.0
     max_new_tokens: int = 96
     batch_prompts: int = 100
-    rounds: tuple = (1, 1, 2, 4, 8)
+    rounds: tuple = (1, 1, 2, 4, 8)  # the default is cut to n when it draws more (rounds_for_n)
     round_temperatures: tuple = (0.0, 0.7, 1.0, 1.0, 1.0)
     threshold: float = 0.8
     thresholds: tuple = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
@@ -38,7 +38,8 @@ class EvalConfig:
     def adaptive_configs(self) -> tuple[AdaptiveConfig, AdaptiveConfig]:
         """(adaptive sampling, adaptive + pruning: rounds pruned at min(prune_at) to
         combined_keep), validated."""
-        plain = AdaptiveConfig(self.rounds, self.threshold, self.round_temperatures, self.n)
+        rounds, temps = rounds_for_n(self.n, self.rounds, self.round_temperatures)
+        plain = AdaptiveConfig(rounds, self.threshold, temps, self.n)
         return plain, dataclasses.replace(plain, prune_at=min(self.prune_at),
                                           keep_fraction=self.combined_keep)
 

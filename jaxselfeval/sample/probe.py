@@ -1,6 +1,11 @@
 """The self-evaluation probe turn, derived once from the tokenizer's chat template.
 
-Single source of truth for the sampler's probe and the training examples.
+Single source of truth for the sampler's probe and the training examples: for any template the
+probed text is exactly what the template renders for [..., assistant: response, user: probe
+question] + the assistant generation prompt. With the Llama 3 template a response closes with
+<|eot_id|>; with ChatML (SmolLM2, Qwen) with <|im_end|> and then "\\n", which belongs to the
+suffix, so a finished response (ending with <|im_end|>) is followed by "\\n" + the probe turn and
+a truncated one by <|im_end|> "\\n" + the probe turn.
 """
 
 from __future__ import annotations
@@ -8,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.tokenizer import PROBE_QUESTION, encode_chat, probe_token_ids
+from jaxselfeval.tokenizer import PROBE_QUESTION, assistant_turn_close, encode_chat, probe_token_ids
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSpec:
-    """eot: the end-of-turn id closing a response; suffix: the tokens after it (user probe turn +
-    assistant header); yes/no: the answer token ids read at the last suffix position."""
+    """eot: the first token that closes an assistant turn (generation stops there); suffix: the
+    tokens after it: the rest of the turn's closing tokens, the user probe turn and the assistant
+    header; yes/no: the answer token ids read at the last suffix position."""
 
     eot: int
     suffix: tuple[int, ...]
@@ -28,7 +34,8 @@ class ProbeSpec:
 
 
 def probe_spec(tokenizer) -> ProbeSpec:
-    """Render a turn with and without the probe question and take the difference."""
+    """Render a turn with and without the probe question and take the difference; the turn's
+    closing tokens come from the template (`assistant_turn_close`)."""
     q = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "R"}]
     a = encode_chat(tokenizer, q, add_generation_prompt=False)
     b = encode_chat(tokenizer, q + [{"role": "user", "content": PROBE_QUESTION}],
@@ -36,5 +43,6 @@ def probe_spec(tokenizer) -> ProbeSpec:
     if b[:len(a)] != a:
         raise JSEError("the chat template renders earlier turns differently when a turn is added: "
                        "cannot derive the probe suffix")
+    close = assistant_turn_close(tokenizer, "R")
     yes, no = probe_token_ids(tokenizer)
-    return ProbeSpec(eot=a[-1], suffix=tuple(b[len(a):]), yes=yes, no=no)
+    return ProbeSpec(eot=close[0], suffix=tuple(close[1:]) + tuple(b[len(a):]), yes=yes, no=no)

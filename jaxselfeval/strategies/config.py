@@ -8,6 +8,35 @@ from typing import Sequence
 from jaxselfeval.errors import JSEError
 
 
+DEFAULT_ROUNDS = (1, 1, 2, 4, 8)
+
+
+def doubling_rounds(n: int) -> tuple[int, ...]:
+    """Round sizes 1, 1, 2, 4, ... drawing exactly n samples in all (the last round takes what
+    is left): 16 -> (1, 1, 2, 4, 8), 4 -> (1, 1, 2), 6 -> (1, 1, 2, 2)."""
+    if int(n) < 1:
+        raise JSEError(f"n must be >= 1, got {n}")
+    out, size = [], 1
+    while sum(out) < n:
+        out.append(min(size, n - sum(out)))
+        size = 1 if len(out) == 1 else size * 2
+    return tuple(out)
+
+
+def rounds_for_n(n: int, rounds, temperatures) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(rounds, temperatures) for at most n samples: the given ones, unless they are the default
+    schedule and it draws more than n (then `doubling_rounds(n)`, temperatures cut to match). A
+    schedule given explicitly is kept as is (AdaptiveConfig then names the mismatch)."""
+    rounds = tuple(int(r) for r in rounds)
+    temps = tuple(temperatures) if isinstance(temperatures, Sequence) else (temperatures,)
+    if rounds != DEFAULT_ROUNDS or sum(rounds) <= n:
+        return rounds, temps
+    new = doubling_rounds(n)
+    if len(temps) == len(rounds):
+        temps = (temps + temps[-1:] * len(new))[:len(new)]
+    return new, temps
+
+
 @dataclasses.dataclass(frozen=True)
 class AdaptiveConfig:
     """Adaptive sampling: rounds of growing size; a prompt stops once its best score >= threshold.
@@ -19,7 +48,7 @@ class AdaptiveConfig:
     max(1, round(r * keep_fraction)) to the end (rounds that would keep all are not probed early).
     """
 
-    rounds: tuple[int, ...] = (1, 1, 2, 4, 8)
+    rounds: tuple[int, ...] = DEFAULT_ROUNDS
     threshold: float = 0.9
     temperatures: tuple[float, ...] = (0.3, 0.7, 1.0, 1.0, 1.0)
     max_samples: int = 16

@@ -29,8 +29,9 @@ def raw_dir(path: str | os.PathLike | None = None) -> Path:
     default = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
     if (default / "test.jsonl").exists():
         return default
-    raise JSEError("GSM8K files not found: set JSE_GSM8K_DIR to a directory holding train.jsonl "
-                   "and test.jsonl")
+    raise JSEError(f"GSM8K files not found (no $JSE_GSM8K_DIR, nothing in '{default}'): put "
+                   "train.jsonl and test.jsonl from github.com/openai/grade-school-math "
+                   "(grade_school_math/data/) in a directory and set JSE_GSM8K_DIR to it")
 
 
 def build(raw: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None):
