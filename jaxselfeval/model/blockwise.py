@@ -62,16 +62,30 @@ def _scores(qi, kj):
     return jnp.einsum("gqkrd,gtkd->gkrqt", qi, kj, preferred_element_type=jnp.float32)
 
 
+def _fori(n, body, init):
+    """body(i, carry) for i in 0..n-1 as a `lax.while_loop`: unlike a scan, nothing in it can be
+    stacked across iterations when the enclosing step is rematerialised and differentiated
+    (a scan's position-only masks were hoisted into [nq, nk, bq, bk] residuals)."""
+    def cond(c):
+        return c[0] < n
+
+    def step(c):
+        return c[0] + 1, body(c[0], c[1])
+
+    return jax.lax.while_loop(cond, step, (jnp.zeros((), jnp.int32), init))[1]
+
+
 def _forward(q, k, v, qp, kp, bq, bk):
     """Blocked inputs -> (o f32 [nq, G, bq, K, R, Dh] normalised, lse f32 [nq, G, K, R, bq])."""
     cd = q.dtype
+    nq, G, _, K, R, Dh = q.shape
+    nk = k.shape[0]
 
-    def one_query_block(args):
-        qi, qpi = args
-        G, _, K, R, Dh = qi.shape
+    def q_block(i, out):
+        qi, qpi = q[i], qp[i]
 
-        def body(carry, kv):
-            kj, vj, kpj = kv
+        def kv_block(j, carry):
+            kj, vj, kpj = k[j], v[j], kp[j]
 
             def update(carry):
                 m, l, acc = carry
@@ -86,16 +100,17 @@ def _forward(q, k, v, qp, kp, bq, bk):
                 acc = acc * jnp.moveaxis(corr, -1, 1)[..., None] + pv
                 return m_new, l, acc
 
-            return jax.lax.cond(_any_visible(qpi, kpj), update, lambda c: c, carry), None
+            return jax.lax.cond(_any_visible(qpi, kpj), update, lambda c: c, carry)
 
         init = (jnp.full((G, K, R, bq), NEG, jnp.float32), jnp.zeros((G, K, R, bq), jnp.float32),
                 jnp.zeros((G, bq, K, R, Dh), jnp.float32))
-        (m, l, acc), _ = jax.lax.scan(body, init, (k, v, kp))
+        m, l, acc = _fori(nk, kv_block, init)
         o = acc / jnp.moveaxis(jnp.maximum(l, 1e-30), -1, 1)[..., None]
         lse = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), NEG)
-        return o, lse
+        return out[0].at[i].set(o), out[1].at[i].set(lse)
 
-    return jax.lax.map(one_query_block, (q, qp))
+    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros((nq, G, K, R, bq), jnp.float32))
+    return _fori(nq, q_block, init)
 
 
 def _backward(q, k, v, qp, kp, o, lse, do, dlse):
@@ -105,15 +120,16 @@ def _backward(q, k, v, qp, kp, o, lse, do, dlse):
     cd = q.dtype
     delta = jnp.moveaxis(jnp.sum(do * o, axis=-1), 2, -1)  # [nq, G, K, R, bq]
     do_c = do.astype(cd)
+    nq, nk = q.shape[0], k.shape[0]
 
-    def kv_block(dq, kv):
-        kj, vj, kpj = kv
+    def kv_block(j, out):
+        kj, vj, kpj = k[j], v[j], kp[j]
 
-        def q_block(carry, xs):
-            qi, doi, lsei, di, dli, qpi = xs
+        def q_block(i, carry):
+            qi, doi, lsei, di, dli, qpi = q[i], do_c[i], lse[i], delta[i], dlse[i], qp[i]
 
             def grads(carry):
-                dk, dv = carry
+                dk, dv, dq = carry
                 vis = _visible(qpi, kpj)
                 s = _scores(qi, kj)
                 p = jnp.where(vis, jnp.exp(s - lsei[..., None]), 0.0)  # [G, K, R, bq, bk]
@@ -124,19 +140,18 @@ def _backward(q, k, v, qp, kp, o, lse, do, dlse):
                 dqi = jnp.einsum("gkrqt,gtkd->gqkrd", ds, kj, preferred_element_type=jnp.float32)
                 dk = dk + jnp.einsum("gkrqt,gqkrd->gtkd", ds, qi,
                                      preferred_element_type=jnp.float32)
-                return (dk, dv), dqi
+                return dk, dv, dq.at[i].add(dqi)
 
-            def skip(carry):
-                return carry, jnp.zeros(qi.shape, jnp.float32)
+            return jax.lax.cond(_any_visible(qpi, kpj), grads, lambda c: c, carry)
 
-            return jax.lax.cond(_any_visible(qpi, kpj), grads, skip, carry)
-
+        dq, dk_all, dv_all = out
         zeros = jnp.zeros(kj.shape, jnp.float32)
-        (dk, dv), dq_j = jax.lax.scan(q_block, (zeros, zeros), (q, do_c, lse, delta, dlse, qp))
-        return dq + dq_j, (dk, dv)
+        dk, dv, dq = _fori(nq, q_block, (zeros, zeros, dq))
+        return dq, dk_all.at[j].set(dk), dv_all.at[j].set(dv)
 
-    dq, (dk, dv) = jax.lax.scan(kv_block, jnp.zeros(q.shape, jnp.float32), (k, v, kp))
-    return dq, dk, dv
+    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
+            jnp.zeros(v.shape, jnp.float32))
+    return _fori(nk, kv_block, init)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
