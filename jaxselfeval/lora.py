@@ -6,11 +6,15 @@
     step = make_lora_train_step(graphdef, loss_fn, tx)   # step(lora, frozen, opt, batch)
     jse.save_pretrained(merge_lora(model), out)          # a plain Llama, merged weights
 
-`add_lora` attaches a `LoRA` module as `model.lora`; the layer scan (`Llama._layer_params` /
-`_layer_weights`) then uses W + (alpha / rank) * A @ B for every target, one layer at a time.
+`add_lora` attaches a `LoRA` module (a `jaxselfeval.model.adapter.Adapter`) as `model.lora`;
+every target projection of the layer scan then computes W x + (alpha / rank) * B(A x): the
+frozen W is used as stored and the adapter's term is added to its f32 output, so training forms
+no [in, out] matrix (neither W + A B nor a weight gradient: only [.., r] ones), and a bf16 W
+cannot round away a small update. W + scale * A B is formed only by `merge_lora`, for export.
 A target W [L, in..., out...] gets A [L, in..., r] (normal, std 1/sqrt(fan_in)) and
 B [L, r, out...] (zeros: a fresh adapter is exactly the base model), both float32 `LoRAParam`
-with logical axes, so `shard_model` places them like their weight.
+with logical axes, so `shard_model` places them like their weight; the low-rank matmuls run in
+the model's compute dtype with f32 accumulation.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from flax import nnx
 
 from jaxselfeval.configs import apply_overrides, find_config, load_yaml
 from jaxselfeval.errors import JSEError, closest
+from jaxselfeval.model.adapter import Adapter
 from jaxselfeval.model.llama import Llama, abstract_model, param_shapes
 from jaxselfeval.sharding import batch_sharding, shard_model, state_shardings
 
@@ -105,11 +110,25 @@ def lora_delta(a, b, scale: float):
 
 
 def merged_weight(w, a, b, scale: float):
-    """One layer: W [in..., out...] + scale * a @ b, computed in f32, stored in W's dtype."""
+    """One layer: W [in..., out...] + scale * a @ b, computed in f32, stored in W's dtype (the
+    export's weights; training never forms it, see `LoRA.delta`)."""
     return (w.astype(jnp.float32) + lora_delta(a, b, scale)).astype(w.dtype)
 
 
-class LoRA(nnx.Module):
+def low_rank(x, a, b, scale: float, compute_dtype):
+    """scale * (x @ a) @ b without forming a @ b: x [B, S, in...], a [in..., r], b [r, out...]
+    -> f32 [B, S, out...]; two matmuls in `compute_dtype` with f32 accumulation."""
+    B, S = x.shape[:2]
+    r = a.shape[-1]
+    k = math.prod(a.shape[:-1])
+    xa = jnp.dot(x.astype(compute_dtype).reshape(B * S, k),
+                 a.astype(compute_dtype).reshape(k, r), preferred_element_type=jnp.float32)
+    y = jnp.dot(xa.astype(compute_dtype), b.astype(compute_dtype).reshape(r, -1),
+                preferred_element_type=jnp.float32)
+    return scale * y.reshape(B, S, *b.shape[1:])
+
+
+class LoRA(Adapter):
     """Stacked adapters for `config.targets`: `{t}_a` [L, in..., r], `{t}_b` [L, r, out...]."""
 
     def __init__(self, model_config, config: LoRAConfig, *, rngs: nnx.Rngs):
@@ -131,12 +150,10 @@ class LoRA(nnx.Module):
         return {t: (getattr(self, f"{t}_a")[...], getattr(self, f"{t}_b")[...])
                 for t in self.targets}
 
-    def apply(self, p: dict) -> dict:
-        """One layer's weights (a slice of `Llama._layer_params()`) with the deltas added."""
-        p = dict(p)
-        for t, (a, b) in p.pop("lora").items():
-            p[t] = merged_weight(p[t], a, b, self.scale)
-        return p
+    def delta(self, name, x, params, compute_dtype, in_dims):
+        """This layer's scale * B(A x) for target `name`: x [B, S, in...] -> f32 [B, S, out...]."""
+        a, b = params
+        return low_rank(x, a, b, self.scale, compute_dtype)
 
 
 def add_lora(model: Llama, config: LoRAConfig | dict | None = None, *, seed: int = 0,
@@ -144,7 +161,7 @@ def add_lora(model: Llama, config: LoRAConfig | dict | None = None, *, seed: int
     """Attach fresh adapters as `model.lora` (in place; B = 0, so logits are unchanged).
     With `mesh`, the adapters are placed by their logical axes. Returns the model."""
     cfg = config if isinstance(config, LoRAConfig) else load_lora_config(config)
-    if getattr(model, "lora", None) is not None:
+    if model.lora is not None:
         raise JSEError("the model already has LoRA adapters: merge_lora(model) first")
     model.lora = LoRA(model.config, cfg, rngs=nnx.Rngs(seed))
     if mesh is not None:
@@ -155,7 +172,7 @@ def add_lora(model: Llama, config: LoRAConfig | dict | None = None, *, seed: int
 def merge_lora(model: Llama) -> Llama:
     """A plain Llama (no adapters) whose target weights are W + scale * A @ B; same dtypes and
     shardings. The input model is not changed. A model without adapters is returned as is."""
-    lora = getattr(model, "lora", None)
+    lora = model.lora
     if lora is None:
         return model
     out = abstract_model(model.config, param_dtype=model.param_dtype,
@@ -171,6 +188,7 @@ def merge_lora(model: Llama) -> Llama:
         state[name] = state[name].replace(w)
     out = nnx.merge(graphdef, state)
     out.remat = model.remat
+    out.attention_impl = model.attention_impl
     if hasattr(model, "source_dir"):
         out.source_dir = model.source_dir
     return out
@@ -178,7 +196,7 @@ def merge_lora(model: Llama) -> Llama:
 
 def split_trainable(model: Llama):
     """(graphdef, lora State, frozen State): merge back with nnx.merge(graphdef, lora, frozen)."""
-    if getattr(model, "lora", None) is None:
+    if model.lora is None:
         raise JSEError("the model has no LoRA adapters: call add_lora(model, config) first")
     return nnx.split(model, LoRAParam, ...)
 

@@ -72,6 +72,7 @@ class PlanConfig:
     max_new: int = 2048
     weights_dtype: str = "bfloat16"  # serving weights (prefill / decode)
     backend: str = "auto"  # cpu: simulated CPU devices; tpu: libtpu's deviceless compiler
+    attention: str = "auto"  # auto | exact | blockwise | splash | cudnn (model.attention.IMPLS)
     activation_sharding: bool = True  # trace under jax.set_mesh (batch-sharded activations)
 
 
@@ -213,14 +214,20 @@ def abstract_cache(cfg, batch, length, dtype, mesh):
 # ----------------------------------------------------------------------------- programs
 def _compile(fn, pc: PlanConfig, mesh, *args):
     """fn.lower(*args).compile(), traced under jax.set_mesh(mesh) so the model's
-    `shard_batch` constraints apply (as in a trainer / sampler that sets the mesh)."""
+    `shard_batch` constraints apply (as in a trainer / sampler that sets the mesh), with
+    attention chosen for the mesh's devices (TPU: splash); `.attention` lists what was used."""
     import contextlib
 
     import jax
 
+    from jaxselfeval.model.attention import record_impls, target_platform
+
     ctx = jax.set_mesh(mesh) if pc.activation_sharding else contextlib.nullcontext()
-    with ctx:
-        return fn.lower(*args).compile()
+    platform = mesh.devices.flat[0].platform  # auto attention picks the kernel for this chip
+    with ctx, record_impls() as used, target_platform(platform):
+        compiled = fn.lower(*args).compile()
+    compiled.attention = sorted({u[0] for u in used})  # the kernels traced into the program
+    return compiled
 
 
 def compile_train(cfg, pc: PlanConfig, mesh):
@@ -238,7 +245,8 @@ def compile_train(cfg, pc: PlanConfig, mesh):
     if pc.batch % pc.grad_accum or (pc.batch // pc.grad_accum) % data:
         raise JSEError(f"batch {pc.batch} (micro-batch {pc.batch // max(pc.grad_accum, 1)}) is not "
                        f"divisible by the data axes (data x fsdp = {data}): change --batch or --mesh")
-    model = abstract_model(cfg, param_dtype=pc.param_dtype, compute_dtype=pc.compute_dtype)
+    model = abstract_model(cfg, param_dtype=pc.param_dtype, compute_dtype=pc.compute_dtype,
+                           attention_impl=pc.attention)
     model.remat = pc.remat
     tx = make_optimizer(TrainConfig(steps=1000, warmup_steps=10))
     batch = {"tokens": _sds((pc.batch, pc.seq), "int32", mesh, ("batch", None)),
@@ -264,7 +272,8 @@ def _engine(cfg, pc: PlanConfig, mesh):
     from jaxselfeval.model.llama import abstract_model
     from jaxselfeval.sample.engine import Engine
 
-    model = abstract_model(cfg, param_dtype=pc.weights_dtype, compute_dtype=pc.compute_dtype)
+    model = abstract_model(cfg, param_dtype=pc.weights_dtype, compute_dtype=pc.compute_dtype,
+                           attention_impl=pc.attention)
     eng = Engine(model, stop_ids=cfg.eos_ids)
     return eng, abstract_state(eng.state, mesh)
 
@@ -360,7 +369,8 @@ def run_plan(pc: PlanConfig) -> dict:
            "activation_sharding": pc.activation_sharding, "programs": {}}
     for p in pc.programs:
         try:
-            mem = memory(COMPILERS[p](cfg, pc, mesh))
+            compiled = COMPILERS[p](cfg, pc, mesh)
+            mem = memory(compiled)
         except Exception as e:  # the TPU compiler refuses programs whose temps exceed HBM
             msg = str(e)
             if "RESOURCE_EXHAUSTED" not in msg:
@@ -369,7 +379,8 @@ def run_plan(pc: PlanConfig) -> dict:
             out["programs"][p] = {"what": describe(p, pc), "fits": False,
                                   "error": line.split("RESOURCE_EXHAUSTED:", 1)[1].strip()}
             continue
-        out["programs"][p] = {"what": describe(p, pc), **mem, "fits": mem["total"] <= HBM[chip]}
+        out["programs"][p] = {"what": describe(p, pc), **mem, "fits": mem["total"] <= HBM[chip],
+                              "attention": compiled.attention}
     out["fits"] = all(v["fits"] for v in out["programs"].values())
     return out
 
@@ -394,7 +405,7 @@ def format_plan(res: dict) -> str:
             continue
         lines.append(f"{name:<8} {_gib(r['arguments']):>9} {_gib(r['outputs']):>8} "
                      f"{_gib(r['aliased']):>8} {_gib(r['temps']):>8} {_gib(r['code']):>6} "
-                     f"{_gib(r['total']):>8}  {r['what']}")
+                     f"{_gib(r['total']):>8}  {r['what']}, attention {'+'.join(r['attention'])}")
     for name, r in res["programs"].items():
         if "error" in r:
             lines.append(f"{name}: DOES NOT FIT (the compiler refused it: {r['error']})")

@@ -124,3 +124,33 @@ def test_compiler_out_of_memory_is_does_not_fit(monkeypatch):
     assert not res["fits"] and "21.51G" in res["programs"]["train"]["error"]
     text = plan.format_plan(res)
     assert "train: DOES NOT FIT (the compiler refused it: Ran out of memory" in text
+
+
+def _libtpu_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("libtpu") is not None
+
+
+@pytest.mark.skipif(not _libtpu_importable(),
+                    reason="libtpu is not installed (pip install -e '.[tpu]'): the TPU compiler "
+                           "plan is covered only where it is")
+def test_plan_compiles_for_a_tpu_topology_with_splash(tmp_path):
+    """libtpu's deviceless compiler builds the train step (Pallas splash attention, seq 2048),
+    prefill (blockwise: a cache segment too) and decode (exact) for a v5e 2x2 slice."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"  # other libtpu processes may hold its lockfile
+    out = tmp_path / "plan.json"
+    r = subprocess.run([sys.executable, "-m", "jaxselfeval.cli", "plan", "--config", "tiny",
+                        "--chip", "v5e-4", "--mesh", "fsdp=4", "--backend", "tpu", "--batch", "4",
+                        "--seq", "2048", "--decode-batch", "4", "--prompt-len", "2048",
+                        "--max-new", "128", "--json", str(out)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert "by libtpu" in res["where"]
+    progs = res["programs"]
+    assert progs["train"]["attention"] == ["splash"]
+    assert progs["prefill"]["attention"] == ["blockwise"]
+    assert progs["decode"]["attention"] == ["exact"]
+    assert "attention splash" in r.stdout and "overall: FITS" in r.stdout

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -208,3 +209,28 @@ def test_weight_decay_hits_matrices_not_norms_or_the_embedding_table():
         np.testing.assert_allclose(np.asarray(v[...]), want, rtol=1e-6, err_msg=k)
     assert not decays(("layers", "norm"), (2, 32)) and not decays(("layers", "mlp"), (2, 64))
     assert decays(("layers", "embed", "lora_rank"), (2, 32, 4)) and decays(None, (3, 2))
+
+
+def test_chunked_lm_loss_equals_full_logits(monkeypatch):
+    """Long sequences form the LM head chunk by chunk (LOSS_CHUNK): same loss, accuracy and
+    gradient as the whole [B, S, V] logits, a chunk that does not divide S included."""
+    from jaxselfeval.train import losses
+
+    model = jse.create_model(CFG, seed=0)
+    rng = np.random.default_rng(0)
+    batch = {"tokens": jnp.asarray(rng.integers(3, CFG.vocab_size, (2, 50)), jnp.int32),
+             "mask": jnp.asarray(rng.integers(0, 2, (2, 50)), jnp.float32)}
+    g, params = nnx.split(model, nnx.Param)
+
+    def run(chunk):
+        monkeypatch.setattr(losses, "LOSS_CHUNK", chunk)
+        (loss, met), grads = jax.value_and_grad(
+            lambda p: losses.lm_loss(nnx.merge(g, p), batch), has_aux=True)(params)
+        return loss, met, grads
+
+    full, chunked = run(4096), run(16)
+    assert abs(float(full[0]) - float(chunked[0])) <= 1e-6
+    assert float(full[1]["token_acc"]) == float(chunked[1]["token_acc"])
+    assert float(full[1]["tokens"]) == float(chunked[1]["tokens"])
+    for a, b in zip(jax.tree.leaves(full[2]), jax.tree.leaves(chunked[2])):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-6

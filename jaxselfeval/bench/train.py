@@ -1,8 +1,15 @@
-"""`jaxselfeval bench train`: training tokens/s and MFU against this machine's measured bf16 peak.
+"""`jaxselfeval bench train`: training step time, tokens/s and MFU against this machine's measured
+bf16 matmul peak, full fine-tuning and LoRA side by side in one run.
+
+    jaxselfeval bench train --model small_100m --batch 4 --seq 1024 --modes full,lora
 
 The peak is measured in the same run: a large bf16 matmul with f32 accumulation, jitted, timed
-after warm-up. Model FLOPs per token = 6 * params (non-embedding) + 12 * layers * seq * hidden
-(attention), the usual MFU convention (remat recompute not counted).
+after warm-up. Model FLOPs per token, the usual MFU convention (remat recompute not counted;
+attention counted as a full S x S product, though causal kernels skip half of it):
+full fine-tuning 6 * N + 12 * layers * seq * hidden (N: parameters less the input embedding
+table, whose gather is no matmul); LoRA the same count of the *same model* (the work a full step
+does, so the two MFU columns compare step times at equal FLOPs), plus `lora_flops` shows what
+LoRA needs itself (forward 2N, input gradients 2N, no weight gradients: 4 * N + attention).
 """
 
 from __future__ import annotations
@@ -12,11 +19,19 @@ import time
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="tiny", help="model shape config (configs/models/NAME.yaml)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=192)
-    p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
-    p.add_argument("--dtypes", default="bfloat16,float32", help="compute dtypes to compare")
+    p.add_argument("--model", default="small_100m",
+                   help="model shape config (configs/models/NAME.yaml)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    p.add_argument("--dtypes", default="bfloat16", help="compute dtypes to compare")
+    p.add_argument("--modes", default="full,lora",
+                   help="full (AdamW on every weight) and/or lora (adapters only, frozen base)")
+    p.add_argument("--lora", default="rank=16;alpha=32;targets=wq,wk,wv,wo",
+                   help="LoRA settings for the lora rows (key=value;...)")
+    p.add_argument("--attention", default="auto",
+                   choices=["auto", "exact", "blockwise", "splash", "cudnn"])
+    p.add_argument("--remat", action="store_true", help="jax.checkpoint per layer")
     p.add_argument("--out", default=None, help="also write JSON here")
 
 
@@ -40,15 +55,48 @@ def matmul_peak(n: int = 2048, dtype="bfloat16") -> float:
     return 2 * n**3 / s
 
 
+def _step(model, mode, lora_spec, mesh):
+    """A jitted step(state) -> state for full fine-tuning or LoRA; returns (fn, state)."""
+    from flax import nnx
+
+    from jaxselfeval import lora as lora_mod
+    from jaxselfeval.commands.plan import _lora
+    from jaxselfeval.train import TrainConfig, lm_loss
+    from jaxselfeval.train.step import (init_opt_state, jit_train_step, make_optimizer,
+                                        make_train_step)
+
+    tx = make_optimizer(TrainConfig())
+    if mode == "lora":
+        lora_mod.add_lora(model, _lora(lora_spec))
+        graphdef, lora, frozen = lora_mod.split_trainable(model)
+        opt = init_opt_state(tx, lora, mesh)
+        step = lora_mod.jit_lora_step(lora_mod.make_lora_train_step(graphdef, lm_loss, tx),
+                                      lora, frozen, opt, mesh)
+
+        def run(state, batch):
+            state["p"], state["o"], m = step(state["p"], frozen, state["o"], batch)
+            return m
+
+        return run, {"p": lora, "o": opt}
+    graphdef, params = nnx.split(model, nnx.Param)
+    opt = init_opt_state(tx, params, mesh)
+    step = jit_train_step(make_train_step(graphdef, lm_loss, tx), params, opt, mesh)
+
+    def run(state, batch):
+        state["p"], state["o"], m = step(state["p"], state["o"], batch)
+        return m
+
+    return run, {"p": params, "o": opt}
+
+
 def run(args) -> int:
     import jax
     import numpy as np
-    from flax import nnx
 
     import jaxselfeval as jse
     from jaxselfeval.configs import load_model_config
-    from jaxselfeval.train import TrainConfig, lm_loss
-    from jaxselfeval.train.step import init_opt_state, jit_train_step, make_optimizer, make_train_step
+    from jaxselfeval.model.attention import record_impls
+    from jaxselfeval.sharding import make_mesh
 
     cfg = load_model_config(args.model)
     peak = matmul_peak()
@@ -56,36 +104,36 @@ def run(args) -> int:
     rng = np.random.default_rng(0)
     batch = {"tokens": rng.integers(0, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32),
              "mask": np.ones((args.batch, args.seq), np.float32)}
-    L, D = cfg.num_hidden_layers, cfg.hidden_size
-    results = {"peak_bf16_tflops": peak / 1e12, "peak_f32_tflops": peak32 / 1e12, "runs": []}
+    L, D, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
+    mesh = make_mesh("data=1,fsdp=-1")
+    results = {"peak_bf16_tflops": peak / 1e12, "peak_f32_tflops": peak32 / 1e12,
+               "model": args.model, "batch": args.batch, "seq": args.seq, "runs": []}
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; measured matmul peak "
-          f"bf16 {peak / 1e12:.2f} TFLOP/s, f32 {peak32 / 1e12:.2f} TFLOP/s")
+          f"bf16 {peak / 1e12:.2f} TFLOP/s, f32 {peak32 / 1e12:.2f} TFLOP/s; {args.model}, "
+          f"batch {args.batch} x seq {args.seq}")
     for cd in args.dtypes.split(","):
-        model = jse.create_model(cfg, compute_dtype=cd)
-        n_params = jse.count_params(model)
-        n_embed = cfg.vocab_size * D * (1 if cfg.tie_word_embeddings else 2)
-        flops_tok = 6 * (n_params - n_embed + cfg.vocab_size * D) + 12 * L * args.seq * D
-        tcfg = TrainConfig(mesh="data=1,fsdp=-1")
-        from jaxselfeval.sharding import make_mesh
-
-        mesh = make_mesh("data=1,fsdp=-1")
-        graphdef, params = nnx.split(model, nnx.Param)
-        tx = make_optimizer(tcfg)
-        opt = init_opt_state(tx, params, mesh)
-        step = jit_train_step(make_train_step(graphdef, lm_loss, tx), params, opt, mesh)
-        state = {"p": params, "o": opt}
-
-        def one():
-            state["p"], state["o"], m = step(state["p"], state["o"], batch)
-            m["loss"].block_until_ready()
-
-        s = _time(one, args.steps)
-        tps = args.batch * args.seq / s
-        mfu = tps * flops_tok / peak
-        results["runs"].append({"compute_dtype": cd, "params": n_params, "step_s": s,
-                                "tokens_per_s": tps, "mfu_vs_bf16_peak": mfu})
-        print(f"compute {cd:9s} params {n_params / 1e6:.1f}M  step {s * 1e3:7.1f} ms  "
-              f"{tps:9.0f} tokens/s  MFU {100 * mfu:5.1f}% of measured bf16 peak (goal >= 30%)")
+        full_s = None
+        for mode in args.modes.split(","):
+            model = jse.create_model(cfg, compute_dtype=cd, attention_impl=args.attention)
+            model.remat = args.remat
+            n = jse.count_params(model) - V * D  # the input embedding is a gather
+            attn = 12 * L * args.seq * D
+            flops_tok = 6 * n + attn
+            fn, state = _step(model, mode, args.lora, mesh)
+            with jax.set_mesh(mesh), record_impls() as used:
+                s = _time(lambda: fn(state, batch)["loss"].block_until_ready(), args.steps)
+            tps = args.batch * args.seq / s
+            mfu = tps * flops_tok / peak
+            row = {"mode": mode, "compute_dtype": cd, "step_s": s, "tokens_per_s": tps,
+                   "mfu_vs_bf16_peak": mfu, "attention": sorted({u[0] for u in used}),
+                   "lora_flops_per_token": 4 * n + attn if mode == "lora" else None}
+            if mode == "full":
+                full_s = s
+            speed = f"  {full_s / s:4.2f}x full" if mode != "full" and full_s else ""
+            results["runs"].append(row)
+            print(f"{mode:5s} compute {cd:9s} step {s * 1e3:8.1f} ms  {tps:8.0f} tokens/s  "
+                  f"MFU {100 * mfu:5.1f}% of measured bf16 peak (full-step FLOPs){speed}  "
+                  f"attention {'+'.join(row['attention'])}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)

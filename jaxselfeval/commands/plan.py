@@ -40,6 +40,11 @@ def add_arguments(p):
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "tpu"],
                    help="tpu: libtpu's deviceless compiler (real TPU buffer sizes; needs "
                         "jax[tpu]); cpu: simulated CPU devices; auto: tpu when libtpu is installed")
+    p.add_argument("--attention", default="auto",
+                   choices=["auto", "exact", "blockwise", "splash", "cudnn"],
+                   help="attention implementation (auto: exact for short shapes and decode; else "
+                        "splash on TPU, cuDNN on GPU, blockwise on CPU); the plan prints which "
+                        "one each program used")
     p.add_argument("--no-activation-sharding", action="store_true",
                    help="trace without jax.set_mesh (activations not constrained to the batch axes)")
     p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
@@ -75,7 +80,8 @@ def run(args) -> int:
                     compute_dtype=args.compute_dtype, lora=_lora(args.lora),
                     decode_batch=args.decode_batch, n=args.n, prompt_len=args.prompt_len,
                     max_new=args.max_new, weights_dtype=args.weights_dtype,
-                    backend=args.backend, activation_sharding=not args.no_activation_sharding)
+                    backend=args.backend, activation_sharding=not args.no_activation_sharding,
+                    attention=args.attention)
     simulate_devices(mesh_devices(pc))  # before anything starts a JAX backend
     res = run_plan(pc)
     print(format_plan(res))

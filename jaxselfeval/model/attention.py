@@ -7,16 +7,31 @@ one softmax over the concatenation of all keys.
 
 Visibility is by position: key slot with position `kp` is visible to query at position `qp` iff
 `0 <= kp <= qp` (empty or padded slots carry position -1).
+
+`attend` is the exact path (it builds the [S, T] scores: short shapes and decode). `attention`
+picks an implementation (`IMPLS`) that gives the same result without [S, T] scores for long
+sequences: `blockwise` (online softmax in plain JAX, every backend, `blockwise.py`), `splash`
+(the Pallas TPU kernel) or `cudnn` (GPU), see `choose_impl`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxselfeval.model.blockwise import blockwise_attention
+from jaxselfeval.model.kernels import cudnn_attention, splash_attention, splash_block
+
 NEG = -1e30
+IMPLS = ("auto", "exact", "blockwise", "splash", "cudnn")
+# auto: the exact path while a query block's scores are this small (S * T per row and head);
+# measured on CPU, the exact path is as fast as blockwise up to S = T = 1024 (bench train)
+EXACT_MAX = 1024 * 1024
+_RECORD: list | None = None
+_PLATFORM: str | None = None
 
 
 class Segment(NamedTuple):
@@ -82,3 +97,96 @@ def attend(q, q_pos, segments, *, compute_dtype=jnp.float32):
     den = jnp.maximum(den, 1e-30)
     out = num / jnp.transpose(den, (0, 3, 1, 2))[..., None]
     return out.reshape(B, S, H, Dh)
+
+
+# ----------------------------------------------------------------------------- dispatch
+@contextlib.contextmanager
+def record_impls():
+    """Collects, while active, one (impl, S, T) per attention call traced: which kernel a
+    compiled program uses (`jaxselfeval plan` prints it)."""
+    global _RECORD
+    prev, _RECORD = _RECORD, []
+    try:
+        yield _RECORD
+    finally:
+        _RECORD = prev
+
+
+@contextlib.contextmanager
+def target_platform(platform: str | None):
+    """auto attention picks kernels for `platform` (e.g. "tpu") instead of JAX's default backend
+    while active: `jaxselfeval plan` compiles for TPU devices from a CPU process."""
+    global _PLATFORM
+    prev, _PLATFORM = _PLATFORM, platform
+    try:
+        yield
+    finally:
+        _PLATFORM = prev
+
+
+def choose_impl(impl: str, S: int, T: int, n_segments: int, contiguous: bool,
+                backend: str | None = None) -> str:
+    """The implementation an `attention` call runs. S: queries per row; T: keys over all segments;
+    contiguous: positions are statically 0..S-1 (no padding).
+
+    auto: exact when S == 1 (decode) or S * T <= EXACT_MAX; else on TPU splash, on GPU cudnn
+    (when applicable), elsewhere blockwise. The kernels cover one causal self segment only
+    (splash: S a multiple of 128; cudnn: no padding); otherwise exact (short shapes, decode)
+    or blockwise runs instead.
+    """
+    if impl not in IMPLS:
+        from jaxselfeval.errors import JSEError
+
+        raise JSEError(f"unknown attention implementation '{impl}': use one of {', '.join(IMPLS)}")
+    short = S == 1 or S * T <= EXACT_MAX
+    if impl == "auto":
+        if short:
+            return "exact"
+        backend = backend or _PLATFORM or jax.default_backend()
+        impl = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(backend, "blockwise")
+    if impl == "splash" and (n_segments != 1 or splash_block(S) is None):
+        return "exact" if short else "blockwise"
+    if impl == "cudnn" and (n_segments != 1 or not contiguous):
+        return "exact" if short else "blockwise"
+    return impl
+
+
+def _blockwise(qs, q_pos, segments):
+    """qs: [B, S, H, Dh] pre-scaled; every segment blockwise, merged by log-sum-exp."""
+    B, S, H, Dh = qs.shape
+    KVH = segments[0].k.shape[2]
+    R = H // KVH
+    outs, lses = [], []
+    for seg in segments:
+        G = seg.k.shape[0]
+        N = B // G
+        o, lse = blockwise_attention(qs.reshape(G, N * S, KVH, R, Dh), seg.k, seg.v,
+                                     q_pos.reshape(G, N * S), seg.pos)
+        outs.append(o.reshape(B, S, KVH, R, Dh))
+        lses.append(lse.reshape(B, S, KVH, R))
+    if len(outs) == 1:
+        return outs[0].reshape(B, S, H, Dh)
+    top = jax.lax.stop_gradient(jnp.max(jnp.stack(lses), axis=0))
+    ws = [jnp.exp(lse - top) for lse in lses]
+    num = sum(o * w[..., None] for o, w in zip(outs, ws))
+    out = num / sum(ws)[..., None]
+    return out.reshape(B, S, H, Dh)
+
+
+def attention(q, q_pos, segments, *, compute_dtype=jnp.float32, impl: str = "auto",
+              contiguous: bool = False):
+    """`attend`'s result (softmax of q over the union of `segments`) by the implementation
+    `choose_impl` picks. q: [B, S, H, Dh]; q_pos: [B, S] int32. Returns f32 [B, S, H, Dh]."""
+    B, S, H, Dh = q.shape
+    T = sum(seg.k.shape[1] for seg in segments)
+    used = choose_impl(impl, S, T, len(segments), contiguous)
+    if _RECORD is not None:
+        _RECORD.append((used, S, T))
+    if used == "exact":
+        return attend(q, q_pos, segments, compute_dtype=compute_dtype)
+    qs = (q.astype(jnp.float32) * (Dh ** -0.5)).astype(compute_dtype)
+    if used == "splash":
+        return splash_attention(qs, segments[0].k, segments[0].v, q_pos)
+    if used == "cudnn":
+        return cudnn_attention(qs, segments[0].k, segments[0].v)
+    return _blockwise(qs, q_pos, segments)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from jaxselfeval.model.attention import Segment, attend
+from jaxselfeval.model.adapter import Adapter
+from jaxselfeval.model.attention import IMPLS, Segment, attention
 from jaxselfeval.model.cache import KVCache
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.model.rope import apply_rope, inv_frequencies, rope_tables
@@ -96,14 +97,25 @@ class Llama(nnx.Module):
 
     param_dtype: storage dtype of the weights (float32 or bfloat16).
     compute_dtype: matmul input dtype; accumulation is always float32.
+    attention_impl: auto | exact | blockwise | splash | cudnn (`model.attention.choose_impl`:
+    auto keeps the exact path for short shapes and decode and avoids [S, T] scores beyond).
+    lora: None, or an `Adapter` (e.g. `jaxselfeval.lora.add_lora`) whose low-rank terms the
+    layers add to their projections.
     """
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs, param_dtype="float32",
-                 compute_dtype="float32", remat: bool = False):
+                 compute_dtype="float32", remat: bool = False, attention_impl: str = "auto"):
+        if attention_impl not in IMPLS:
+            from jaxselfeval.errors import JSEError
+
+            raise JSEError(f"unknown attention_impl '{attention_impl}': use one of "
+                           f"{', '.join(IMPLS)}")
         self.config = config
         self.param_dtype = as_dtype(param_dtype)
         self.compute_dtype = as_dtype(compute_dtype)
         self.remat = remat
+        self.attention_impl = attention_impl
+        self.lora: Adapter | None = nnx.data(None)
         std = 0.02
         for name, (shape, axes) in param_shapes(config).items():
             if name.endswith("norm"):
@@ -140,6 +152,7 @@ class Llama(nnx.Module):
         """
         cfg = self.config
         B, S = tokens.shape
+        contiguous = positions is None  # positions 0..S-1: fused kernels need no padding mask
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
         positions = positions.astype(jnp.int32)
@@ -154,11 +167,20 @@ class Llama(nnx.Module):
         if prefix is not None:
             xs["pk"], xs["pv"] = prefix.k, prefix.v
 
+        adapter = self.lora
+
         def layer(x, xs):
-            p = self._layer_weights(xs["p"])
+            p = xs["p"]
+
+            def proj(name, h, in_dims=1):  # h @ W (+ the adapter's low-rank term), f32
+                y = _matmul(h, p[name], cd, in_dims)
+                if adapter is not None and name in p["lora"]:
+                    y = y + adapter.delta(name, h, p["lora"][name], cd, in_dims)
+                return y
+
             x = shard_batch(x)
             h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps).astype(cd)
-            q, k, v = (_matmul(h, p[n], cd) for n in ("wq", "wk", "wv"))
+            q, k, v = (proj(n, h) for n in ("wq", "wk", "wv"))
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             kv_dtype = cache.k.dtype if cache is not None else cd
             k, v = k.astype(kv_dtype), v.astype(kv_dtype)
@@ -168,11 +190,12 @@ class Llama(nnx.Module):
             if read_cache:
                 segs.append(Segment(xs["ck"], xs["cv"], cache.pos))
             segs.append(Segment(k, v, positions))
-            a = attend(q, positions, segs, compute_dtype=cd)
-            x = x + _matmul(a, p["wo"], cd, in_dims=2)
+            a = attention(q, positions, segs, compute_dtype=cd, impl=self.attention_impl,
+                          contiguous=contiguous and prefix is None and cache is None)
+            x = x + proj("wo", a.astype(cd), in_dims=2)
             h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps).astype(cd)
-            g, u = _matmul(h, p["w_gate"], cd), _matmul(h, p["w_up"], cd)
-            x = x + _matmul(jax.nn.silu(g) * u, p["w_down"], cd)
+            g, u = proj("w_gate", h), proj("w_up", h)
+            x = x + proj("w_down", (jax.nn.silu(g) * u).astype(cd))
             return x, (k, v)
 
         if self.remat:
@@ -204,18 +227,11 @@ class Llama(nnx.Module):
         return self.logits(x), new_cache
 
     def _layer_params(self):
-        """Stacked [L, ...] arrays the layer scan slices; an adapter (`self.lora`, e.g.
-        `jaxselfeval.lora`) adds its own stacked arrays under "lora"."""
+        """Stacked [L, ...] arrays the layer scan slices; the adapter (`self.lora`) adds its own
+        stacked arrays under "lora"."""
         p = {n: getattr(self, n)[...] for n in LAYER_PARAMS}
-        lora = getattr(self, "lora", None)
-        if lora is not None:
-            p["lora"] = lora.stacked()
-        return p
-
-    def _layer_weights(self, p):
-        """One layer's weights from its slice of `_layer_params()` (adapter deltas added)."""
-        if "lora" in p:
-            p = self.lora.apply(p)
+        if self.lora is not None:
+            p["lora"] = self.lora.stacked()
         return p
 
     def logits(self, h):
@@ -229,15 +245,18 @@ class Llama(nnx.Module):
 
 
 def create_model(cfg: LlamaConfig, *, seed: int = 0, param_dtype="float32",
-                 compute_dtype="float32") -> Llama:
+                 compute_dtype="float32", attention_impl: str = "auto") -> Llama:
     """A randomly initialised model (normal(0, 0.02) weights, unit norms)."""
-    return Llama(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, compute_dtype=compute_dtype)
+    return Llama(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, compute_dtype=compute_dtype,
+                 attention_impl=attention_impl)
 
 
-def abstract_model(cfg: LlamaConfig, *, param_dtype="float32", compute_dtype="float32") -> Llama:
+def abstract_model(cfg: LlamaConfig, *, param_dtype="float32", compute_dtype="float32",
+                   attention_impl: str = "auto") -> Llama:
     """The model with ShapeDtypeStruct leaves: no memory allocated (`jax.eval_shape`)."""
     return nnx.eval_shape(lambda: create_model(cfg, param_dtype=param_dtype,
-                                               compute_dtype=compute_dtype))
+                                               compute_dtype=compute_dtype,
+                                               attention_impl=attention_impl))
 
 
 def count_params(model: Llama) -> int:

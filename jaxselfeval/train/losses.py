@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
+
+# lm_loss computes the LM head and cross-entropy over this many positions at a time (each chunk
+# rematerialised in the backward pass): the [batch, seq, vocab] f32 logits are never all held
+# (Llama 3's 128k vocabulary at seq 8192 is 4 GiB a sequence)
+LOSS_CHUNK = 1024
 
 
 def _next_token(logits, batch):
@@ -17,12 +23,50 @@ def _next_token(logits, batch):
     return loss, acc, m.sum()
 
 
+def _chunked_next_token(model, h, batch, chunk):
+    """`_next_token` from final hidden states h f32 [B, S, D], the logits formed `chunk`
+    positions at a time under jax.checkpoint (a lax.scan over sequence chunks)."""
+    tokens, m = batch["tokens"], batch["mask"]
+    B, S, D = h.shape
+    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    m = m.at[:, -1].set(0.0)  # the last position predicts nothing
+    n = -(-S // chunk)
+    pad = n * chunk - S
+    h, targets, m = (jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+                     for x in (h, targets, m))
+
+    def split(x):
+        return jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one(hc, tc, mc):
+        logits = model.logits(hc)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, tc)
+        hit = jnp.argmax(logits, -1) == tc
+        return (ce * mc).sum(), (hit * mc).sum()
+
+    def body(acc, xs):
+        ce, hit = one(*xs)
+        return (acc[0] + ce, acc[1] + hit), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (ce, hit), _ = jax.lax.scan(body, (zero, zero), (split(h), split(targets), split(m)))
+    total = m.sum()
+    nn = jnp.maximum(total, 1.0)
+    return ce / nn, hit / nn, total
+
+
 def lm_loss(model, batch):
     """Next-token cross-entropy on masked (assistant) tokens.
 
     batch: tokens int32 [B, S]; mask f32 [B, S] (1 where tokens[:, t+1] is a target).
+    Sequences longer than LOSS_CHUNK compute the LM head chunk by chunk (same loss).
     """
-    loss, acc, count = _next_token(model(batch["tokens"]), batch)
+    if batch["tokens"].shape[1] > LOSS_CHUNK:
+        h, _ = model.forward(batch["tokens"], return_hidden=True)
+        loss, acc, count = _chunked_next_token(model, h, batch, LOSS_CHUNK)
+    else:
+        loss, acc, count = _next_token(model(batch["tokens"]), batch)
     return loss, {"loss": loss, "token_acc": acc, "tokens": count}
 
 
