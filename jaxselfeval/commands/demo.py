@@ -87,7 +87,7 @@ def run(args) -> int:
         log.info("stage 4/4: evaluating every strategy -> %s", ev_dir)
         ecfg = load_dataclass_config(EvalConfig, "eval_tiny", [
             "limit=24", "batch_prompts=24", "n=8", "rounds=[1,1,2,4]",
-            "round_temperatures=[0.0,0.7,0.7,0.7]"] if q else [])
+            "round_temperatures=[0.0,0.5,0.5,0.5]"] if q else [])
         ecfg.validate()
         res = evaluate(jse.load_pretrained(hf), load_tokenizer(hf),
                        get_task(ecfg.task, **ecfg.task_args), ecfg,
