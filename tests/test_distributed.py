@@ -102,8 +102,13 @@ def test_two_process_eval_equals_one_process(tmp_path):
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     assert two["summary"]["one"]["n"] == 4
-    for part in ("summary", "sweeps", "pool"):
+    for part in ("summary", "sweeps"):
         assert _without_wall(two[part]) == _without_wall(one[part]), part
+    # the pool's statistics include continuous ones of the scores (ECE), and scores computed on a
+    # tensor=2 mesh differ from one device's in the last float32 bits: equal within a tolerance
+    assert two["pool"].keys() == one["pool"].keys()
+    for k, v in one["pool"].items():
+        assert two["pool"][k] == pytest.approx(v, rel=1e-6, abs=1e-7, nan_ok=True), k
 
 
 def _without_wall(x) -> str:
