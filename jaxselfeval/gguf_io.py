@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.model.config import LlamaConfig
+from jaxselfeval.safetensors_io import _Lazy, save_file
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,6 @@ def convert_gguf(path, out_dir, *, dtype: str = "float32", overwrite: bool = Fal
     gguf_source.json). Tensors are dequantized to float32 (dtype: float32/bfloat16/float16 of the
     written tensors). The directory appears whole or not at all; an existing non-empty `out_dir`
     is refused unless `overwrite` and it is an earlier conversion (has gguf_source.json)."""
-    from jaxselfeval.hf_io import _Lazy, save_file
     from jaxselfeval.model.llama import as_dtype
 
     path, out = Path(path), Path(out_dir)

@@ -24,9 +24,11 @@ from safetensors import safe_open
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.fileio import check_replaceable, restore_aside, swap_dir
+from jaxselfeval.gguf_io import gguf_model_dir
 from jaxselfeval.lora import merge_lora
 from jaxselfeval.model.config import LlamaConfig, read_hf_config
 from jaxselfeval.model.llama import Llama, abstract_model, as_dtype, param_shapes
+from jaxselfeval.safetensors_io import _Lazy, save_file
 from jaxselfeval.sharding import RULES, local_mesh, state_shardings
 
 log = logging.getLogger(__name__)
@@ -132,8 +134,6 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
     """
     path = Path(path)
     if path.suffix == ".gguf":  # a llama.cpp file: converted once into the cache, then read
-        from jaxselfeval.gguf_io import gguf_model_dir
-
         path = gguf_model_dir(path)
     if not path.is_dir():
         raise JSEError(f"model directory '{path}' does not exist")
@@ -214,43 +214,6 @@ def _to_host(x) -> np.ndarray:
 
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(jax.device_get(x))
-
-
-_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-
-
-class _Lazy:
-    """A tensor written later: shape, numpy dtype, and `get()` -> the array (host)."""
-
-    def __init__(self, shape, dtype, fn):
-        self.shape, self.dtype, self.fn = tuple(shape), np.dtype(dtype), fn
-
-    def get(self) -> np.ndarray:
-        a = np.ascontiguousarray(np.asarray(self.fn()).astype(self.dtype))
-        if a.shape != self.shape:
-            raise ValueError(f"tensor has shape {a.shape}, expected {self.shape}")
-        return a
-
-
-def save_file(tensors: dict, filename: str, metadata: dict | None = None) -> None:
-    """`safetensors.numpy.save_file`, streamed: values are arrays or `_Lazy`, fetched one at a
-    time in file order (sorted names, as safetensors writes them) and written straight to disk,
-    so one tensor is on the host at a time. Same bytes as safetensors' own writer."""
-    items = sorted((k, v if isinstance(v, _Lazy) else _Lazy(v.shape, v.dtype, lambda v=v: v))
-                   for k, v in tensors.items())
-    header, off = ({"__metadata__": metadata} if metadata else {}), 0
-    for name, t in items:
-        n = math.prod(t.shape) * t.dtype.itemsize
-        header[name] = {"dtype": _ST_DTYPES[t.dtype.name], "shape": list(t.shape),
-                        "data_offsets": [off, off + n]}
-        off += n
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    with open(filename, "wb") as f:
-        f.write(len(hb).to_bytes(8, "little"))
-        f.write(hb)
-        for _name, t in items:
-            f.write(t.get().reshape(-1).view(np.uint8).data)
 
 
 _EXPORT_FILES = re.compile(r"config\.json|selfeval\.json|model\.safetensors(\.index\.json)?|"
