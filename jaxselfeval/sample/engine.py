@@ -99,11 +99,12 @@ def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no):
     return pn / jnp.maximum(py + pn, 1e-30), py, pn
 
 
-@functools.lru_cache(maxsize=32)
-def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int) -> SimpleNamespace:
-    """The jitted pieces for one model structure (`graphdef`), shared by every Engine of it: a
-    new Engine (e.g. each `generate()` call) or new weights of the same shapes compile nothing.
-    The sampling key is an argument (a new seed compiles nothing either)."""
+@functools.lru_cache(maxsize=8)
+def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> SimpleNamespace:
+    """The jitted pieces for one model structure (`graphdef`) on one mesh, shared by every Engine
+    of it: a new Engine (e.g. each `generate()` call) or new weights of the same shapes compile
+    nothing. The sampling key is an argument (a new seed compiles nothing either). Programs of
+    another mesh get their own (and at most 8 sets are kept alive)."""
     stops = tuple(stop_ids) or (-2,)
 
     def prefill(state, tokens, positions, cache):
@@ -169,7 +170,7 @@ class Engine:
         self.key = jax.random.PRNGKey(seed)
         self.top_k = int(top_k)
         self.cache_dtype = cache_dtype or model.compute_dtype
-        fns = compiled(self.graphdef, self.stop_ids, self.top_k)
+        fns = compiled(self.graphdef, self.stop_ids, self.top_k, self.mesh)
         self._prefill, self._first, self._decode, self._probe = (
             fns.prefill, fns.first, fns.decode, fns.probe)
 
