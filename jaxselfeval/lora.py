@@ -98,6 +98,25 @@ def load_lora_config(src=None, overrides: list[str] | None = None) -> LoRAConfig
     return LoRAConfig.from_dict(apply_overrides(base, overrides))
 
 
+def parse_lora_spec(spec: str | None) -> dict | None:
+    """A command line's LoRA settings "rank=16;alpha=32;targets=wq,wv" -> dict (None: no LoRA)."""
+    if spec is None:
+        return None
+    d = {}
+    for part in filter(None, (x.strip() for x in spec.split(";"))):
+        if "=" not in part:
+            raise JSEError(f"bad --lora '{spec}': write key=value;key=value, e.g. rank=16;targets=wq,wv")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if k == "targets":
+            d[k] = v
+            continue
+        try:
+            d[k] = float(v) if "." in v or "e" in v else int(v)
+        except ValueError:
+            raise JSEError(f"bad --lora value {k}={v!r}: give a number") from None
+    return d
+
+
 def _split_dims(name: str, shape, axes):
     n = N_IN[name]
     return shape[1:1 + n], shape[1 + n:], axes[1:1 + n], axes[1 + n:]

@@ -101,11 +101,12 @@ def run(args) -> int:
     n, modes = args.n, args.modes.split(",")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # transformers on the chip jax uses
     res = {"device": jax.devices()[0].device_kind, "n": n, "new_tokens": new, "rows": []}
     bw = roofline.memory_bandwidth()
     peaks = {dt: roofline.matmul_peak(getattr(jax.numpy, dt)) for dt in dtypes}
     res.update(bandwidth=bw, peaks=peaks)
-    print(f"device {res['device']}; torch threads {torch.get_num_threads()}; {n} candidates x "
+    print(f"device {res['device']}; transformers on {dev}; torch threads {torch.get_num_threads()}; {n} candidates x "
           f"{new} new tokens after a {args.prompt_len}-token prompt; measured bandwidth "
           f"{bw / 1e9:.1f} GB/s, matmul peak " +
           ", ".join(f"{dt} {p / 1e9:.0f} GFLOP/s" for dt, p in peaks.items()))
@@ -117,11 +118,11 @@ def run(args) -> int:
         cfg = _config(name)
         d = _export(cfg, args.logit_std)
         prompt = rng.integers(0, cfg.vocab_size, args.prompt_len).tolist()
-        ids = torch.tensor([prompt] * n)  # n rows (transformers' greedy takes no num_return_sequences)
+        ids = torch.tensor([prompt] * n, device=dev)  # n rows (transformers' greedy takes no num_return_sequences)
         for dt in dtypes:
             model = jse.load_pretrained(d, dt, compute_dtype=dt)
             eng = Engine(model, seed=0)
-            tm = LlamaForCausalLM.from_pretrained(d, dtype=getattr(torch, dt)).eval()
+            tm = LlamaForCausalLM.from_pretrained(d, dtype=getattr(torch, dt)).eval().to(dev)
             item = 2 if dt == "bfloat16" else 4
             rl = roofline.decode_step_bound(cfg, n, args.prompt_len, new, item, bw, peaks[dt])
             for mode in modes:
@@ -138,6 +139,8 @@ def run(args) -> int:
                     with torch.no_grad():
                         tm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                                     min_new_tokens=new, eos_token_id=None, pad_token_id=0, **hf)
+                    if dev == "cuda":
+                        torch.cuda.synchronize()
 
                 t_ours, t_hf = _timed(ours), _timed(theirs)
                 goal = 3.0 if name == "tiny" else 1.5

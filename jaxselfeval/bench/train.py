@@ -37,22 +37,11 @@ def add_arguments(p):
 
 def _time(fn, n):
     fn()  # warm-up / compile
+    fn()  # a second call: a step whose outputs changed its input types would compile here
     t = time.perf_counter()
     for _ in range(n):
         fn()
     return (time.perf_counter() - t) / n
-
-
-def matmul_peak(n: int = 2048, dtype="bfloat16") -> float:
-    """Measured FLOP/s of an [n, n] x [n, n] matmul (f32 accumulation)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), dtype)
-    b = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    s = _time(lambda: f(a, b).block_until_ready(), 5)
-    return 2 * n**3 / s
 
 
 def _step(model, mode, lora_spec, mesh):
@@ -60,14 +49,18 @@ def _step(model, mode, lora_spec, mesh):
     from flax import nnx
 
     from jaxselfeval import lora as lora_mod
-    from jaxselfeval.commands.plan import _lora
+    from jaxselfeval.sharding import shard_model
     from jaxselfeval.train import TrainConfig, lm_loss
     from jaxselfeval.train.step import (init_opt_state, jit_train_step, make_optimizer,
                                         make_train_step)
 
     tx = make_optimizer(TrainConfig())
     if mode == "lora":
-        lora_mod.add_lora(model, _lora(lora_spec))
+        lora_mod.add_lora(model, lora_mod.parse_lora_spec(lora_spec))
+    # placed on the mesh before the first call, as the trainer does: unplaced parameters have
+    # another type than the step's outputs, and the second step would compile again
+    shard_model(model, mesh)
+    if mode == "lora":
         graphdef, lora, frozen = lora_mod.split_trainable(model)
         opt = init_opt_state(tx, lora, mesh)
         step = lora_mod.jit_lora_step(lora_mod.make_lora_train_step(graphdef, lm_loss, tx),
@@ -94,13 +87,14 @@ def run(args) -> int:
     import numpy as np
 
     import jaxselfeval as jse
+    from jaxselfeval.bench.roofline import matmul_peak
     from jaxselfeval.configs import load_model_config
     from jaxselfeval.model.attention import record_impls
     from jaxselfeval.sharding import make_mesh
 
     cfg = load_model_config(args.model)
-    peak = matmul_peak()
-    peak32 = matmul_peak(dtype="float32")
+    peak = matmul_peak(jax.numpy.bfloat16)
+    peak32 = matmul_peak(jax.numpy.float32)
     rng = np.random.default_rng(0)
     batch = {"tokens": rng.integers(0, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32),
              "mask": np.ones((args.batch, args.seq), np.float32)}

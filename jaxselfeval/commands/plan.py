@@ -50,34 +50,15 @@ def add_arguments(p):
     p.add_argument("--json", default=None, help="also write the figures as JSON to this path")
 
 
-def _lora(spec):
-    if spec is None:
-        return None
-    from jaxselfeval.errors import JSEError
-
-    d = {}
-    for part in filter(None, (x.strip() for x in spec.split(";"))):
-        if "=" not in part:
-            raise JSEError(f"bad --lora '{spec}': write key=value;key=value, e.g. rank=16;targets=wq,wv")
-        k, v = (x.strip() for x in part.split("=", 1))
-        if k == "targets":
-            d[k] = v
-            continue
-        try:
-            d[k] = float(v) if "." in v or "e" in v else int(v)
-        except ValueError:
-            raise JSEError(f"bad --lora value {k}={v!r}: give a number") from None
-    return d
-
-
 def run(args) -> int:
+    from jaxselfeval.lora import parse_lora_spec
     from jaxselfeval.plan import PlanConfig, format_plan, mesh_devices, run_plan, simulate_devices
 
     pc = PlanConfig(model=args.config, mesh=args.mesh, chip=args.chip,
                     programs=tuple(x.strip() for x in args.only.split(",") if x.strip()),
                     batch=args.batch, seq=args.seq, grad_accum=args.grad_accum,
                     remat=not args.no_remat, param_dtype=args.param_dtype,
-                    compute_dtype=args.compute_dtype, lora=_lora(args.lora),
+                    compute_dtype=args.compute_dtype, lora=parse_lora_spec(args.lora),
                     decode_batch=args.decode_batch, n=args.n, prompt_len=args.prompt_len,
                     max_new=args.max_new, weights_dtype=args.weights_dtype,
                     backend=args.backend, activation_sharding=not args.no_activation_sharding,

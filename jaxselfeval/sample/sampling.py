@@ -7,10 +7,13 @@ vocabulary sizes):
 - top_p >= 1 (no nucleus): inverse CDF over the vocabulary in id order, a two-level cumulative sum
   (block sums, then one block), O(V);
 - top_p < 1: the nucleus is the shortest prefix of the tokens sorted by probability (descending,
-  ties by lower id) whose mass reaches top_p; it is read from a `lax.top_k` prefix of K
-  candidates. When the K candidates provably cover the nucleus (their mass >= top_p + a rounding
-  margin), the prefix gives exactly what the full sort gives; otherwise a larger K is tried, and
-  last the full sort (`lax.cond`: only the tier taken runs);
+  ties by lower id) whose mass reaches top_p. A bisection on the probability value (O(V) per step,
+  `BISECT_STEPS` steps) finds a threshold whose set {p >= threshold} holds that mass; the set is
+  compacted into K slots (ids ascending) and only those K are sorted. The set is a whole prefix of
+  the sorted order (ties included), so when it fits in K and its mass provably covers the nucleus
+  (>= top_p + a rounding margin), the draw is exactly what the full sort gives; otherwise a larger
+  K is tried, and last the full sort (`lax.cond`: only the tier taken runs). No `lax.top_k`:
+  XLA:CPU lowers it to a full sort of [B, V];
 - engine-level top_k > 0: the prefix of top_k candidates, renormalised (no fallback needed).
 
 A row draws ONE uniform u from its key; the token is the first (in the order above) whose
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 # the rounding of a float32 tree sum (|error| <= log2(V) * 2**-24 of the mass)
 TIERS = (64, 1024)
 MARGIN = 1e-5
+BISECT_STEPS = 16  # the threshold to within max(p) * 2**-16: a few extra tokens at most
 BLOCK = 256  # block size of the two-level inverse CDF
 
 
@@ -101,23 +105,51 @@ def _probs(logits, temperature):
 
 
 def _top_k(p, k):
-    """lax.top_k. (An optimization barrier on its outputs kept XLA:CPU from turning the TopK into
-    a full sort of [B, V], 2 s instead of 0.1 s, but XLA's TopK decomposer aborts the process on
-    it when the program is sharded over a mesh: tests/test_generate.py's fsdp x tensor run.)"""
+    """lax.top_k (engine-level top_k only). XLA:CPU lowers it to a full sort of [B, V]."""
     return jax.lax.top_k(p, k)
+
+
+def _threshold(p, target):
+    """p [B, V] >= 0, target [B] -> [B] f32: about the largest t with sum(p[p >= t]) >= target
+    (bisection on [0, max p]; 0 when no t reaches it)."""
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = 0.5 * (lo + hi)
+        ok = jnp.sum(jnp.where(p >= mid[:, None], p, 0.0), axis=-1) >= target
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo = jnp.zeros(p.shape[:1], p.dtype)
+    return jax.lax.fori_loop(0, BISECT_STEPS, body, (lo, jnp.max(p, axis=-1)))[0]
+
+
+def _prefix_above(p, t, k):
+    """The tokens with p >= t [B], compacted into k slots and sorted descending (ties: lower id
+    first), empty slots p = 0 and id V: (vals f32 [B, k], ids int32 [B, k]). Exact when the set
+    has at most k tokens. The j-th kept id is where the running count of kept tokens first
+    reaches j + 1 (a binary search per slot: no scatter over V)."""
+    B, V = p.shape
+    running = _cumsum((p >= t[:, None]).astype(jnp.int32))  # [B, V], non-decreasing
+    want = jnp.arange(1, k + 1, dtype=jnp.int32)
+    idx = jax.vmap(lambda r: jnp.searchsorted(r, want, side="left"))(running).astype(jnp.int32)
+    vals = jnp.where(idx < V, jnp.take_along_axis(p, jnp.minimum(idx, V - 1), axis=-1), 0.0)
+    neg, idx = jax.lax.sort((-vals, idx), dimension=-1, is_stable=True, num_keys=1)
+    return -neg, idx
 
 
 def _nucleus_fast(p, top_p, u, need):
     """Nucleus draws for rows `need` (bool [B]) through the tiers of TIERS, then the full sort."""
+    t = _threshold(p, top_p + 2 * MARGIN)
+    count = jnp.sum(p >= t[:, None], axis=-1)  # [B]
+
     def tier(i):
         if i == len(TIERS) or TIERS[i] >= p.shape[-1]:
             return lambda: _draw_prefix(*_sorted(p), top_p, u)[0]
 
         def run():
-            tok, ok = _draw_prefix(*_top_k(p, TIERS[i]), top_p, u)
+            tok, ok = _draw_prefix(*_prefix_above(p, t, TIERS[i]), top_p, u)
             return jax.lax.cond(jnp.all(ok | ~need), lambda: tok, tier(i + 1))
 
-        return run
+        return lambda: jax.lax.cond(jnp.all((count <= TIERS[i]) | ~need), run, tier(i + 1))
 
     return tier(0)()
 
