@@ -68,6 +68,20 @@ def cases(tok):
             (prompt, cut, template_text(tok, q, tok.decode(cut)))]
 
 
+def test_sft_rows_end_with_the_template_stop_token(tok):
+    """Supervised rows end where the template ends an assistant turn (ChatML: <|im_end|>, not
+    Llama 3's <|eot_id|>, which a ChatML vocabulary lacks), and that token is trained."""
+    from jaxselfeval.train.data import encode_segments
+
+    msgs = [{"role": "user", "content": "What is 3 + 4?"}]
+    toks, mask, _ = encode_segments(tok, [(msgs, [("3 + 4 = 7\n#### 7", True)])], 256,
+                                    train_eot=True)
+    n = int((mask[0] > 0).nonzero()[0].max()) + 1  # last trained position + 1: the stop token
+    assert toks[0, n] == tok.eos_token_id == probe_spec(tok).eot
+    assert list(toks[0, :n + 1]) == encode_chat(tok, msgs + [
+        {"role": "assistant", "content": "3 + 4 = 7\n#### 7"}])[:n + 1]
+
+
 def test_eot_is_the_tokenizer_stop_token(tok):
     assert probe_spec(tok).eot == tok.eos_token_id
 

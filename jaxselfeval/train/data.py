@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.tokenizer import encode_chat
+from jaxselfeval.tokenizer import assistant_turn_close, encode_chat
 
 
 def padded_len(n: int, multiple: int = 16) -> int:
@@ -27,7 +27,8 @@ def padded_len(n: int, multiple: int = 16) -> int:
 
 
 def encode_sft(tok, task, examples, seq_len: int):
-    """Prompt (chat template, generation prompt) + solution + <|eot_id|>, right-padded.
+    """Prompt (chat template, generation prompt) + solution + the turn's stop token (Llama 3:
+    <|eot_id|>; ChatML: <|im_end|>), right-padded.
 
     Returns tokens int32 [N, seq_len], loss_mask f32 [N, seq_len] (1 at position t when
     tokens[t + 1] is an answer token: the mask is aligned with the inputs, targets are
@@ -39,11 +40,11 @@ def encode_sft(tok, task, examples, seq_len: int):
 
 def encode_segments(tok, docs, seq_len: int, *, train_eot: bool = False, what: str = "document"):
     """Like encode_sft for documents whose response is [(text, trained)] segments (each
-    tokenised on its own, then <|eot_id|>, trained when train_eot): the loss mask is 1 only
+    tokenised on its own, then the template's stop token, trained when train_eot): the loss mask is 1 only
     where the next token belongs to a trained segment. docs: [(messages, segments)]. Same
     returns as encode_sft."""
     toks, masks, dropped = [], [], 0
-    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    eot = assistant_turn_close(tok)[0]  # where generation stops (read off the chat template)
     pad = tok.pad_token_id or 0
     for messages, segments in docs:
         ids = encode_chat(tok, messages)
