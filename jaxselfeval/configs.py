@@ -105,6 +105,18 @@ def _coerce(key: str, val, hint):
     return val
 
 
+def describe_defaults(cls) -> str:
+    """"key=default, ..." of a config dataclass, for --help (default factories called)."""
+    def value(f):
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        if f.default_factory is not dataclasses.MISSING:
+            return f.default_factory()
+        return "(required)"
+
+    return ", ".join(f"{f.name}={value(f)}" for f in dataclasses.fields(cls))
+
+
 def load_dataclass_config(cls, path=None, overrides: list[str] | None = None, *,
                           defaults: dict | None = None):
     """`cls(**values)` from its defaults, then `defaults`, then the YAML file at `path` (a path or

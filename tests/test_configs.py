@@ -35,7 +35,8 @@ def test_bad_values_name_the_key(ov, msg):
         load_dataclass_config(SelfEvalConfig, "selfeval_tiny", [ov])
 
 
-@pytest.mark.parametrize("cmd,keys", [("eval", ["combined_keep=0.25", "keep_fractions=", "limit=300"]),
+@pytest.mark.parametrize("cmd,keys", [("eval", ["combined_keep=0.25", "keep_fractions=", "limit=300",
+                                                "task_args={}"]),
                                       ("generate", ["keep_fraction=0.125", "threshold=0.8"])])
 def test_help_lists_every_setting_with_its_default(cmd, keys, capsys):
     from jaxselfeval.cli import main
@@ -46,6 +47,7 @@ def test_help_lists_every_setting_with_its_default(cmd, keys, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for k in keys:
         assert k in text, k
+    assert "MISSING" not in text  # a field with a default factory shows its value (task_args={})
 
 
 @pytest.mark.parametrize("ov, msg", [

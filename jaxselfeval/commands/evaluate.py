@@ -17,16 +17,14 @@ def add_arguments(p):
     p.add_argument("--out", default="runs/eval",
                    help="output directory; each finished chunk of prompts is kept in OUT/chunks, so "
                         "re-running after a kill resumes (on several hosts: a directory all see)")
-    import dataclasses
-
+    from jaxselfeval.configs import describe_defaults
     from jaxselfeval.evaluate.harness import EvalConfig
 
     p.add_argument("overrides", nargs="*", help="key=value settings: limit problems, task_args.seed=1 for "
                    "other problems of the task, n samples for "
                    "Best-of-n, adaptive rounds / round_temperatures / threshold (and the sweep's "
                    "thresholds), prune_at token counts x keep_fractions for pruning, combined_keep "
-                   "for adaptive + pruning (defaults: " + ", ".join(
-                       f"{f.name}={f.default}" for f in dataclasses.fields(EvalConfig)) + ")")
+                   "for adaptive + pruning (defaults: " + describe_defaults(EvalConfig) + ")")
     p.add_argument("--reward-model", default=None,
                    help="HF LlamaForSequenceClassification directory on the policy's tokenizer: "
                         "adds the Best-of-n-by-reward-model baseline to the report")

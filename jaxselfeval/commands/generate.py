@@ -41,6 +41,7 @@ class GenerateConfig:
 
 def add_arguments(p):
     from jaxselfeval.commands.placement import add_placement_arguments
+    from jaxselfeval.configs import describe_defaults
 
     p.add_argument("--model", default=None,
                    help="HF model directory, self-eval-trained for bon/adaptive/prune (default: "
@@ -62,8 +63,8 @@ def add_arguments(p):
                    help="bon_rm: HF LlamaForSequenceClassification directory on the policy's "
                         "tokenizer (its reward of the chosen response is written as 'reward')")
     add_placement_arguments(p)
-    p.add_argument("overrides", nargs="*", help="key=value settings (defaults: " + ", ".join(
-        f"{f.name}={f.default}" for f in dataclasses.fields(GenerateConfig)) + ")")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value settings (defaults: " + describe_defaults(GenerateConfig) + ")")
 
 
 @dataclasses.dataclass(frozen=True)
