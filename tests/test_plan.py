@@ -45,6 +45,8 @@ def test_plan_8b_on_8_simulated_devices(capsys, tmp_path):
 
 
 def test_plan_does_not_fit_and_lora(capsys, tmp_path):
+    # JAX started with the suite's 8 devices (run alone, the first plan would start it with 1)
+    assert jax.device_count() == 8
     text, res = _plan(capsys, tmp_path, "--mesh", "fsdp=1", "--chip", "v5e", "--only", "train",
                       "--batch", "1", "--seq", "64")
     assert res["programs"]["train"]["arguments"] > 12 * P8B  # 96 GB of state on one chip
