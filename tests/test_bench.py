@@ -26,9 +26,14 @@ def test_bench_train_step_compiles_once(mode):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, *a, **k: compiles.append(name) if name == COMPILE_EVENT else None)
-    with jax.set_mesh(mesh):
-        fn(state, batch)["loss"].block_until_ready()
-        first = len(compiles)
-        for _ in range(2):
+    cached = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # every compile is a compile here
+    try:
+        with jax.set_mesh(mesh):
             fn(state, batch)["loss"].block_until_ready()
+            first = len(compiles)
+            for _ in range(2):
+                fn(state, batch)["loss"].block_until_ready()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cached)
     assert first >= 1 and len(compiles) == first, compiles
