@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 import jaxselfeval as jse
+from jaxselfeval.evaluate.harness import pool_stats
 from jaxselfeval.evaluate.records import PromptRecord, aggregate, gain_recovered
 from jaxselfeval.sample import Engine
+from jaxselfeval.selfeval.metrics import auroc
 from jaxselfeval.strategies import (AdaptiveConfig, PruneConfig, Runner, adaptive, pool_records,
                                     prune_records, threshold_sweep)
+from jaxselfeval.strategies.run import combined_score
 from jaxselfeval.tasks import get_task
 from jaxselfeval.tokenizer import build_tokenizer
 
@@ -178,6 +181,13 @@ def test_pool_strategies_and_counting():
     pool["likelihood"] = np.array([[-0.5, -0.1, -0.2, -0.3], [-0.1, -0.9, -0.2, -0.3]])
     lik = pool_records(pool, exs, "bon_likelihood", probe_len=5)
     assert [r.correct for r in lik] == [1, 0] and [r.probe_tokens for r in lik] == [0, 0]
+    # log score + likelihood: cand 3 in both prompts (-0.52 and -1.22), where the score alone
+    # picks a wrong answer in prompt 0 and the likelihood alone one in prompt 1
+    both = pool_records(pool, exs, "bon_combined", probe_len=5)
+    assert [r.correct for r in both] == [1, 1] and [r.probe_tokens for r in both] == [20, 20]
+    stats = pool_stats(pool["correct"], pool["score"], pool["likelihood"])
+    assert stats["combined_auroc"] == pytest.approx(
+        auroc(combined_score(pool["score"], pool["likelihood"]).ravel(), pool["correct"].ravel()))
     agg = aggregate(bon)
     assert agg["accuracy"] == 0.5 and agg["mean_samples"] == 4 and agg["mean_tokens"] == 50.5
     assert gain_recovered(0.6, 0.5, 0.7) == pytest.approx(0.5)

@@ -12,6 +12,7 @@ import numpy as np
 from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.records import aggregate, gain_recovered
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
+from jaxselfeval.strategies.run import combined_score
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None) -
            "auroc_within": M.auroc_within(score.ravel(), c, groups),
            "ece": M.ece(score.ravel(), targets)}
     if likelihood is not None:
-        both = np.log(np.maximum(score, 1e-9)) + likelihood
+        both = combined_score(score, likelihood)
         out.update({"likelihood_auroc": M.auroc(likelihood.ravel(), c),
                     "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), c, groups),
                     "combined_auroc": M.auroc(both.ravel(), c),

@@ -38,6 +38,12 @@ class Runner:
         return self.task.verify(example, self.tok.decode(ids))
 
 
+def combined_score(score, likelihood):
+    """Self-evaluation x likelihood, the `bon_combined` ranking: log score + the policy's mean
+    token log-probability (arrays of one shape; scores floored at 1e-9)."""
+    return np.log(np.maximum(score, 1e-9)) + likelihood
+
+
 def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,), offset=0):
     """n full samples per prompt, probed at each `probe_at` token count and at the end.
 
@@ -100,7 +106,7 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
         elif strategy == "bon_likelihood":  # the policy's own log-probability, free with decoding
             j, n_used, toks = int(np.argmax(pool["likelihood"][g, :n])), n, L.sum()
         elif strategy == "bon_combined":
-            both = np.log(np.maximum(s, 1e-9)) + pool["likelihood"][g, :n]
+            both = combined_score(s, pool["likelihood"][g, :n])
             j, n_used, toks, probes = int(np.argmax(both)), n, L.sum(), n * probe_len
         elif strategy == "majority":  # the first candidate that gave the most common answer
             answers = pool["answers"][g][:n]
