@@ -106,8 +106,9 @@ def run(args) -> int:
     bw = roofline.memory_bandwidth()
     peaks = {dt: roofline.matmul_peak(getattr(jax.numpy, dt)) for dt in dtypes}
     res.update(bandwidth=bw, peaks=peaks)
-    print(f"device {res['device']}; transformers on {dev}; torch threads {torch.get_num_threads()}; {n} candidates x "
-          f"{new} new tokens after a {args.prompt_len}-token prompt; measured bandwidth "
+    print(f"device {res['device']}; transformers on {dev}; torch threads "
+          f"{torch.get_num_threads()}; {n} candidates x {new} new tokens after a "
+          f"{args.prompt_len}-token prompt; measured bandwidth "
           f"{bw / 1e9:.1f} GB/s, matmul peak " +
           ", ".join(f"{dt} {p / 1e9:.0f} GFLOP/s" for dt, p in peaks.items()))
     print(f"{'shape':13s} {'dtype':8s} {'mode':6s} {'params':>7s} {'ours tok/s':>10s} "

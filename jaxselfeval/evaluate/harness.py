@@ -12,7 +12,7 @@ import numpy as np
 from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.records import aggregate, gain_recovered
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
-from jaxselfeval.strategies.run import combined_score
+from jaxselfeval.strategies import run as S
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
     from jaxselfeval.distributed import barrier, host_shard
     from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
     from jaxselfeval.fileio import write_atomic
-    from jaxselfeval.strategies import run as S
 
     cfg.validate()
     out = Path(out_dir)
@@ -115,7 +114,6 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
 def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> dict:
     """Every strategy on one chunk of problems (global offset s) -> {recs, sweeps, wall, pooled}
     (see `jaxselfeval.evaluate.chunks.encode`)."""
-    from jaxselfeval.strategies import run as S
 
     recs: dict[str, list] = {}
     sweeps: dict = {"threshold": {}, "threshold_pruned": {}, "prune": {}, "bon": {}}
@@ -184,7 +182,7 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None) -
            "auroc_within": M.auroc_within(score.ravel(), c, groups),
            "ece": M.ece(score.ravel(), targets)}
     if likelihood is not None:
-        both = combined_score(score, likelihood)
+        both = S.combined_score(score, likelihood)
         out.update({"likelihood_auroc": M.auroc(likelihood.ravel(), c),
                     "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), c, groups),
                     "combined_auroc": M.auroc(both.ravel(), c),
