@@ -223,3 +223,50 @@ def test_model_declares_its_adapter_slot():
 
     model.lora = Bias()
     assert np.abs(np.asarray(model(TOKS)) - ref).max() > 1e-3
+
+
+def test_kl_term_is_kl_to_the_model_with_its_adapter_off():
+    """make_loss's KL term: zero for a fresh adapter; for a trained one, KL(base || adapted) on
+    the masked positions, base = a plain model with the same weights (use_adapter=False), and
+    its gradient reaches only the adapter."""
+    from jaxselfeval.selfeval.train import make_loss
+
+    base = jse.create_model(CFG, seed=0)
+    base_logits = np.asarray(base(TOKS), np.float64)
+    model = add_lora(jse.create_model(CFG, seed=0), {"rank": 4, "alpha": 8,
+                                                      "targets": ["wq", "wv", "w_up"]})
+    np.testing.assert_array_equal(np.asarray(model.forward(TOKS, use_adapter=False)[0]),
+                                  base_logits.astype(np.float32))
+    mask = np.zeros(TOKS.shape, np.float32)
+    mask[:2, 3:9] = 1.0
+    batch = {"tokens": TOKS, "mask": mask, "last": np.full(4, 11, np.int32),
+             "target": np.asarray([1.0, 0.0, 0.5, 1.0], np.float32)}
+    loss = make_loss(5, 6, lm_weight=0.0, mass_weight=0.0, kl_weight=1.0)
+    assert float(loss(model, batch)[1]["kl"]) == 0.0  # fresh adapter: the base itself
+    _randomize_b(model)
+    adapted = np.asarray(model(TOKS), np.float64)
+    np.testing.assert_allclose(np.asarray(model.forward(TOKS, use_adapter=False)[0]),
+                               base_logits, atol=1e-6)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lb, la = log_softmax(base_logits[:, :-1]), log_softmax(adapted[:, :-1])
+    kl = (np.exp(lb) * (lb - la)).sum(-1)
+    want = (kl * mask[:, :-1]).sum() / mask[:, :-1].sum()
+    got = float(loss(model, batch)[1]["kl"])
+    assert want > 1e-4 and abs(got - want) <= 1e-4 * want + 1e-7
+    graphdef, lora, frozen = split_trainable(model)
+    g = jax.grad(lambda lo: loss(nnx.merge(graphdef, lo, frozen), batch)[0])(lora)
+    assert max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(g)) > 0
+
+
+def test_kl_weight_without_lora_is_a_clear_error(tmp_path):
+    from jaxselfeval.selfeval.train import SelfEvalConfig, train_selfeval
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "build_config.json").write_text('{"model": "x"}')
+    with pytest.raises(jse.JSEError, match="kl_weight needs lora"):
+        train_selfeval(SelfEvalConfig(data_dir=str(tmp_path / "data"), kl_weight=1.0, lora=None),
+                       progress=False)

@@ -126,6 +126,7 @@ def test_short_selfeval_training_exports_marked_model(tiny_dir, tmp_path):
     assert (tmp_path / "se" / "reliability.png").stat().st_size > 5000
     hist = json.loads((tmp_path / "se" / "validation.json").read_text())["history"]
     assert [h["step"] for h in hist] == [2, 4]
+    assert hist[-1]["brier_full"] == pytest.approx(final["brier_full"])  # the last step's is final
     assert jse.load_pretrained(out).config == jse.load_pretrained(tiny_dir).config
 
 

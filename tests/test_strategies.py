@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import jaxselfeval as jse
 from jaxselfeval.evaluate.harness import pool_stats
@@ -15,6 +16,7 @@ from jaxselfeval.sample import Engine
 from jaxselfeval.selfeval.metrics import auroc
 from jaxselfeval.strategies import (AdaptiveConfig, PruneConfig, Runner, adaptive, pool_records,
                                     prune_records, threshold_sweep)
+from jaxselfeval.strategies import run as S
 from jaxselfeval.strategies.run import combined_score
 from jaxselfeval.tasks import get_task
 from jaxselfeval.tokenizer import build_tokenizer
@@ -383,3 +385,44 @@ def test_eval_killed_midway_resumes_to_the_uninterrupted_result(setup, tmp_path,
     as32, as16 = jse.load_pretrained(bf, "float32"), jse.load_pretrained(bf, "bfloat16")
     assert chunk_format.fingerprint(cfg, as32, 6, False) != chunk_format.fingerprint(cfg, as16, 6,
                                                                                      False)
+
+
+def test_runner_top_p_reaches_every_sampled_draw(setup):
+    """A nucleus of one token (top_p tiny) makes every draw at T=1 the greedy one: the pool and
+    the adaptive rounds sample through the runner's top_p; top_p outside (0, 1] is refused."""
+    run, exs = setup
+    model = nnx.merge(run.eng.graphdef, run.eng.state)
+    narrow = Runner(model, run.tok, run.task, seed=0, max_new_tokens=12, top_p=1e-6)
+    P = run.prompts(exs)
+    greedy = Engine.outputs(run.eng.decode(P, run.branch(P, 1, 0.0)))
+    pool = S.sample_pool(narrow, exs, n=3, temperature=1.0, probe_at=(4,))
+    assert pool["outs"] == [g for g in greedy for _ in range(3)]
+    wide = S.sample_pool(run, exs, n=3, temperature=1.0, probe_at=(4,))
+    assert wide["outs"] != pool["outs"]  # without the cut, T=1 draws differ from greedy
+    recs = adaptive(narrow, exs, AdaptiveConfig((1, 2), 1.0, (1.0, 1.0), 3))
+    assert [r.output for r in recs] == greedy
+    with pytest.raises(jse.JSEError, match="top_p must be in"):
+        Runner(model, run.tok, run.task, top_p=0.0)
+
+
+def test_pool_stats_split_the_token_auroc_by_kind_of_response():
+    """by_kind: a kind whose wrong samples all score below every right one has AUROC 1 against
+    the right ones; a kind whose right and wrong samples score alike is at chance within it."""
+    from jaxselfeval.evaluate.report import kind_lines
+
+    correct = np.array([[1, 1, 0, 0], [1, 0, 1, 0]], float)
+    kind = np.array([[0, 0, 1, 0], [0, 1, 0, 0]])  # 0: worked, 1: direct
+    score = np.array([[0.9, 0.8, 0.1, 0.85], [0.7, 0.2, 0.6, 0.65]])
+    st = pool_stats(correct, score, kind=kind, kinds=("worked", "direct"))["by_kind"]
+    d, w = st["direct"], st["worked"]
+    assert (d["share"], d["accuracy"], d["wrong"]) == (0.25, 0.0, 2)
+    assert d["auroc_vs_right"] == 1.0 and d["auroc_within_vs_right"] == 1.0
+    assert np.isnan(d["auroc_in_kind"])  # no right direct answer
+    assert (w["share"], w["accuracy"], w["wrong"]) == (0.75, 4 / 6, 2)
+    # worked: right 0.9, 0.8 / 0.7, 0.6 vs wrong 0.85 / 0.65: within each prompt 1 of 2 pairs
+    assert w["auroc_within_in_kind"] == 0.5
+    assert w["auroc_in_kind"] == auroc(np.array([0.9, 0.8, 0.85, 0.7, 0.6, 0.65]),
+                                       np.array([1, 1, 0, 1, 1, 0]))
+    text = "\n".join(kind_lines({"by_kind": st}))
+    assert "| direct | 25.0% | 0.0% |" in text and "1.000 / 1.000 (2 wrong)" in text
+    assert "by_kind" not in pool_stats(correct, score)  # a task without kinds

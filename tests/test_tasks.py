@@ -239,3 +239,14 @@ def test_arithmetic_direct_share_answers_training_problems_directly():
     with pytest.raises(JSEError, match="direct_share"):
         get_task("arithmetic", direct_share=[0.5, 1.5, 0, 0])
     assert is_direct(" #### 12") and not is_direct("3 + 4 = 7\n#### 7")
+
+
+def test_response_kinds():
+    """arithmetic tells a worked response from a direct one; a task without kinds says -1."""
+    task = get_task("arithmetic", n_train=10, n_validation=2, n_test=2)
+    assert task.kinds == ("worked", "direct")
+    assert task.kinds[task.response_kind("3 + 4 = 7\n#### 7")] == "worked"
+    assert task.kinds[task.response_kind("  #### 7")] == "direct"
+    from jaxselfeval.tasks.gsm8k import GSM8KTask
+
+    assert GSM8KTask.kinds == () and GSM8KTask.response_kind(None, "#### 7") == -1

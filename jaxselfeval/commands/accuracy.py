@@ -12,6 +12,7 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, default=300, help="number of problems")
     p.add_argument("--n", type=int, default=16, help="samples per problem")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1 = none)")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", default=None, help="write the JSON result here")
     from jaxselfeval.commands.placement import add_placement_arguments
@@ -30,7 +31,8 @@ def run(args) -> int:
     model = load_model(path, args)
     tok = load_tokenizer(path)
     res = sample_accuracy(model, tok, get_task(args.task), split=args.split, limit=args.limit,
-                          n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+                          n=args.n, temperature=args.temperature, top_p=args.top_p,
+                          max_new_tokens=args.max_new_tokens)
     print(format_accuracy(res))
     if args.out:
         with open(args.out, "w") as f:

@@ -31,6 +31,7 @@ def run(args) -> int:
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.configs import load_dataclass_config
     from jaxselfeval.evaluate.harness import EvalConfig, evaluate
+    from jaxselfeval.evaluate.report import sampling_label, write_report
     from jaxselfeval.model.config import read_hf_config
     from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
     from jaxselfeval.selfeval.reward_model import load_reward_model
@@ -80,8 +81,6 @@ def run(args) -> int:
     if (ev_dir / "results.json").exists():
         log.info("stage 4/4: evaluation already done (%s)", ev_dir)
         res = json.loads((ev_dir / "results.json").read_text())
-        from jaxselfeval.evaluate.report import write_report
-
         write_report(res, ev_dir)  # the report follows this version's code
     else:
         log.info("stage 4/4: evaluating every strategy -> %s", ev_dir)
@@ -101,7 +100,7 @@ def run(args) -> int:
     text = ((ev_dir / "report.md").read_text() +
             "\n## Capability token (held-out prompts)\n\n| metric | value |\n| --- | --- |\n" + cal +
             "\n\n![reliability](reliability.png)\n\n## The policy after training\n\n"
-            f"sample@1 (T=1, {res['pool']['samples']} samples of the same problems): base model "
+            f"sample@1 ({sampling_label(res['config'])}, {res['pool']['samples']} samples of the same problems): base model "
             f"{100 * base_acc['sample@1']:.1f}%, after capability-token training {100 * trained:.1f}% "
             f"({100 * (trained - base_acc['sample@1']):+.1f} points; goal: within 2).\n")
     (out / "report.md").write_text(text)
@@ -151,7 +150,8 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
     path = out / "base_accuracy.json"
     if path.exists():
         cached = json.loads(path.read_text())
-        if (cached["problems"], cached["samples"]) == (ecfg["limit"], ecfg["n"]):
+        if ((cached["problems"], cached["samples"], cached["temperature"], cached.get("top_p", 1.0))
+                == (ecfg["limit"], ecfg["n"], ecfg["temperature"], ecfg.get("top_p", 1.0))):
             return cached
     import jaxselfeval as jse
     from jaxselfeval.evaluate.accuracy import sample_accuracy
@@ -162,7 +162,8 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
              ecfg["limit"])
     res = sample_accuracy(jse.load_pretrained(base), load_tokenizer(base), get_task(ecfg["task"], **ecfg.get("task_args", {})),
                           split=ecfg["split"], limit=ecfg["limit"], n=ecfg["n"],
-                          temperature=ecfg["temperature"], max_new_tokens=ecfg["max_new_tokens"],
+                          temperature=ecfg["temperature"], top_p=ecfg.get("top_p", 1.0),
+                          max_new_tokens=ecfg["max_new_tokens"],
                           seed=ecfg["seed"], progress=progress)
     from jaxselfeval.fileio import write_atomic
 

@@ -29,6 +29,7 @@ STRATEGIES = ("greedy", "sample", "bon", "bon_rm", "bon_likelihood", "majority",
 class GenerateConfig:
     n: int = 16  # candidates for bon / majority / prune (adaptive: max_samples)
     temperature: float = 1.0  # sample / bon / majority / prune
+    top_p: float = 1.0  # nucleus of every sampled draw (adaptive rounds too); 1 = none
     max_new_tokens: int = 256
     threshold: float = 0.8  # adaptive: stop a prompt once its best score reaches it
     rounds: tuple = (1, 1, 2, 4, 8)  # adaptive round sizes (the default is cut to n when larger)
@@ -88,6 +89,9 @@ class _Prompts:
         from jaxselfeval.tasks import extract_answer
 
         return extract_answer(text)
+
+    def response_kind(self, text):
+        return -1
 
 
 def _strategy_config(strategy: str, cfg: GenerateConfig):
@@ -170,7 +174,8 @@ def run(args) -> int:
         msgs += load_prompts(args.prompts, tok, max_prompt_len=context,
                              tokenizer_dir=path).messages
     items = [_Item(str(i), m) for i, m in enumerate(msgs)]
-    runner = Runner(model, tok, _Prompts(), seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+    runner = Runner(model, tok, _Prompts(), seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                    top_p=cfg.top_p)
     store = _store(args, cfg, msgs, model) if args.out else None
     rows = []
     bar = tqdm(total=len(items), desc=args.strategy, unit="prompt", disable=args.no_progress)

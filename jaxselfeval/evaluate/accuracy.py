@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def sample_accuracy(model, tokenizer, task, *, split="test", limit=300, n=16, temperature=1.0,
-                    max_new_tokens=96, batch_prompts=64, seed=0, progress=True) -> dict:
+                    top_p=1.0, max_new_tokens=96, batch_prompts=64, seed=0, progress=True) -> dict:
     """Draw n samples per problem. sample@1 = mean correctness over all samples (the unbiased
     estimate of one sample's accuracy); pass@n = share of problems with any correct sample."""
     from jaxselfeval.sample import Engine
@@ -25,13 +25,14 @@ def sample_accuracy(model, tokenizer, task, *, split="test", limit=300, n=16, te
     for s in tqdm(range(0, len(exs), batch_prompts), desc=f"sampling {split}", disable=not progress):
         chunk = exs[s:s + batch_prompts]
         P = eng.prefill([encode_chat(tokenizer, task.messages(e)) for e in chunk], prompt_offset=s)
-        C = eng.decode(P, eng.branch(P, n, max_new_tokens, temperature=temperature))
+        C = eng.decode(P, eng.branch(P, n, max_new_tokens, temperature=temperature,
+                                            top_p=top_p))
         outs = Engine.outputs(C)
         for i, e in enumerate(chunk):
             for j in range(n):
                 correct[s + i, j] = task.verify(e, tokenizer.decode(outs[i * n + j]))
     diffs = np.asarray([e.difficulty for e in exs])
-    res = {"problems": len(exs), "samples": n, "temperature": temperature,
+    res = {"problems": len(exs), "samples": n, "temperature": temperature, "top_p": top_p,
            "sample@1": float(correct.mean()), f"pass@{n}": float(correct.max(1).mean()),
            "by_difficulty": {int(d): {"sample@1": float(correct[diffs == d].mean()),
                                       f"pass@{n}": float(correct[diffs == d].max(1).mean()),
@@ -43,7 +44,8 @@ def sample_accuracy(model, tokenizer, task, *, split="test", limit=300, n=16, te
 
 def format_accuracy(res: dict) -> str:
     n = res["samples"]
-    lines = [f"| difficulty | problems | sample@1 (T={res['temperature']}) | pass@{n} |",
+    how = f"T={res['temperature']}" + (f", top-p {res['top_p']}" if res.get("top_p", 1.0) < 1 else "")
+    lines = [f"| difficulty | problems | sample@1 ({how}) | pass@{n} |",
              "| --- | --- | --- | --- |"]
     for d, r in res["by_difficulty"].items():
         lines.append(f"| {d} | {r['problems']} | {100 * r['sample@1']:.1f}% | {100 * r[f'pass@{n}']:.1f}% |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ class EvalConfig:
     limit: int = 300
     n: int = 16
     temperature: float = 1.0
+    top_p: float = 1.0  # nucleus of every sampled draw (pool and adaptive rounds); 1 = none
     max_new_tokens: int = 96
     batch_prompts: int = 100
     rounds: tuple = (1, 1, 2, 4, 8)  # the default is cut to n when it draws more (rounds_for_n)
@@ -92,7 +94,8 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
         log.info("process %d evaluates %d of the %d missing chunks", jax.process_index(),
                  len(mine), len(todo))
     if mine:
-        run = S.Runner(model, tokenizer, task, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+        run = S.Runner(model, tokenizer, task, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                       top_p=cfg.top_p)
         pc = PruneConfig(cfg.n, min(cfg.prune_at), min(cfg.keep_fractions), cfg.temperature)
         # compile both timed paths once so the side-by-side wall times exclude compilation
         S.full_run_wall(run, exs[:cfg.batch_prompts], cfg.n, cfg.temperature)
@@ -101,7 +104,7 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
             store.write(s, _evaluate_chunk(run, rm, exs[s:s + cfg.batch_prompts], s, cfg, pc))
     barrier("jse_eval_chunks")
     if main:
-        result = _summarize(merge([store.read(s) for s in starts]), cfg)
+        result = _summarize(merge([store.read(s) for s in starts]), cfg, getattr(task, "kinds", ()))
         write_atomic(out / "results.json", json.dumps(result, indent=2, default=float))
         from jaxselfeval.evaluate.report import plots, write_report
 
@@ -113,16 +116,26 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
 
 def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> dict:
     """Every strategy on one chunk of problems (global offset s) -> {recs, sweeps, wall, pooled}
-    (see `jaxselfeval.evaluate.chunks.encode`)."""
+    (see `jaxselfeval.evaluate.chunks.encode`). Logs the seconds each part took."""
 
     recs: dict[str, list] = {}
     sweeps: dict = {"threshold": {}, "threshold_pruned": {}, "prune": {}, "bon": {}}
+    took: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        took[name] = now - clock[0]
+        clock[0] = now
+
     pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                          offset=s)
+    lap("pool")
     names = ["one", "bon_self", "bon_likelihood", "bon_combined", "majority", "oracle"]
     if rm is not None:
         S.add_rm_scores(pool, rm)
         names.append("bon_rm")
+        lap("reward model")
     for name in names:
         recs[name] = S.pool_records(pool, ch, name, probe_len=run.probe_len)
     for k in (1, 2, 4, 8, 16):
@@ -132,35 +145,44 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
         for f in cfg.keep_fractions:
             sc = PruneConfig(cfg.n, t, f, cfg.temperature)  # `pc` stays the timed setting
             sweeps["prune"][f"{t}:{f}"] = S.prune_records(pool, ch, sc, run.probe_len)
+    lap("pool strategies")
     recs["greedy"] = _greedy(run, ch, s)
+    lap("greedy")
     acfg, both = cfg.adaptive_configs()
     recs["adaptive"] = S.adaptive(run, ch, acfg, offset=s)
     recs["adaptive_pruned"] = S.adaptive(run, ch, both, offset=s)
+    lap("adaptive runs")
     for kind, c in (("threshold", acfg), ("threshold_pruned", both)):
         _, rounds = S.adaptive(run, ch, c, offset=s, trace=True)
         sweeps[kind] = S.threshold_sweep(rounds, ch, cfg.thresholds)
+    lap("threshold sweeps")
     # side by side: Best-of-n decoded fully vs pruned at the earliest point
     wall = {"bon_full": S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s),
             "adaptive": sum(r.wall_s for r in recs["adaptive"]),
             "adaptive_pruned": sum(r.wall_s for r in recs["adaptive_pruned"])}
     recs["pruned_run"], wall["pruned"] = S.prune_run(run, ch, pc, offset=s)
-    pooled = {k: pool[k] for k in ("correct", "score", "likelihood", "length")}
+    lap("timed Best-of-n vs pruned")
+    log.info("chunk at %d: %s", s, ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
+    pooled = {k: pool[k] for k in ("correct", "score", "likelihood", "length", "kind")}
     pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
     return {"recs": recs, "sweeps": sweeps, "wall": wall, "pooled": pooled}
 
 
-def _summarize(part: dict, cfg: EvalConfig) -> dict:
-    """Merged chunks -> results.json's content (aggregates, sweeps, headline, pool statistics)."""
+def _summarize(part: dict, cfg: EvalConfig, kinds=()) -> dict:
+    """Merged chunks -> results.json's content (aggregates, sweeps, headline, pool statistics;
+    `kinds`: the task's names of the ways a response can go)."""
     summary = {k: aggregate(v) for k, v in part["recs"].items()}
     sw = {kind: {k: aggregate(v) for k, v in d.items()} for kind, d in part["sweeps"].items()}
     p = part["pooled"]
     return {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw,
             "wall_s": part["wall"], "headline": _headline(summary, sw, part["wall"], cfg),
             "pool": pool_stats(p["correct"], p["score"], p["likelihood"], length=p["length"],
-                               score_at={t: p[f"score_at{t}"] for t in cfg.prune_at})}
+                               score_at={t: p[f"score_at{t}"] for t in cfg.prune_at},
+                               kind=p.get("kind"), kinds=kinds)}
 
 
-def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None) -> dict:
+def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None, kind=None,
+               kinds=()) -> dict:
     """Of the pooled samples (correct, score, likelihood, length: [P, n]): sample@1 (mean
     correctness of all samples, the policy's accuracy), and how the final self-evaluation score
     (and the policy's own mean token log-probability) separates right from wrong, pooled over
@@ -169,7 +191,13 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None) -
 
     score_at {t: [P, n]}: the score after t tokens, a response that finished sooner scored as its
     complete self (what pruning at t sees): "auroc_at{t}" over every sample, and
-    "auroc_trunc{t}" over the samples still running at t only."""
+    "auroc_trunc{t}" over the samples still running at t only.
+
+    kind [P, n] (index into `kinds`, the ways a response went): "by_kind" {name: share, accuracy,
+    mean score; the AUROC of this kind's wrong samples against every right sample ("vs_right",
+    pooled and within a prompt: how well the token sees this kind of mistake) and of right vs
+    wrong among this kind only ("in_kind", and the mean token log-probability's within a
+    prompt)}."""
     from jaxselfeval.selfeval import metrics as M
 
     from jaxselfeval.selfeval.labels import capability_targets
@@ -187,6 +215,9 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None) -
                     "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), c, groups),
                     "combined_auroc": M.auroc(both.ravel(), c),
                     "combined_auroc_within": M.auroc_within(both.ravel(), c, groups)})
+    if kind is not None and len(kinds):
+        out["by_kind"] = _by_kind(c, score.ravel(), groups, np.asarray(kind).ravel(), kinds,
+                                  None if likelihood is None else likelihood.ravel())
     for t, s in (score_at or {}).items():
         s = s.ravel()
         out[f"auroc_at{t}"] = M.auroc(s, c)
@@ -198,12 +229,35 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None) -
     return out
 
 
+def _by_kind(c, s, groups, kind, kinds, lik) -> dict:
+    """`pool_stats`' "by_kind" from flat [N] arrays (see there)."""
+    from jaxselfeval.selfeval import metrics as M
+
+    out = {}
+    right = c > 0.5
+    for i, name in enumerate(kinds):
+        k = kind == i
+        if not k.any():
+            continue
+        vs = right | (k & ~right)  # every right sample, and this kind's wrong ones
+        d = {"share": float(k.mean()), "accuracy": float(c[k].mean()),
+             "mean_score": float(s[k].mean()), "wrong": int((k & ~right).sum()),
+             "auroc_vs_right": M.auroc(s[vs], c[vs]),
+             "auroc_within_vs_right": M.auroc_within(s[vs], c[vs], groups[vs]),
+             "auroc_in_kind": M.auroc(s[k], c[k]),
+             "auroc_within_in_kind": M.auroc_within(s[k], c[k], groups[k])}
+        if lik is not None:
+            d["likelihood_auroc_within_in_kind"] = M.auroc_within(lik[k], c[k], groups[k])
+        out[name] = d
+    return out
+
+
 def _greedy(run, ch, offset):
     from jaxselfeval.evaluate.records import PromptRecord
     from jaxselfeval.sample import Engine
 
     P = run.prompts(ch, offset)
-    C = run.eng.decode(P, run.eng.branch(P, 1, run.max_new, temperature=0.0))
+    C = run.eng.decode(P, run.branch(P, 1, 0.0))
     outs = Engine.outputs(C)
     return [PromptRecord(e.id, run.correct(e, outs[i]), 1, len(outs[i]), difficulty=e.difficulty)
             for i, e in enumerate(ch)]

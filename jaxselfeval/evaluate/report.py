@@ -193,13 +193,43 @@ def _combined_line(result: dict) -> list[str]:
             f"({h['adaptive_pruned_tokens_vs_adaptive']:.2f}x the tokens)."]
 
 
+def _f3(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def kind_lines(pool: dict) -> list[str]:
+    """The token's AUROC by kind of mistake (the task's ways a response can go), when the pool
+    has them: what the token sees and what it cannot."""
+    bk = pool.get("by_kind")
+    if not bk:
+        return []
+    lines = ["", "## What the token sees, by kind of response", "",
+             "| kind | share of samples | right | mean score | its wrong ones vs every right "
+             "one: AUROC pooled / within a prompt | right vs wrong among this kind: pooled / "
+             "within | (mean token log-prob, within) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, d in bk.items():
+        lines.append(f"| {name} | {_pct(d['share'])} | {_pct(d['accuracy'])} | "
+                     f"{d['mean_score']:.3f} | {_f3(d['auroc_vs_right'])} / "
+                     f"{_f3(d['auroc_within_vs_right'])} ({d['wrong']} wrong) | "
+                     f"{_f3(d['auroc_in_kind'])} / {_f3(d['auroc_within_in_kind'])} | "
+                     f"{_f3(d.get('likelihood_auroc_within_in_kind'))} |")
+    return lines
+
+
+def sampling_label(cfg: dict) -> str:
+    """The pool's sampling settings, e.g. "T=0.5, top-p 0.9"."""
+    top_p = cfg.get("top_p", 1.0)
+    return f"T={cfg['temperature']}" + (f", top-p {top_p}" if top_p < 1 else "")
+
+
 def write_report(result: dict, out: Path) -> str:
     sm, h, cfg = result["summary"], result["headline"], result["config"]
     n = cfg["n"]
     lines = [f"# jaxselfeval evaluation: {cfg['task']} / {cfg['split']} ({sm['one']['n']} problems)", "",
              "| strategy | accuracy | ±95% | mean samples | mean tokens (incl. probes) |",
              "| --- | --- | --- | --- | --- |"]
-    names = {"greedy": "greedy", "one": f"one sample (T={cfg['temperature']})", "majority": f"majority vote of {n}",
+    names = {"greedy": "greedy", "one": f"one sample ({sampling_label(cfg)})", "majority": f"majority vote of {n}",
              "bon_self": f"Best-of-{n} by self-evaluation",
              "bon_rm": f"Best-of-{n} by external reward model",
              "bon_likelihood": f"Best-of-{n} by the policy's own likelihood (no training)",
@@ -228,7 +258,8 @@ def write_report(result: dict, out: Path) -> str:
               f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "
               f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s).",
               *_combined_line(result),
-              "", *verdict(result), "", "## Threshold sweep (adaptive sampling)", "",
+              "", *verdict(result), *kind_lines(result.get("pool") or {}),
+              "", "## Threshold sweep (adaptive sampling)", "",
               "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
     for th, a in sorted(result["sweeps"]["threshold"].items(), key=lambda x: float(x[0])):
         lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | {a['mean_tokens']:.0f} |")

@@ -138,7 +138,8 @@ class Llama(nnx.Module):
 
     def forward(self, tokens, positions=None, *, cache: KVCache | None = None,
                 prefix: KVCache | None = None, write: bool = True, last_only: bool = False,
-                return_hidden: bool = False, exit_layer: int = 0, attend_cache: bool = True):
+                return_hidden: bool = False, exit_layer: int = 0, attend_cache: bool = True,
+                use_adapter: bool = True):
         """One pass over `tokens` [B, S] at `positions` [B, S] (-1 = padding, invisible).
 
         Attends to: `prefix` (a cache of G prompts shared by B/G consecutive rows each, read
@@ -149,6 +150,7 @@ class Llama(nnx.Module):
         exit_layer > 0 (training, no cache): the first item is (logits, exit logits), the exit
         logits read after layer `exit_layer` through the final norm and LM head (an early exit).
         attend_cache=False: `cache` is known to be empty (a prefill): it is written, not read.
+        use_adapter=False: the adapter (`self.lora`) is left out: the frozen base model's pass.
         """
         cfg = self.config
         B, S = tokens.shape
@@ -160,14 +162,13 @@ class Llama(nnx.Module):
         cd = self.compute_dtype
         x = shard_batch(jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32))
 
-        xs = {"p": self._layer_params()}
+        adapter = self.lora if use_adapter else None
+        xs = {"p": self._layer_params(adapter)}
         read_cache = cache is not None and attend_cache
         if read_cache:
             xs["ck"], xs["cv"] = cache.k, cache.v
         if prefix is not None:
             xs["pk"], xs["pv"] = prefix.k, prefix.v
-
-        adapter = self.lora
 
         def layer(x, xs):
             p = xs["p"]
@@ -226,12 +227,12 @@ class Llama(nnx.Module):
             return x, new_cache
         return self.logits(x), new_cache
 
-    def _layer_params(self):
-        """Stacked [L, ...] arrays the layer scan slices; the adapter (`self.lora`) adds its own
+    def _layer_params(self, adapter: Adapter | None):
+        """Stacked [L, ...] arrays the layer scan slices; the adapter (if given) adds its own
         stacked arrays under "lora"."""
         p = {n: getattr(self, n)[...] for n in LAYER_PARAMS}
-        if self.lora is not None:
-            p["lora"] = self.lora.stacked()
+        if adapter is not None:
+            p["lora"] = adapter.stacked()
         return p
 
     def logits(self, h):

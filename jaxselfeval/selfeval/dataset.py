@@ -34,6 +34,7 @@ class BuildConfig:
     splits: dict = dataclasses.field(default_factory=lambda: {"train": 600, "validation": 150})
     n: int = 8
     temperature: float = 1.0
+    top_p: float = 1.0  # nucleus sampling (1 = none)
     max_new_tokens: int = 96
     truncations: list = dataclasses.field(default_factory=lambda: [8, 16])
     margin: float = 0.0
@@ -99,7 +100,7 @@ def sample_rows(engine, items: list[Item], reward, *, offset, cfg: BuildConfig) 
     for s in range(0, len(items), step):
         P = engine.prefill(prompts[s:s + step], prompt_offset=offset + s)
         C = engine.decode(P, engine.branch(P, cfg.n, cfg.max_new_tokens,
-                                           temperature=cfg.temperature))
+                                           temperature=cfg.temperature, top_p=cfg.top_p))
         outs = Engine.outputs(C)
         resps += [outs[i * cfg.n:(i + 1) * cfg.n] for i in range(len(outs) // cfg.n)]
     rows = []

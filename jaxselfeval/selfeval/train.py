@@ -2,7 +2,8 @@
 
 Each row is prompt + response (or its prefix) + the probe turn; the loss is the cross-entropy of
 the probe position's next-token distribution against the soft target (No: t, Yes: 1 - t), plus an
-optional LM term on full sampled responses that keeps the policy where it was.
+LM term on the sampled responses and a KL term to the frozen base that keep the policy where it
+was.
 """
 
 from __future__ import annotations
@@ -52,15 +53,21 @@ def encode_rows(rows, spec, seq_len: int):
     return toks[:n, :width], mask[:n, :width], last[:n], tgt, keep
 
 
-def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0):
+def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0,
+              kl_weight: float = 0.0):
     """loss_fn(model, batch) -> (loss, metrics).
 
     The probe term is the cross-entropy of the probe position's next-token distribution against
     (No: t, Yes: 1 - t). It splits exactly into the binary cross-entropy of the score
     P(No) / (P(Yes) + P(No)) against t ("score_loss") plus -log(P(Yes) + P(No)) ("mass_loss": how
     much of the distribution the two answers hold); mass_weight 1 is that cross-entropy, a
-    smaller weight moves a model that never answered Yes/No there more gently. lm_weight adds the
-    LM loss on full sampled responses (batch["mask"]), keeping the policy where it was.
+    smaller weight moves a model that never answered Yes/No there more gently.
+
+    Two terms keep the policy where it was, both on the sampled responses' tokens
+    (batch["mask"]): lm_weight x the LM loss on the samples (which also pulls the policy toward
+    the temperature they were drawn at), and kl_weight x KL(base || model), the full next-token
+    distributions of the frozen base (the same model with its adapter off: LoRA only) and of the
+    model being trained ("kl": mean over those positions, in nats).
     """
     import optax
 
@@ -74,12 +81,20 @@ def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0):
         mass_loss = -mass.mean()
         loss = score + mass_weight * mass_loss
         out = {"probe_loss": score + mass_loss, "score_loss": score, "mass_loss": mass_loss}
+        m = batch["mask"][:, :-1]
+        n = jnp.maximum(m.sum(), 1.0)
         if lm_weight:
-            m = batch["mask"][:, :-1]
             ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
-            lm = (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+            lm = (ce * m).sum() / n
             loss = loss + lm_weight * lm
             out["lm_loss"] = lm
+        if kl_weight:
+            base, _ = model.forward(tokens, use_adapter=False)
+            base = jax.nn.log_softmax(jax.lax.stop_gradient(base[:, :-1]), -1)
+            kl = (jnp.exp(base) * (base - jax.nn.log_softmax(logits[:, :-1], -1))).sum(-1)
+            kl = (kl * m).sum() / n
+            loss = loss + kl_weight * kl
+            out["kl"] = kl
         out["loss"] = loss
         return loss, out
 
@@ -147,6 +162,7 @@ class SelfEvalConfig:
     lr: float = 1e-3
     warmup_steps: int = 20
     lm_weight: float = 0.1
+    kl_weight: float = 0.0  # KL(frozen base || model) on the samples' tokens (needs lora)
     mass_weight: float = 1.0  # weight of -log(P(Yes) + P(No)) (1: plain cross-entropy)
     seed: int = 0
     eval_every: int = 200
@@ -168,6 +184,9 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     data = Path(cfg.data_dir)
     if not (data / "build_config.json").exists():
         raise JSEError(f"no capability dataset in '{data}': run `jaxselfeval data build` first")
+    if cfg.kl_weight and cfg.lora is None:
+        raise JSEError("kl_weight needs lora: the frozen base is the model with its adapters "
+                       "off; set lora={rank: 16, ...} or use lm_weight for full fine-tuning")
     model_dir = cfg.model or json.loads((data / "build_config.json").read_text())["model"]
     tok = load_tokenizer(model_dir)
     spec = probe_spec(tok)
@@ -195,18 +214,21 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
                        min_lr_ratio=0.1, weight_decay=0.0)
     history = []
 
+    def log_validation(step, v):
+        history.append({"step": step, **{k: x for k, x in v.items() if k != "_scores"}})
+        log.info("step %d validation: %s", step,
+                 {k: round(x, 4) for k, x in v.items() if k != "_scores"})
+
     def on_step(step, rec, get_model):
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            v = validate(get_model(), val, spec)
-            v.pop("_scores")
-            history.append({"step": step, **v})
-            log.info("step %d validation: %s", step, {k: round(x, 4) for k, x in v.items()})
+        if step % cfg.eval_every == 0 and step < cfg.steps:  # the last step's is `final`
+            log_validation(step, validate(get_model(), val, spec))
 
     batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
-    loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight)
+    loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight, cfg.kl_weight)
     model, _ = run_training(model, batches, loss, tcfg,
                             out_dir=cfg.out_dir, progress=progress, on_step=on_step)
     final = validate(model, val, spec)
+    log_validation(cfg.steps, final)
     s = final.pop("_scores")
     out = Path(cfg.out_dir)
     M.plot_reliability(s, val["target"], out / "reliability.png",

@@ -18,12 +18,17 @@ from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig
 
 
 class Runner:
-    """Model + tokenizer + task, with one sampling engine and the probe spec."""
+    """Model + tokenizer + task, with one sampling engine and the probe spec. `top_p` applies
+    to every sampled draw (temperature > 0) of every strategy."""
 
-    def __init__(self, model, tokenizer, task, *, seed: int = 0, max_new_tokens: int = 96):
+    def __init__(self, model, tokenizer, task, *, seed: int = 0, max_new_tokens: int = 96,
+                 top_p: float = 1.0):
+        from jaxselfeval.errors import JSEError
         from jaxselfeval.sample import Engine, probe_spec
 
-        self.tok, self.task, self.max_new = tokenizer, task, max_new_tokens
+        if not 0.0 < float(top_p) <= 1.0:
+            raise JSEError(f"top_p must be in (0, 1] (1 = no nucleus cut), got {top_p}")
+        self.tok, self.task, self.max_new, self.top_p = tokenizer, task, max_new_tokens, float(top_p)
         self.eng = Engine(model, stop_ids=(tokenizer.eos_token_id,), seed=seed)
         self.spec = probe_spec(tokenizer)
         self.probe_len = len(self.spec.suffix) + 1
@@ -33,6 +38,11 @@ class Runner:
 
         ids = [encode_chat(self.tok, self.task.messages(e)) for e in examples]
         return self.eng.prefill(ids, prompt_offset=offset)
+
+    def branch(self, prompts, n: int, temperature: float, cand_offset: int = 0):
+        """n candidates per prompt at `temperature` (0: greedy) and this runner's top_p."""
+        return self.eng.branch(prompts, n, self.max_new, temperature=temperature,
+                               top_p=self.top_p, cand_offset=cand_offset)
 
     def correct(self, example, ids) -> float:
         return self.task.verify(example, self.tok.decode(ids))
@@ -48,7 +58,8 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
     """n full samples per prompt, probed at each `probe_at` token count and at the end.
 
     Returns dict: correct [P, n], score [P, n] (final), score_at {t: [P, n]}, length [P, n],
-    likelihood [P, n] (mean token log-probability, tracked while decoding), answers [P][n],
+    likelihood [P, n] (mean token log-probability, tracked while decoding), kind [P, n] (the
+    task's `response_kind`: the way each response went, -1 when it tells none), answers [P][n],
     wall_s (decode + final probe).
     """
     from jaxselfeval.sample import Engine
@@ -57,7 +68,7 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
 
     P = run.prompts(examples, offset)
     t0 = time.perf_counter()
-    C = run.eng.branch(P, n, run.max_new, temperature=temperature)
+    C = run.branch(P, n, temperature)
     score_at = {}
     for t in sorted(probe_at):
         C = run.eng.decode(P, C, until=t)
@@ -67,11 +78,14 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
     wall = time.perf_counter() - t0
     outs = Engine.outputs(C)
     G = len(examples)
-    correct = np.array([[run.correct(examples[g], outs[g * n + j]) for j in range(n)] for g in range(G)])
-    answers = [[run.task.extract_answer(run.tok.decode(outs[g * n + j])) for j in range(n)] for g in range(G)]
+    texts = [run.tok.decode(o) for o in outs]
+    correct = np.array([[run.task.verify(examples[g], texts[g * n + j]) for j in range(n)]
+                        for g in range(G)])
+    answers = [[run.task.extract_answer(texts[g * n + j]) for j in range(n)] for g in range(G)]
+    kind = np.array([run.task.response_kind(t) for t in texts]).reshape(G, n)
     length = np.array([len(o) for o in outs]).reshape(G, n)
     return {"correct": correct, "score": score, "score_at": score_at, "length": length,
-            "likelihood": Engine.mean_logprob(C).reshape(G, n),
+            "likelihood": Engine.mean_logprob(C).reshape(G, n), "kind": kind,
             "answers": answers, "wall_s": wall, "n": n, "outs": outs,
             "prompt_ids": [encode_chat(run.tok, run.task.messages(e)) for e in examples]}
 
@@ -185,7 +199,7 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
         A = len(active)
         rows = padded_rows(active, G)
         Pk = P if A == G else Engine.select_prompts(P, rows)
-        C = run.eng.branch(Pk, r, run.max_new, temperature=temp, cand_offset=cand)
+        C = run.branch(Pk, r, temp, cand_offset=cand)
         keep = cfg.keep(r)
         if keep < r:  # prune this round: probe all r early, decode only the best `keep`
             C = run.eng.decode(Pk, C, until=cfg.prune_at)
@@ -242,7 +256,7 @@ def prune_run(run: Runner, examples, cfg: PruneConfig, *, offset=0):
 
     P = run.prompts(examples, offset)
     t0 = time.perf_counter()
-    C = run.eng.branch(P, cfg.n, run.max_new, temperature=cfg.temperature)
+    C = run.branch(P, cfg.n, cfg.temperature)
     C = run.eng.decode(P, C, until=cfg.at_tokens)
     s = run.eng.probe(P, C, run.spec)
     early = np.asarray(C.length).reshape(-1, cfg.n)
@@ -267,6 +281,6 @@ def full_run_wall(run: Runner, examples, n: int, temperature=1.0, *, offset=0) -
     """Wall time of Best-of-n without pruning (decode all n fully + final probe)."""
     P = run.prompts(examples, offset)
     t0 = time.perf_counter()
-    C = run.eng.decode(P, run.eng.branch(P, n, run.max_new, temperature=temperature))
+    C = run.eng.decode(P, run.branch(P, n, temperature))
     np.asarray(run.eng.probe(P, C, run.spec))
     return time.perf_counter() - t0

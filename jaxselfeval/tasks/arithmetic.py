@@ -57,6 +57,7 @@ class ArithmeticTask(Task):
     """Seeded word problems; difficulty 1..max_steps spread evenly."""
 
     name = "arithmetic"
+    kinds = ("worked", "direct")  # one operation per line / the answer straight away
 
     def __init__(self, seed: int = 0, n_train: int = 20000, n_validation: int = 500,
                  n_test: int = 500, max_steps: int = 4, direct_share=None):
@@ -86,6 +87,9 @@ class ArithmeticTask(Task):
                             if drng.random() < self.direct_share[e.difficulty - 1] else e
                             for e in out["train"]]
         return out
+
+    def response_kind(self, response: str) -> int:
+        return int(is_direct(response))
 
     def messages(self, example: Example) -> list[dict]:
         """Just the question as the user turn (short prompts keep the tiny model fast)."""

@@ -52,6 +52,9 @@ class Task(abc.ABC):
     turns) and `verify(example, response)` (1.0 / 0.0 on the extracted final answer)."""
 
     name: str = ""
+    # the ways a response can go (e.g. arithmetic: worked / direct), for reports that split the
+    # token's AUROC by kind of mistake; () when the task tells none apart
+    kinds: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def examples(self, split: str) -> list[Example]:
@@ -64,6 +67,10 @@ class Task(abc.ABC):
     def verify(self, example: Example, response: str) -> float:
         """1.0 if the response's (assistant text's) final answer equals the example's, else 0.0."""
         return 1.0 if self.extract_answer(response) == example.answer else 0.0
+
+    def response_kind(self, response: str) -> int:
+        """Index into `kinds` of the way this response went, or -1 (no kinds)."""
+        return -1
 
     def messages(self, example: Example) -> list[dict]:
         """Chat turns of the prompt."""

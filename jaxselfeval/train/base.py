@@ -6,8 +6,10 @@ then sample@1 / pass@N on held-out problems.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -88,6 +90,8 @@ def train_base(cfg: TrainConfig, *, progress: bool = True) -> tuple[Path, dict]:
     from jaxselfeval.errors import JSEError
     from jaxselfeval.model.config import read_hf_config
 
+    if cfg.init_from:
+        cfg = dataclasses.replace(cfg, init_from=os.path.expanduser(cfg.init_from))
     if cfg.init_from and not (Path(cfg.init_from) / "config.json").exists():
         raise JSEError(f"init_from '{cfg.init_from}' is not an HF model directory (no config.json): "
                        "train the first stage, or set init_from=null to train from scratch")
