@@ -108,7 +108,13 @@ def test_two_process_eval_equals_one_process(tmp_path):
     # tensor=2 mesh differ from one device's in the last float32 bits: equal within a tolerance
     assert two["pool"].keys() == one["pool"].keys()
     for k, v in one["pool"].items():
-        assert two["pool"][k] == pytest.approx(v, rel=1e-6, abs=1e-7, nan_ok=True), k
+        if k == "by_kind":  # {kind: {statistic: value}}
+            assert two["pool"][k].keys() == v.keys()
+            for kind, stats in v.items():
+                assert two["pool"][k][kind] == pytest.approx(stats, rel=1e-6, abs=1e-7,
+                                                             nan_ok=True), (k, kind)
+        else:
+            assert two["pool"][k] == pytest.approx(v, rel=1e-6, abs=1e-7, nan_ok=True), k
 
 
 def _without_wall(x) -> str:

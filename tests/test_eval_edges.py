@@ -26,3 +26,28 @@ def test_explicit_rounds_over_n_still_error():
     assert rounds_for_n(4, (1, 2, 4), (0, 1, 1)) == ((1, 2, 4), (0, 1, 1))
     with pytest.raises(jse.JSEError, match="more than max_samples=4"):
         EvalConfig(n=4, rounds=(1, 2, 4), round_temperatures=(0, 1, 1)).validate()
+
+
+def test_accuracy_splits_samples_by_kind_of_response():
+    """`accuracy` on the shipped tiny model: the kinds' shares add up to one, and their
+    share-weighted accuracies to sample@1; a nucleus narrower than one token makes every sample
+    the greedy one (no problem mixed)."""
+    import numpy as np
+
+    from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.evaluate.accuracy import format_accuracy, sample_accuracy
+    from jaxselfeval.tasks import get_task
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    path = default_model_dir()
+    model, tok, task = jse.load_pretrained(path), load_tokenizer(path), get_task("arithmetic")
+    res = sample_accuracy(model, tok, task, limit=8, n=4, temperature=1.0, progress=False)
+    bk = res["by_kind"]
+    assert set(bk) == {"worked", "direct"}
+    assert sum(d["share"] for d in bk.values()) == pytest.approx(1.0)
+    assert sum(d["share"] * np.nan_to_num(d["accuracy"]) for d in bk.values()) == \
+        pytest.approx(res["sample@1"])
+    assert "worked responses:" in format_accuracy(res)
+    narrow = sample_accuracy(model, tok, task, limit=8, n=4, temperature=1.0, top_p=1e-6,
+                             progress=False)
+    assert narrow["mixed"] == 0.0 and narrow["top_p"] == 1e-6

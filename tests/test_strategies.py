@@ -63,7 +63,7 @@ def test_threshold_sweep_equals_real_runs_with_compaction(setup):
 
 
 def test_compaction_pads_rounds_to_few_batch_sizes(setup, monkeypatch):
-    """Rounds run on the active prompts padded to a power of two (copies of the last, dropped),
+    """Rounds run on the active prompts padded to a power of four (copies of the last, dropped),
     so the jitted decode sees few batch sizes; the records are those of the unpadded rounds
     (test_threshold_sweep_equals_real_runs_with_compaction)."""
     from jaxselfeval.strategies.run import padded_rows
@@ -71,6 +71,7 @@ def test_compaction_pads_rounds_to_few_batch_sizes(setup, monkeypatch):
     assert padded_rows(np.array([3]), 100).tolist() == [3]
     assert padded_rows(np.array([0, 4, 7]), 100).tolist() == [0, 4, 7, 7]
     assert len(padded_rows(np.arange(37), 100)) == 64 and len(padded_rows(np.arange(70), 100)) == 100
+    assert len(padded_rows(np.arange(5), 100)) == 16  # powers of four: few sizes recur
     run, exs = setup
     sizes, branch = [], run.eng.branch
 
@@ -426,3 +427,27 @@ def test_pool_stats_split_the_token_auroc_by_kind_of_response():
     text = "\n".join(kind_lines({"by_kind": st}))
     assert "| direct | 25.0% | 0.0% |" in text and "1.000 / 1.000 (2 wrong)" in text
     assert "by_kind" not in pool_stats(correct, score)  # a task without kinds
+
+
+@pytest.mark.parametrize("prune_at", [None, 4])
+def test_trace_read_off_the_pool_equals_the_real_trace(setup, prune_at):
+    """pool_trace: the adaptive rounds' trace from a pool at the rounds' temperature and the greedy
+    run equals running the rounds (plain, and each round pruned at 4 tokens to half); None
+    when a round samples at another temperature."""
+    from jaxselfeval.evaluate.harness import _greedy
+
+    run, exs = setup
+    cfg = AdaptiveConfig((1, 1, 2, 4), 1.0, (0.0, 0.7, 0.7, 0.7), 8, prune_at=prune_at,
+                         keep_fraction=0.5 if prune_at else 1.0)
+    _, real = adaptive(run, exs, cfg, trace=True)
+    pool = S.sample_pool(run, exs, n=8, temperature=0.7, probe_at=(4,))
+    _, greedy = _greedy(run, exs, 0)
+    read = S.pool_trace(pool, greedy, cfg, run.probe_len, 0.7)
+    assert len(read) == len(real) == 4
+    for a, b in zip(read, real):
+        for k in ("samples", "gen", "probes", "ok"):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        np.testing.assert_allclose(a["best"], b["best"], atol=1e-5)
+    assert S.pool_trace(pool, greedy, cfg, run.probe_len, 1.0) is None
+    assert S.pool_trace(pool, greedy, dataclasses.replace(cfg, rounds=(1, 1, 2, 8), max_samples=12),
+                        run.probe_len, 0.7) is None  # draws past the pool's 8 candidates

@@ -97,9 +97,6 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
         run = S.Runner(model, tokenizer, task, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
                        top_p=cfg.top_p)
         pc = PruneConfig(cfg.n, min(cfg.prune_at), min(cfg.keep_fractions), cfg.temperature)
-        # compile both timed paths once so the side-by-side wall times exclude compilation
-        S.full_run_wall(run, exs[:cfg.batch_prompts], cfg.n, cfg.temperature)
-        S.prune_run(run, exs[:cfg.batch_prompts], pc)
         for s in tqdm(mine, desc="evaluating", unit="chunk", disable=not progress):
             store.write(s, _evaluate_chunk(run, rm, exs[s:s + cfg.batch_prompts], s, cfg, pc))
     barrier("jse_eval_chunks")
@@ -146,22 +143,28 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
             sc = PruneConfig(cfg.n, t, f, cfg.temperature)  # `pc` stays the timed setting
             sweeps["prune"][f"{t}:{f}"] = S.prune_records(pool, ch, sc, run.probe_len)
     lap("pool strategies")
-    recs["greedy"] = _greedy(run, ch, s)
+    recs["greedy"], greedy = _greedy(run, ch, s)
     lap("greedy")
     acfg, both = cfg.adaptive_configs()
     recs["adaptive"] = S.adaptive(run, ch, acfg, offset=s)
     recs["adaptive_pruned"] = S.adaptive(run, ch, both, offset=s)
     lap("adaptive runs")
     for kind, c in (("threshold", acfg), ("threshold_pruned", both)):
-        _, rounds = S.adaptive(run, ch, c, offset=s, trace=True)
+        # read off the pool and the greedy run when the rounds draw the pool's candidates
+        rounds = S.pool_trace(pool, greedy, c, run.probe_len, cfg.temperature)
+        if rounds is None:
+            _, rounds = S.adaptive(run, ch, c, offset=s, trace=True)
         sweeps[kind] = S.threshold_sweep(rounds, ch, cfg.thresholds)
     lap("threshold sweeps")
-    # side by side: Best-of-n decoded fully vs pruned at the earliest point
-    wall = {"bon_full": S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s),
-            "adaptive": sum(r.wall_s for r in recs["adaptive"]),
+    wall = {"adaptive": sum(r.wall_s for r in recs["adaptive"]),
             "adaptive_pruned": sum(r.wall_s for r in recs["adaptive_pruned"])}
-    recs["pruned_run"], wall["pruned"] = S.prune_run(run, ch, pc, offset=s)
-    lap("timed Best-of-n vs pruned")
+    recs["pruned_run"], _ = S.prune_run(run, ch, pc, offset=s)
+    if s == 0:  # side by side on the first chunk, both paths compiled already (the pool's
+        # programs are Best-of-n's; the pruned run above compiled its own): full vs pruned
+        wall["bon_full"] = S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s)
+        wall["pruned"] = S.prune_run(run, ch, pc, offset=s)[1]
+        wall["timed_problems"] = len(ch)
+    lap("pruned run" + (", timed against Best-of-n" if s == 0 else ""))
     log.info("chunk at %d: %s", s, ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
     pooled = {k: pool[k] for k in ("correct", "score", "likelihood", "length", "kind")}
     pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
@@ -253,14 +256,19 @@ def _by_kind(c, s, groups, kind, kinds, lik) -> dict:
 
 
 def _greedy(run, ch, offset):
+    """Greedy decoding of a chunk -> (records, {"score", "correct", "length"} [G]: the final
+    probe score too, for `pool_trace`)."""
     from jaxselfeval.evaluate.records import PromptRecord
     from jaxselfeval.sample import Engine
 
     P = run.prompts(ch, offset)
     C = run.eng.decode(P, run.branch(P, 1, 0.0))
+    score = np.asarray(run.eng.probe(P, C, run.spec))
     outs = Engine.outputs(C)
-    return [PromptRecord(e.id, run.correct(e, outs[i]), 1, len(outs[i]), difficulty=e.difficulty)
+    ok = np.array([run.correct(e, outs[i]) for i, e in enumerate(ch)])
+    recs = [PromptRecord(e.id, float(ok[i]), 1, len(outs[i]), difficulty=e.difficulty)
             for i, e in enumerate(ch)]
+    return recs, {"score": score, "correct": ok, "length": np.array([len(o) for o in outs])}
 
 
 def _headline(summary, sw, wall, cfg) -> dict:

@@ -256,7 +256,9 @@ def write_report(result: dict, out: Path) -> str:
               f"- Pruning {100 * h['prune_fraction_pruned']:.0f}% of candidates at {h['prune_at']} tokens: "
               f"{_pct(h['prune_acc'])} ({-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
               f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "
-              f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s).",
+              f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s"
+              + (f" on the first {result['wall_s']['timed_problems']:.0f} problems"
+                 if "timed_problems" in result["wall_s"] else "") + ").",
               *_combined_line(result),
               "", *verdict(result), *kind_lines(result.get("pool") or {}),
               "", "## Threshold sweep (adaptive sampling)", "",

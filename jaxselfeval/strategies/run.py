@@ -161,11 +161,16 @@ def prune_records(pool, examples, cfg: PruneConfig, probe_len: int):
 
 def padded_rows(active, total: int) -> np.ndarray:
     """The prompt rows a round runs: `active`, padded (with copies of its last row, whose results
-    are dropped) to the next power of two, or to `total` if that is smaller. Compaction then
-    gives at most log2(total) + 1 batch sizes, so the jitted decode and probe compile once per
-    size and round size instead of once for every count of prompts still active."""
+    are dropped) to the next power of four, or to `total` if that is smaller. Compaction then
+    gives at most log4(total) + 2 batch sizes, so the jitted decode and probe compile once per
+    size and round size instead of once for every count of prompts still active, and the same
+    few sizes recur from one batch of prompts to the next (a later batch compiles little). A
+    round of few prompts is cheap, so its padding costs little."""
     a = len(active)
-    size = min(total, 1 << max(a - 1, 0).bit_length())
+    size = 1
+    while size < a:
+        size *= 4
+    size = min(total, size)
     return np.concatenate([active, np.full(size - a, active[-1], int)]).astype(int)
 
 
@@ -231,6 +236,59 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
                          output=best_out[g])
             for g, e in enumerate(examples)]
     return (recs, rounds) if trace else recs
+
+
+def pool_trace(pool, greedy, cfg: AdaptiveConfig, probe_len: int, temperature: float):
+    """The rounds of `adaptive(..., trace=True)` read off a pool sampled at `temperature` and a
+    greedy run, or None when cfg's rounds draw otherwise. Candidates are keyed by (prompt,
+    candidate, step), so a round of r candidates at the pool's temperature (and top_p) draws the
+    pool's candidates [cand, cand + r), where cand counts the candidates of the rounds before it;
+    a round of one at temperature 0 is the greedy run. A pruned round keeps the best by the
+    pool's score at cfg.prune_at tokens, as the real run does (ties to the lower index).
+
+    greedy: {"score", "correct", "length"} [G] of the greedy run (probed at its end).
+    """
+    n = pool["score"].shape[1]
+    cand, plan = 0, []
+    for r, temp in zip(cfg.rounds, cfg.temperatures):
+        if temp == 0 and r == 1:
+            plan.append(None)
+        elif temp == temperature and cand + r <= n:
+            plan.append(cand)
+        else:
+            return None
+        cand += r
+    t = cfg.prune_at
+    if t is not None and t not in pool["score_at"]:
+        return None
+    G = pool["score"].shape[0]
+    best, best_ok = np.full(G, -1.0), np.zeros(G)
+    samples, gen, probes = (np.zeros(G, int) for _ in range(3))
+    rounds = []
+    for r, c0 in zip(cfg.rounds, plan):
+        keep = cfg.keep(r)
+        for g in range(G):
+            if c0 is None:
+                fs, ok, L = (np.atleast_1d(greedy[k][g]) for k in ("score", "correct", "length"))
+                kept = np.arange(1)
+            else:
+                fs, ok = pool["score"][g, c0:c0 + r], pool["correct"][g, c0:c0 + r]
+                L = pool["length"][g, c0:c0 + r]
+                kept = np.arange(r)
+                if keep < r:  # probed at t tokens, only the best `keep` decoded on
+                    s_at = pool["score_at"][t][g, c0:c0 + r]
+                    kept = np.sort(np.argsort(-s_at, kind="stable")[:keep])
+                    gen[g] += int(np.minimum(L, t).sum() - np.minimum(L[kept], t).sum())
+                    probes[g] += r * probe_len
+            j = kept[int(np.argmax(fs[kept]))]
+            samples[g] += r
+            gen[g] += int(L[kept].sum())
+            probes[g] += len(kept) * probe_len
+            if fs[j] > best[g]:
+                best[g], best_ok[g] = fs[j], ok[j]
+        rounds.append({"best": best.copy(), "ok": best_ok.copy(), "samples": samples.copy(),
+                       "gen": gen.copy(), "probes": probes.copy()})
+    return rounds
 
 
 def threshold_sweep(rounds, examples, thresholds):
