@@ -51,3 +51,16 @@ def test_accuracy_splits_samples_by_kind_of_response():
     narrow = sample_accuracy(model, tok, task, limit=8, n=4, temperature=1.0, top_p=1e-6,
                              progress=False)
     assert narrow["mixed"] == 0.0 and narrow["top_p"] == 1e-6
+
+
+@pytest.mark.parametrize("n, pruned", [(16, 0.875), (2, 0.5)])
+def test_headline_counts_the_candidates_really_pruned(n, pruned):
+    """keep_fraction 0.125 of 2 candidates keeps 1: half pruned, not 88% (which passed the
+    pruning goal's >= 75% on a run that pruned 50%)."""
+    from jaxselfeval.evaluate.harness import _headline
+
+    agg = {"accuracy": 0.5, "mean_samples": 1.0, "mean_tokens": 10.0}
+    summary = {k: agg for k in ("one", "bon_self", "majority", "oracle", "greedy")}
+    sw = {"threshold": {0.8: agg}, "prune": {"8:0.125": agg}}
+    h = _headline(summary, sw, {"bon_full": 2.0, "pruned": 1.0}, EvalConfig(n=n))
+    assert h["prune_fraction_pruned"] == pruned

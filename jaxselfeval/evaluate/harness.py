@@ -290,7 +290,9 @@ def _headline(summary, sw, wall, cfg) -> dict:
         "adaptive_mean_samples": a["mean_samples"] if a else None,
         "adaptive_gain_recovered": (gain_recovered(a["accuracy"], max(one, greedy), bon)
                                     if a else None),
-        "prune_fraction_pruned": 1 - min(cfg.keep_fractions), "prune_at": t0,
+        # the share actually pruned: keep rounds to whole candidates (n=2 at 0.125 keeps 1 of 2)
+        "prune_fraction_pruned": 1 - PruneConfig(cfg.n, t0, min(cfg.keep_fractions)).keep / cfg.n,
+        "prune_at": t0,
         "prune_acc": pr["accuracy"], "prune_acc_loss_points": 100 * (bon - pr["accuracy"]),
         "prune_wall_speedup": wall["bon_full"] / max(wall["pruned"], 1e-9),
         **({"adaptive_pruned_acc": summary["adaptive_pruned"]["accuracy"],
