@@ -47,6 +47,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    root = logging.getLogger()
+    for h in list(root.handlers):  # an implicit logging.basicConfig() a library ran at import
+        if type(h) is logging.StreamHandler:  # (orbax logs through absl while it is imported,
+            root.removeHandler(h)  # leaving the root at WARNING): ours replaces it; subclasses
+            # (pytest's capture handlers, a host program's own) stay
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):

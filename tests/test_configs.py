@@ -36,13 +36,16 @@ def test_bad_values_name_the_key(ov, msg):
 
 
 @pytest.mark.parametrize("cmd,keys", [("eval", ["combined_keep=0.25", "keep_fractions=", "limit=300",
-                                                "task_args={}"]),
-                                      ("generate", ["keep_fraction=0.125", "threshold=0.8"])])
+                                                "task_args={}", "top_p=1.0"]),
+                                      ("generate", ["keep_fraction=0.125", "threshold=0.8", "top_p=1.0"]),
+                                      ("train selfeval", ["kl_weight=0.0", "lm_weight=0.1"]),
+                                      ("train base", ["init_from=None", "steps=2000"]),
+                                      ("data build", ["top_p=1.0", "temperature=1.0"])])
 def test_help_lists_every_setting_with_its_default(cmd, keys, capsys):
     from jaxselfeval.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main([cmd, "--help"])
+        main([*cmd.split(), "--help"])
     assert e.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for k in keys:

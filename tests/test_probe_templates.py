@@ -9,7 +9,7 @@ import pytest
 
 import jaxselfeval as jse
 from jaxselfeval.sample import Engine, probe_spec
-from jaxselfeval.selfeval.train import encode_rows
+from jaxselfeval.selfeval.rows import encode_rows
 from jaxselfeval.tokenizer import PROBE_QUESTION, encode_chat
 
 # SmolLM2-135M-Instruct's template, as its GGUF metadata spells it

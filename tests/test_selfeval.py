@@ -13,7 +13,8 @@ import pytest
 import jaxselfeval as jse
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset, load_rows
-from jaxselfeval.selfeval.train import SelfEvalConfig, encode_rows, scores, train_selfeval
+from jaxselfeval.selfeval.rows import encode_rows
+from jaxselfeval.selfeval.train import SelfEvalConfig, scores, train_selfeval
 from jaxselfeval.tasks import get_task
 from jaxselfeval.tokenizer import encode_chat
 
@@ -118,8 +119,9 @@ def test_training_probe_equals_sampler_probe(tiny_dir):
 
 def test_short_selfeval_training_exports_marked_model(tiny_dir, tmp_path):
     data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
-    cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=4, batch_size=8,
-                         eval_every=2, seq_len=192)
+    # the shared-prompt layout sharded over the 8 devices: a prompt and 2 of its rows each
+    cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=4, batch_size=16,
+                         rows_per_prompt=2, eval_every=2, seq_len=192)
     out, final = train_selfeval(cfg, progress=False)
     meta = json.loads((out / "selfeval.json").read_text())
     assert meta["trained"] and 0 <= final["ece_full"] <= 1 and 0 <= final["brier_full"] <= 1
@@ -128,6 +130,15 @@ def test_short_selfeval_training_exports_marked_model(tiny_dir, tmp_path):
     assert [h["step"] for h in hist] == [2, 4]
     assert hist[-1]["brier_full"] == pytest.approx(final["brier_full"])  # the last step's is final
     assert jse.load_pretrained(out).config == jse.load_pretrained(tiny_dir).config
+
+
+def test_prompts_a_batch_must_split_over_the_data_axes(tiny_dir, tmp_path):
+    data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
+    with pytest.raises(jse.JSEError, match=r"2 prompts a batch \(batch_size 8 / rows_per_prompt "
+                                           r"4\) do not split over the data axes"):
+        train_selfeval(SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"),
+                                      batch_size=8, rows_per_prompt=4), progress=False)
+    assert not (tmp_path / "se").exists()
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
@@ -153,7 +164,7 @@ def test_lora_selfeval_trains_adapters_and_exports_merged(tiny_dir, tmp_path):
 
     data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
     cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=3, batch_size=8,
-                         eval_every=3, seq_len=192, lr=1e-2,
+                         eval_every=3, seq_len=192, lr=1e-2, rows_per_prompt=0,  # whole rows
                          lora={"rank": 4, "alpha": 8, "targets": ["wq", "wv", "w_down"]})
     out, final = train_selfeval(cfg, progress=False)
     base, merged = jse.load_pretrained(tiny_dir), jse.load_pretrained(out)

@@ -333,6 +333,36 @@ def _chunk_records(out_dir) -> list[str]:
             for p in sorted((out_dir / "chunks").glob("chunk-*.json"))]
 
 
+def test_later_chunks_read_adaptive_and_pruning_off_their_pool(setup, tmp_path):
+    """real_runs "first": adaptive sampling (plain and pruned) and the pruned run run for real on
+    the first chunk only; later chunks read their records off the pool and the greedy run, and
+    the results equal real runs on every chunk. The report says which, and the agreement."""
+    from flax import nnx
+
+    from jaxselfeval.evaluate.harness import EvalConfig, evaluate
+
+    run, _ = setup
+    cfg = EvalConfig(limit=6, n=4, batch_prompts=2, max_new_tokens=12, rounds=(1, 1, 2),
+                     round_temperatures=(0.0, 1.0, 1.0), thresholds=(0.5,), prune_at=(4,),
+                     keep_fractions=(0.25,), real_runs="all")
+    model = nnx.merge(run.eng.graphdef, run.eng.state)
+    every = evaluate(model, run.tok, run.task, cfg, tmp_path / "all", progress=False)
+    first = evaluate(model, run.tok, run.task, dataclasses.replace(cfg, real_runs="first"),
+                     tmp_path / "first", progress=False)
+    for k in ("adaptive", "adaptive_pruned", "pruned_run"):
+        for m in ("accuracy", "mean_samples", "mean_gen_tokens", "mean_probe_tokens"):
+            assert first["summary"][k][m] == every["summary"][k][m], (k, m)
+    assert every["summary"]["adaptive"]["mean_samples"] > 1  # later rounds were drawn
+    assert (first["wall_s"]["real_problems"], every["wall_s"]["real_problems"]) == (2, 6)
+    for k in ("adaptive", "adaptive_pruned", "pruned_run"):
+        assert first["wall_s"][f"agree_{k}"] == 2 and every["wall_s"][f"agree_{k}"] == 6
+    assert ("ran for real on 2 of the 6 problems (real_runs: first)" in
+            (tmp_path / "first" / "report.md").read_text())
+    assert "ran for real on" not in (tmp_path / "all" / "report.md").read_text()
+    with pytest.raises(jse.JSEError, match="real_runs must be 'first' or 'all'"):
+        dataclasses.replace(cfg, real_runs="some").validate()
+
+
 def test_eval_killed_midway_resumes_to_the_uninterrupted_result(setup, tmp_path, caplog, monkeypatch):
     from flax import nnx
 

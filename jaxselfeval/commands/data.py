@@ -4,12 +4,16 @@ from __future__ import annotations
 
 
 def add_arguments(p):
+    from jaxselfeval.configs import describe_defaults
+    from jaxselfeval.selfeval.dataset import BuildConfig
+
     sub = p.add_subparsers(dest="data_cmd", metavar="CMD", required=True)
     b = sub.add_parser("build", help="sample n responses per prompt, verify, label, write TFDS",
                        description="Build the capability dataset on-policy. Shards are written "
                                    "atomically; re-running resumes where a killed build stopped.")
     b.add_argument("--config", default="configs/data_tiny.yaml", help="YAML build config")
-    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. n=16")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. n=16 "
+                   "(settings a --config file does not set: " + describe_defaults(BuildConfig) + ")")
     b.add_argument("--no-progress", action="store_true")
 
 

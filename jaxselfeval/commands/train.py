@@ -4,6 +4,10 @@ from __future__ import annotations
 
 
 def add_arguments(p):
+    from jaxselfeval.configs import describe_defaults
+    from jaxselfeval.selfeval.train import SelfEvalConfig
+    from jaxselfeval.train.config import TrainConfig
+
     sub = p.add_subparsers(dest="train_kind", metavar="KIND", required=True)
     b = sub.add_parser("base", help="train the tiny base model from scratch on the embedded task",
                        description="Train a small Llama from scratch on a task (LM loss on answers), "
@@ -11,13 +15,17 @@ def add_arguments(p):
                                    "problems by difficulty. Resumes from out_dir if present; SIGTERM "
                                    "saves a checkpoint and stops.")
     b.add_argument("--config", default="configs/train_tiny.yaml", help="YAML train config")
-    b.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. "
+                   "steps=200 (settings a --config file does not set: " + describe_defaults(TrainConfig) + ")")
     b.add_argument("--no-progress", action="store_true")
     e = sub.add_parser("selfeval", help="fine-tune the capability token on a built dataset",
                        description="Fine-tune the probe position (soft cross-entropy on Yes/No) "
-                                   "plus an optional LM term; validates AUROC/Brier/ECE; exports HF.")
+                                   "plus what keeps the policy where it was (kl_weight: KL to the "
+                                   "frozen base, with LoRA; lm_weight: LM loss on the samples); "
+                                   "validates AUROC/Brier/ECE; exports HF.")
     e.add_argument("--config", default="configs/selfeval_tiny.yaml", help="YAML config")
-    e.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200")
+    e.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. "
+                   "steps=200 (settings a --config file does not set: " + describe_defaults(SelfEvalConfig) + ")")
     e.add_argument("--no-progress", action="store_true")
 
 

@@ -8,12 +8,21 @@ import logging
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
+from jaxselfeval.distributed import barrier, host_shard
 from jaxselfeval.errors import JSEError
-from jaxselfeval.evaluate.records import aggregate, gain_recovered
-from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
+from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
+from jaxselfeval.evaluate.records import PromptRecord, aggregate, gain_recovered
+from jaxselfeval.evaluate.report import plots, write_report
+from jaxselfeval.fileio import write_atomic
+from jaxselfeval.sample import Engine
+from jaxselfeval.selfeval import metrics as M
+from jaxselfeval.selfeval.labels import capability_targets
 from jaxselfeval.strategies import run as S
+from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,10 @@ class EvalConfig:
     keep_fractions: tuple = (0.125, 0.25, 0.5)
     combined_keep: float = 0.25  # adaptive + pruning: each round pruned at min(prune_at) to this
     seed: int = 0
+    # "first": adaptive sampling and the pruned run run for real on the first chunk (timed there,
+    # and checked against the same records read off its pool and greedy run: the same candidates
+    # under the same keys); later chunks read them off their pool. "all": real on every chunk
+    real_runs: str = "first"
 
     def adaptive_configs(self) -> tuple[AdaptiveConfig, AdaptiveConfig]:
         """(adaptive sampling, adaptive + pruning: rounds pruned at min(prune_at) to
@@ -53,6 +66,8 @@ class EvalConfig:
         if not 0.0 < self.combined_keep <= 1.0:
             raise JSEError(f"combined_keep must be in (0, 1] (the share of each adaptive round "
                            f"decoded past the prune point), got {self.combined_keep}")
+        if self.real_runs not in ("first", "all"):
+            raise JSEError(f"real_runs must be 'first' or 'all', got {self.real_runs!r}")
         self.adaptive_configs()
         for f in self.keep_fractions:
             PruneConfig(self.n, min(self.prune_at), f)
@@ -67,13 +82,6 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
     (`jax.distributed`) each host runs its share of the chunks (out_dir must be a directory every
     host sees); process 0 merges them and writes the report.
     """
-    import jax
-    from tqdm import tqdm
-
-    from jaxselfeval.distributed import barrier, host_shard
-    from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
-    from jaxselfeval.fileio import write_atomic
-
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,8 +111,6 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
     if main:
         result = _summarize(merge([store.read(s) for s in starts]), cfg, getattr(task, "kinds", ()))
         write_atomic(out / "results.json", json.dumps(result, indent=2, default=float))
-        from jaxselfeval.evaluate.report import plots, write_report
-
         plots(result, out)
         write_report(result, out)
     barrier("jse_eval_written")
@@ -145,30 +151,58 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     lap("pool strategies")
     recs["greedy"], greedy = _greedy(run, ch, s)
     lap("greedy")
+    real = s == 0 or cfg.real_runs == "all"
+    agree: dict[str, int] = {}  # prompts where the real run equals its reading off the pool
     acfg, both = cfg.adaptive_configs()
-    recs["adaptive"] = S.adaptive(run, ch, acfg, offset=s)
-    recs["adaptive_pruned"] = S.adaptive(run, ch, both, offset=s)
-    lap("adaptive runs")
-    for kind, c in (("threshold", acfg), ("threshold_pruned", both)):
-        # read off the pool and the greedy run when the rounds draw the pool's candidates
+    for name, kind, c in (("adaptive", "threshold", acfg),
+                          ("adaptive_pruned", "threshold_pruned", both)):
+        # the trace read off the pool and the greedy run when the rounds draw the pool's
+        # candidates (else run for every prompt); the threshold sweeps are read off it
         rounds = S.pool_trace(pool, greedy, c, run.probe_len, cfg.temperature)
-        if rounds is None:
+        read_off = rounds is not None
+        if not read_off:
             _, rounds = S.adaptive(run, ch, c, offset=s, trace=True)
         sweeps[kind] = S.threshold_sweep(rounds, ch, cfg.thresholds)
-    lap("threshold sweeps")
+        at = S.threshold_sweep(rounds, ch, [c.threshold])[float(c.threshold)]
+        if real or not read_off:
+            recs[name] = S.adaptive(run, ch, c, offset=s)
+            if read_off:
+                agree[name] = _agreement(name, s, recs[name], at)
+        else:
+            recs[name] = at
+    lap("adaptive runs" if real else "adaptive, read off the pool")
     wall = {"adaptive": sum(r.wall_s for r in recs["adaptive"]),
             "adaptive_pruned": sum(r.wall_s for r in recs["adaptive_pruned"])}
-    recs["pruned_run"], _ = S.prune_run(run, ch, pc, offset=s)
+    read = S.prune_records(pool, ch, pc, run.probe_len)
+    if real:
+        recs["pruned_run"], _ = S.prune_run(run, ch, pc, offset=s)
+        agree["pruned_run"] = _agreement("pruned_run", s, recs["pruned_run"], read)
+    else:
+        recs["pruned_run"] = read
     if s == 0:  # side by side on the first chunk, both paths compiled already (the pool's
         # programs are Best-of-n's; the pruned run above compiled its own): full vs pruned
         wall["bon_full"] = S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s)
         wall["pruned"] = S.prune_run(run, ch, pc, offset=s)[1]
         wall["timed_problems"] = len(ch)
-    lap("pruned run" + (", timed against Best-of-n" if s == 0 else ""))
+    if real:  # counts (summed over chunks like the times): how far the reading off is checked
+        wall["real_problems"] = len(ch)
+        wall.update({f"agree_{k}": v for k, v in agree.items()})
+    lap(("pruned run" if real else "pruned, read off the pool")
+        + (", timed against Best-of-n" if s == 0 else ""))
     log.info("chunk at %d: %s", s, ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
     pooled = {k: pool[k] for k in ("correct", "score", "likelihood", "length", "kind")}
     pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
     return {"recs": recs, "sweeps": sweeps, "wall": wall, "pooled": pooled}
+
+
+def _agreement(name: str, s: int, real, read) -> int:
+    """How many prompts (logged) a real run and the same strategy read off the pool agree on (the
+    answer's correctness and the samples drawn): all of them unless a float difference between
+    batch shapes flipped a sampled token."""
+    same = sum(a.correct == b.correct and a.samples == b.samples for a, b in zip(real, read))
+    log.info("chunk at %d: %s run for real and read off the pool agree on %d of %d prompts", s,
+             name, same, len(real))
+    return same
 
 
 def _summarize(part: dict, cfg: EvalConfig, kinds=()) -> dict:
@@ -201,10 +235,6 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None, k
     pooled and within a prompt: how well the token sees this kind of mistake) and of right vs
     wrong among this kind only ("in_kind", and the mean token log-probability's within a
     prompt)}."""
-    from jaxselfeval.selfeval import metrics as M
-
-    from jaxselfeval.selfeval.labels import capability_targets
-
     groups = np.repeat(np.arange(correct.shape[0]), correct.shape[1])
     c = correct.ravel()
     targets = np.concatenate([capability_targets(r) for r in correct])
@@ -234,8 +264,6 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None, k
 
 def _by_kind(c, s, groups, kind, kinds, lik) -> dict:
     """`pool_stats`' "by_kind" from flat [N] arrays (see there)."""
-    from jaxselfeval.selfeval import metrics as M
-
     out = {}
     right = c > 0.5
     for i, name in enumerate(kinds):
@@ -258,9 +286,6 @@ def _by_kind(c, s, groups, kind, kinds, lik) -> dict:
 def _greedy(run, ch, offset):
     """Greedy decoding of a chunk -> (records, {"score", "correct", "length"} [G]: the final
     probe score too, for `pool_trace`)."""
-    from jaxselfeval.evaluate.records import PromptRecord
-    from jaxselfeval.sample import Engine
-
     P = run.prompts(ch, offset)
     C = run.eng.decode(P, run.branch(P, 1, 0.0))
     score = np.asarray(run.eng.probe(P, C, run.spec))

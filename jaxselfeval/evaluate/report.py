@@ -223,6 +223,23 @@ def sampling_label(cfg: dict) -> str:
     return f"T={cfg['temperature']}" + (f", top-p {top_p}" if top_p < 1 else "")
 
 
+def _read_off_lines(result: dict) -> list[str]:
+    """Which problems adaptive sampling and the pruned run ran on for real, and how well the
+    records read off the pool (the same candidates under the same keys) matched them there."""
+    w, total = result["wall_s"], result["summary"]["one"]["n"]
+    real = int(w.get("real_problems", total))
+    if real >= total:
+        return []
+    names = {"adaptive": "adaptive", "adaptive_pruned": "adaptive + pruning",
+             "pruned_run": "pruned run"}
+    agree = ", ".join(f"{names[k]} {int(w[f'agree_{k}'])}/{real}" for k in names
+                      if f"agree_{k}" in w)
+    return ["", f"Adaptive sampling and the pruned run ran for real on {real} of the {total} "
+                f"problems (real_runs: first); on the others their records are read off the same "
+                f"pool and greedy run: the candidates they would draw, under the same keys. Where "
+                f"both exist they agree on: {agree or 'nothing compared'} problems."]
+
+
 def write_report(result: dict, out: Path) -> str:
     sm, h, cfg = result["summary"], result["headline"], result["config"]
     n = cfg["n"]
@@ -244,6 +261,7 @@ def write_report(result: dict, out: Path) -> str:
             a = sm[k]
             lines.append(f"| {label} | {_pct(a['accuracy'])} | {100 * a['accuracy_ci95']:.1f} | "
                          f"{a['mean_samples']:.2f} | {a['mean_tokens']:.0f} |")
+    lines += _read_off_lines(result)
     gain = h["bon16_self"] - h["one_sample"]
     lines += ["", "## Headline", "",
               f"- Best-of-{n} by self-evaluation {_pct(h['bon16_self'])} vs one sample "

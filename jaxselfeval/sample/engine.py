@@ -36,6 +36,15 @@ def bucket(n: int, minimum: int = 16) -> int:
     return b
 
 
+def windows(slots: int, first: int = 32) -> list[int]:
+    """The cache windows decode runs through: 32, 64, 128, ... up to `slots` (the last one)."""
+    out, w = [], first
+    while w < slots:
+        out.append(w)
+        w *= 2
+    return out + [slots]
+
+
 class Prompts(NamedTuple):
     """The shared prompt cache. cache: KVCache of G rows; length int32 [G]; last_logits f32 [G, V];
     prompt_id int32 [G] (global ids, for keys)."""
@@ -148,7 +157,18 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
                               logprob=c.logprob + jnp.where(live, c.next_logprob, 0.0),
                               next_logprob=token_logprob(logits, nxt))
 
-        return jax.lax.while_loop(cond, body, c)
+        # attend to the slots written so far only: the loop runs in phases over windows of the
+        # cache (32, 64, 128, ... slots, the last one whole), each on a static slice of it, so
+        # a step reads the keys and values of at most twice the tokens emitted, not the whole
+        # buffer (slots past the window are empty: position -1, invisible, nothing lost)
+        full = c.cache
+        for w in windows(full.max_len):
+            small = KVCache(full.k[:, :, :w], full.v[:, :, :w], full.pos[:, :w], full.index)
+            c = jax.lax.while_loop(lambda c, w=w: cond(c) & (c.cache.index < w), body,
+                                   c._replace(cache=small))
+            full = KVCache(full.k.at[:, :, :w].set(c.cache.k), full.v.at[:, :, :w].set(c.cache.v),
+                           full.pos.at[:, :w].set(c.cache.pos), c.cache.index)
+        return c._replace(cache=full)
 
     return SimpleNamespace(prefill=jax.jit(prefill),
                            first=jax.jit(first, static_argnames="n"),

@@ -24,6 +24,7 @@ from flax import nnx
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.hf_io import _Reader, load_pretrained
+from jaxselfeval.selfeval.rows import encode_shared, forward_rows
 from jaxselfeval.selfeval.reward_export import save_reward_model  # noqa: F401 (public here too)
 from jaxselfeval.tokenizer import load_tokenizer
 from jaxselfeval.train.data import padded_len
@@ -85,6 +86,16 @@ class RewardModel(nnx.Module):
         """tokens int32 [B, S], attention_mask [B, S] or None -> f32 [B] (the first label)."""
         return self(tokens, attention_mask)[:, 0]
 
+    def score_shared(self, batch: dict):
+        """The first label's score f32 [B] of rows in the shared-prompt layout
+        (`selfeval.rows.encode_shared` with nothing after the response): each prompt's keys and
+        values computed once, the head read at each row's last token (batch["last"]). Equal to
+        `score` on the whole right-padded rows."""
+        h = forward_rows(self.backbone, batch, hidden=True)  # [B, W, D]
+        pooled = h[jnp.arange(h.shape[0]), batch["last"]].astype(jnp.float32)
+        return jnp.einsum("bd,d->b", pooled, self.head[...][:, 0].astype(jnp.float32),
+                          precision=jax.lax.Precision.HIGHEST)
+
 
 def score_sequences(rm: "RewardModel", seqs, *, batch: int = 64) -> np.ndarray:
     """Reward of each token sequence (prompt + response ids), right-padded with the RM's pad
@@ -106,6 +117,43 @@ def score_sequences(rm: "RewardModel", seqs, *, batch: int = 64) -> np.ndarray:
             toks[i, :len(q)], mask[i, :len(q)] = q, 1
         mask[len(chunk):, 0] = 1  # filler rows: one visible token
         out.append(np.asarray(f(toks, mask))[:len(chunk)])
+    return np.concatenate(out).astype(np.float32)
+
+
+def pooled_at(d: dict, pad_token_id: int | None) -> dict:
+    """Set d["last"] (shared-prompt layout) to where transformers' sequence classifier reads
+    each row: its rightmost token that is not the pad token (ChatML pads with <|im_end|>, the
+    token that ends a response), within the row's continuation."""
+    if pad_token_id is not None:
+        real = (d["positions"] >= 0) & (d["tokens"] != pad_token_id)
+        W = real.shape[1]
+        d["last"] = np.where(real.any(1), W - 1 - np.argmax(real[:, ::-1], 1), 0).astype(np.int32)
+    return d
+
+
+def score_responses(rm: "RewardModel", prompts, responses, *, rows: int = 64) -> np.ndarray:
+    """Reward of each response to its prompt: prompts [G] token lists, responses [G][n] token
+    lists (n a prompt). Each prompt's keys and values are computed once for its n responses
+    (`RewardModel.score_shared`), rows // n prompts a batch (one compile per width).
+    Equal to `score_sequences` of the whole sequences. f32 [G, n]."""
+    G, n = len(prompts), len(responses[0]) if responses else 0
+    if G == 0 or n == 0:
+        return np.zeros((G, n), np.float32)
+    rows_ = [{"example": g, "prompt_ids": list(prompts[g]), "response_ids": list(r),
+              "truncation": 0} for g in range(G) for r in responses[g]]
+    d = pooled_at(encode_shared(rows_, lambda r: [], seq_len=1 << 30, fields=()),
+                  rm.pad_token_id)
+    per = max(1, rows // n)
+    f = jax.jit(lambda b: rm.score_shared(b))
+    out = []
+    for s in range(0, G, per):
+        g = np.arange(s, min(s + per, G))
+        pad = per - len(g)
+        pg = np.concatenate([g, np.full(pad, g[0])])  # filler prompts: a copy, scores dropped
+        r = (pg[:, None] * n + np.arange(n)[None]).ravel()
+        b = {"prompt": d["prompt"][pg], "prompt_pos": d["prompt_pos"][pg],
+             **{k: d[k][r] for k in ("tokens", "positions", "last")}}
+        out.append(np.asarray(f(b)).reshape(per, n)[:len(g)])
     return np.concatenate(out).astype(np.float32)
 
 

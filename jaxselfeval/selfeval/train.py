@@ -17,45 +17,22 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.selfeval import metrics as M
-from jaxselfeval.train.data import padded_len
+from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
+                                       forward_rows, prompt_batches)
+from jaxselfeval.sharding import make_mesh
 
 log = logging.getLogger(__name__)
 
 
-def encode_rows(rows, spec, seq_len: int):
-    """tokens int32 [N, S] right-padded; last int32 [N] probe position; target f32 [N];
-    mask f32 [N, S] LM mask on full responses' tokens (aligned with next-token targets).
-    Rows longer than seq_len are left out (`keep`: the indices kept); S is the longest row
-    rounded up to a multiple of 16 (at most seq_len)."""
-    N = len(rows)
-    toks = np.zeros((N, seq_len), np.int32)
-    mask = np.zeros((N, seq_len), np.float32)
-    last = np.zeros(N, np.int32)
-    keep = []
-    for i, r in enumerate(rows):
-        p, resp = list(r["prompt_ids"]), list(r["response_ids"])
-        seq = p + resp + spec.after(resp)
-        if len(seq) > seq_len:
-            continue
-        keep.append(i)
-        j = len(keep) - 1
-        toks[j, :len(seq)] = seq
-        last[j] = len(seq) - 1
-        if int(r["truncation"]) == 0:
-            mask[j, len(p) - 1:len(p) + len(resp) - 1] = 1.0
-    n = len(keep)
-    tgt = np.asarray([rows[i]["target"] for i in keep], np.float32)
-    width = min(seq_len, padded_len(int(last[:n].max(initial=0)) + 1))  # trim unused padding
-    return toks[:n, :width], mask[:n, :width], last[:n], tgt, keep
-
-
 def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0,
               kl_weight: float = 0.0):
-    """loss_fn(model, batch) -> (loss, metrics).
+    """loss_fn(model, batch) -> (loss, metrics). batch: either layout of `selfeval.rows` (flat
+    rows, or shared prompts and their rows' continuations): the same loss on the same rows.
 
     The probe term is the cross-entropy of the probe position's next-token distribution against
     (No: t, Yes: 1 - t). It splits exactly into the binary cross-entropy of the score
@@ -69,11 +46,9 @@ def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0,
     distributions of the frozen base (the same model with its adapter off: LoRA only) and of the
     model being trained ("kl": mean over those positions, in nats).
     """
-    import optax
-
     def loss_fn(model, batch):
         tokens, last, t = batch["tokens"], batch["last"], batch["target"]
-        logits = model(tokens)
+        logits = forward_rows(model, batch)
         lp = jax.nn.log_softmax(jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0], -1)
         pair = jnp.stack([lp[:, yes], lp[:, no]], -1)
         mass = jax.nn.logsumexp(pair, -1)  # log(P(Yes) + P(No))
@@ -89,7 +64,7 @@ def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0,
             loss = loss + lm_weight * lm
             out["lm_loss"] = lm
         if kl_weight:
-            base, _ = model.forward(tokens, use_adapter=False)
+            base = forward_rows(model, batch, use_adapter=False)
             base = jax.nn.log_softmax(jax.lax.stop_gradient(base[:, :-1]), -1)
             kl = (jnp.exp(base) * (base - jax.nn.log_softmax(logits[:, :-1], -1))).sum(-1)
             kl = (kl * m).sum() / n
@@ -101,12 +76,23 @@ def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0,
     return loss_fn
 
 
+def _score_at(model, h, last, ids):
+    """P(No) / (P(Yes) + P(No)) from the final hidden states h [B, S, D] at positions last [B]:
+    the LM head runs at those positions only. f32 [B]."""
+    p = jax.nn.softmax(model.logits(h[jnp.arange(h.shape[0]), last]), -1)[:, ids]
+    return p[:, 1] / jnp.maximum(p.sum(-1), 1e-30)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _probe_scores(graphdef, state, tokens, last, ids):
-    lg = nnx.merge(graphdef, state)(tokens)
-    lg = jnp.take_along_axis(lg, last[:, None, None], axis=1)[:, 0]
-    p = jax.nn.softmax(lg, -1)[:, ids]
-    return p[:, 1] / jnp.maximum(p.sum(-1), 1e-30)
+    model = nnx.merge(graphdef, state)
+    return _score_at(model, model.forward(tokens, return_hidden=True)[0], last, ids)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _shared_probe_scores(graphdef, state, batch, ids):
+    model = nnx.merge(graphdef, state)
+    return _score_at(model, forward_rows(model, batch, hidden=True), batch["last"], ids)
 
 
 def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarray:
@@ -124,6 +110,18 @@ def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarra
     return np.concatenate(out)
 
 
+def shared_scores(model, d: dict, yes: int, no: int, rows: int = 256) -> np.ndarray:
+    """`scores` of the rows of a shared-prompt layout (`encode_shared`), each prompt's keys and
+    values computed once for all its rows (`prompt_batches`). f32 [N]."""
+    g, st = nnx.split(model)
+    ids = jnp.asarray([yes, no], jnp.int32)
+    out = np.zeros(len(d["tokens"]), np.float32)
+    for idx, b in prompt_batches(d, rows):
+        s = np.asarray(_shared_probe_scores(g, st, b, ids))
+        out[idx[idx >= 0]] = s[idx >= 0]
+    return out
+
+
 def validate(model, val, spec) -> dict:
     """AUROC (win vs lose; pooled over prompts and within each prompt) of full responses and of
     each truncation point, Brier and ECE against the soft targets.
@@ -131,7 +129,10 @@ def validate(model, val, spec) -> dict:
     Two readings of truncation point t: "auroc_trunc{t}" over the responses still running at t
     (the truncated rows), "auroc_at{t}" over every response, one that finished within t tokens
     counted as its complete self (what pruning at t sees). val["length"]: response tokens [N]."""
-    s = scores(model, val["tokens"], val["last"], spec.yes, spec.no)
+    if "prompt" in val:  # the shared-prompt layout
+        s = shared_scores(model, val, spec.yes, spec.no)
+    else:
+        s = scores(model, val["tokens"], val["last"], spec.yes, spec.no)
     tr, rew, tgt = val["truncation"], val["reward"], val["target"]
     full = tr == 0
     ex = val["example"]
@@ -165,6 +166,10 @@ class SelfEvalConfig:
     kl_weight: float = 0.0  # KL(frozen base || model) on the samples' tokens (needs lora)
     mass_weight: float = 1.0  # weight of -log(P(Yes) + P(No)) (1: plain cross-entropy)
     seed: int = 0
+    # each batch holds batch_size / rows_per_prompt prompts and rows_per_prompt of each one's rows
+    # (responses and truncations): a prompt's keys and values are computed once for its rows
+    # (about half the tokens of a whole row each); 0: whole rows, batches drawn row by row
+    rows_per_prompt: int = 4
     eval_every: int = 200
     compute_dtype: str = "float32"
     mesh: str = "data=-1"
@@ -198,15 +203,27 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         log.info("LoRA: training %d adapter parameters, the base is frozen",
                  count_lora_params(model))
     tr_rows = load_rows(data, "train")
-    tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
+    if cfg.rows_per_prompt:
+        shared = encode_shared(tr_rows, spec.after, cfg.seq_len)
+        batches = SharedPromptBatches(shared, cfg.batch_size, cfg.rows_per_prompt, cfg.seed)
+        batches.check_mesh(make_mesh(cfg.mesh))
+        n_train = len(shared["tokens"])
+    else:
+        tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
+        batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
+        n_train = len(tk)
     va_rows = load_rows(data, "validation")
-    vt, vm, vl, vtg, keep = encode_rows(va_rows, spec, cfg.seq_len)
-    val = {"tokens": vt, "last": vl, "target": vtg,
-           "truncation": np.asarray([va_rows[i]["truncation"] for i in keep]),
+    if cfg.rows_per_prompt:
+        val = encode_shared(va_rows, spec.after, cfg.seq_len)
+        keep = val["keep"]
+    else:
+        vt, vm, vl, vtg, keep = encode_rows(va_rows, spec, cfg.seq_len)
+        val = {"tokens": vt, "last": vl, "target": vtg}
+    val |= {"truncation": np.asarray([va_rows[i]["truncation"] for i in keep]),
            "reward": np.asarray([va_rows[i]["reward"] for i in keep]),
            "example": np.asarray([va_rows[i]["example"] for i in keep]),
            "length": np.asarray([len(va_rows[i]["response_ids"]) for i in keep])}
-    log.info("%d train rows, %d validation rows", len(tk), len(vt))
+    log.info("%d train rows, %d validation rows", n_train, len(val["tokens"]))
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        warmup_steps=cfg.warmup_steps, seed=cfg.seed, mesh=cfg.mesh,
                        compute_dtype=cfg.compute_dtype, checkpoint_every=max(cfg.steps // 4, 1),
@@ -223,7 +240,6 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         if step % cfg.eval_every == 0 and step < cfg.steps:  # the last step's is `final`
             log_validation(step, validate(get_model(), val, spec))
 
-    batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
     loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight, cfg.kl_weight)
     model, _ = run_training(model, batches, loss, tcfg,
                             out_dir=cfg.out_dir, progress=progress, on_step=on_step)

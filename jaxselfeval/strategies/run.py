@@ -13,8 +13,12 @@ import time
 
 import numpy as np
 
+from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.records import PromptRecord
+from jaxselfeval.sample import Engine, probe_spec
+from jaxselfeval.selfeval.reward_model import score_responses
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig
+from jaxselfeval.tokenizer import encode_chat
 
 
 class Runner:
@@ -23,9 +27,6 @@ class Runner:
 
     def __init__(self, model, tokenizer, task, *, seed: int = 0, max_new_tokens: int = 96,
                  top_p: float = 1.0):
-        from jaxselfeval.errors import JSEError
-        from jaxselfeval.sample import Engine, probe_spec
-
         if not 0.0 < float(top_p) <= 1.0:
             raise JSEError(f"top_p must be in (0, 1] (1 = no nucleus cut), got {top_p}")
         self.tok, self.task, self.max_new, self.top_p = tokenizer, task, max_new_tokens, float(top_p)
@@ -34,8 +35,6 @@ class Runner:
         self.probe_len = len(self.spec.suffix) + 1
 
     def prompts(self, examples, offset=0):
-        from jaxselfeval.tokenizer import encode_chat
-
         ids = [encode_chat(self.tok, self.task.messages(e)) for e in examples]
         return self.eng.prefill(ids, prompt_offset=offset)
 
@@ -62,10 +61,6 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
     task's `response_kind`: the way each response went, -1 when it tells none), answers [P][n],
     wall_s (decode + final probe).
     """
-    from jaxselfeval.sample import Engine
-
-    from jaxselfeval.tokenizer import encode_chat
-
     P = run.prompts(examples, offset)
     t0 = time.perf_counter()
     C = run.branch(P, n, temperature)
@@ -92,11 +87,9 @@ def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,),
 
 def add_rm_scores(pool, rm, batch: int = 64):
     """Score every pooled candidate with an external reward model -> pool["rm_score"] [P, n]."""
-    from jaxselfeval.selfeval.reward_model import score_sequences
-
     n = pool["n"]
-    seqs = [pool["prompt_ids"][i // n] + o for i, o in enumerate(pool["outs"])]
-    pool["rm_score"] = score_sequences(rm, seqs, batch=batch).reshape(-1, n)
+    outs = [pool["outs"][g * n:(g + 1) * n] for g in range(len(pool["prompt_ids"]))]
+    pool["rm_score"] = score_responses(rm, pool["prompt_ids"], outs, rows=batch)
     return pool
 
 
@@ -184,8 +177,6 @@ def adaptive(run: Runner, examples, cfg: AdaptiveConfig, *, offset=0, trace=Fals
     With trace=True every round runs for every prompt (no stopping) and the per-round best
     scores/correctness are returned too, for exact threshold sweeps.
     """
-    from jaxselfeval.sample import Engine
-
     G = len(examples)
     P = run.prompts(examples, offset)
     t0 = time.perf_counter()
@@ -310,8 +301,6 @@ def threshold_sweep(rounds, examples, thresholds):
 def prune_run(run: Runner, examples, cfg: PruneConfig, *, offset=0):
     """A real pruned run (for wall time): branch n, decode to `at_tokens`, probe, gather the top
     `keep` per prompt, decode only those, probe, return the best."""
-    from jaxselfeval.sample import Engine
-
     P = run.prompts(examples, offset)
     t0 = time.perf_counter()
     C = run.branch(P, cfg.n, cfg.temperature)
