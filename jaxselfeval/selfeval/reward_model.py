@@ -24,7 +24,7 @@ from flax import nnx
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.hf_io import _Reader, load_pretrained
-from jaxselfeval.selfeval.rows import encode_shared, forward_rows
+from jaxselfeval.selfeval.rows import encode_shared, forward_rows, prompt_batches
 from jaxselfeval.selfeval.reward_export import save_reward_model  # noqa: F401 (public here too)
 from jaxselfeval.tokenizer import load_tokenizer
 from jaxselfeval.train.data import padded_len
@@ -134,7 +134,7 @@ def pooled_at(d: dict, pad_token_id: int | None) -> dict:
 def score_responses(rm: "RewardModel", prompts, responses, *, rows: int = 64) -> np.ndarray:
     """Reward of each response to its prompt: prompts [G] token lists, responses [G][n] token
     lists (n a prompt). Each prompt's keys and values are computed once for its n responses
-    (`RewardModel.score_shared`), rows // n prompts a batch (one compile per width).
+    (`RewardModel.score_shared`), rows // n prompts a batch (`rows.prompt_batches`: one shape).
     Equal to `score_sequences` of the whole sequences. f32 [G, n]."""
     G, n = len(prompts), len(responses[0]) if responses else 0
     if G == 0 or n == 0:
@@ -143,18 +143,12 @@ def score_responses(rm: "RewardModel", prompts, responses, *, rows: int = 64) ->
               "truncation": 0} for g in range(G) for r in responses[g]]
     d = pooled_at(encode_shared(rows_, lambda r: [], seq_len=1 << 30, fields=()),
                   rm.pad_token_id)
-    per = max(1, rows // n)
     f = jax.jit(lambda b: rm.score_shared(b))
-    out = []
-    for s in range(0, G, per):
-        g = np.arange(s, min(s + per, G))
-        pad = per - len(g)
-        pg = np.concatenate([g, np.full(pad, g[0])])  # filler prompts: a copy, scores dropped
-        r = (pg[:, None] * n + np.arange(n)[None]).ravel()
-        b = {"prompt": d["prompt"][pg], "prompt_pos": d["prompt_pos"][pg],
-             **{k: d[k][r] for k in ("tokens", "positions", "last")}}
-        out.append(np.asarray(f(b)).reshape(per, n)[:len(g)])
-    return np.concatenate(out).astype(np.float32)
+    out = np.zeros(G * n, np.float32)
+    for idx, b in prompt_batches(d, rows):  # every prompt has its n rows: no filler rows
+        s = np.asarray(f(b))
+        out[idx[idx >= 0]] = s[idx >= 0]
+    return out.reshape(G, n)
 
 
 def init_reward_model(backbone, seed: int = 0, *, num_labels: int = 1,

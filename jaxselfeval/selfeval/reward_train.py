@@ -49,13 +49,14 @@ def train_reward_model(data_dir, model_dir, out_dir, *, steps=150, batch_size=32
     if rows_per_prompt:
         d = pooled_at(encode_shared(rows, lambda r: [], seq_len, fields=("reward",)), pad)
         batches = SharedPromptBatches(d, batch_size, rows_per_prompt, seed)
-        batches.check_mesh(make_mesh("data=-1"))
     else:
         batches = _flat_batches(rows, pad, seq_len, batch_size, seed)
-    rm = init_reward_model(load_pretrained(model_dir, lm_head=False), seed=seed,
-                           pad_token_id=pad)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=10, seed=seed,
                       compute_dtype="float32", checkpoint_every=steps, weight_decay=0.0)
+    if rows_per_prompt:
+        batches.check_mesh(make_mesh(cfg.mesh))  # the mesh run_training trains on
+    rm = init_reward_model(load_pretrained(model_dir, lm_head=False), seed=seed,
+                           pad_token_id=pad)
     rm, _ = run_training(rm, batches, rm_loss, cfg, out_dir=out_dir, progress=progress)
     return save_reward_model(rm, Path(out_dir) / "hf", tokenizer_dir=model_dir)
 
