@@ -1,13 +1,16 @@
 """Sampler: greedy parity with transformers, branching == independent runs, probes leave
 continuations unchanged, pruning keeps survivors' tokens, self_evaluate == a full forward."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 import jaxselfeval as jse
+from jaxselfeval.model.attention import record_impls
 from jaxselfeval.sample import Engine, probe_spec
+from jaxselfeval.sample.engine import _probe_fn
 
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12, 13], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
 
@@ -118,6 +121,36 @@ def test_probe_equals_self_evaluate_equals_full_forward(model, tokenizer):
     lg = np.asarray(m(jnp.asarray([seq])))[0, -1]
     p = np.exp(lg - lg.max())
     assert abs(p[spec.no] / (p[spec.yes] + p[spec.no]) - s_api[0]) < 1e-5
+
+
+def test_probe_reads_only_the_written_cache_window(model, tokenizer):
+    """The probe attends the window of the candidates' cache that holds the written slots (32 of
+    80 after 6 tokens, 64 after 40): scores equal those over the whole buffer and a plain
+    forward of one row."""
+    spec = probe_spec(tokenizer)
+    m = jse.create_model(model.config.replace(vocab_size=len(tokenizer)), seed=5)
+    eng = Engine(m, seed=4, stop_ids=(spec.eot,))
+    P = eng.prefill(PROMPTS)
+    suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
+    yes_no = jnp.asarray([spec.yes, spec.no], jnp.int32)
+    C = eng.branch(P, 2, 80)
+    jitted, seen = eng._probe, []
+    eng._probe = lambda *a, **k: (seen.append(k.get("window")), jitted(*a, **k))[1]
+    for until, window in ((6, 32), (40, 64)):
+        C = eng.decode(P, C, until=until)
+        assert C.step == until
+        whole = np.asarray(jitted(eng.state, P, C, suffix, yes_no)[0])
+        np.testing.assert_allclose(np.asarray(eng.probe(P, C, spec)), whole, atol=1e-5)
+        assert seen[-1] == window
+        with record_impls() as used:  # keys attended: the prompt's, the window's, the suffix's
+            jax.make_jaxpr(lambda st, c: _probe_fn(eng.graphdef, st, P, c, suffix, yes_no,
+                                                   window=window))(eng.state, C)
+        assert {t for _, _, t in used} == {P.cache.max_len + window + len(suffix)}, used
+        out = Engine.outputs(C)[3]
+        seq = PROMPTS[1] + out + spec.after(out)
+        lg = np.asarray(m(jnp.asarray([seq])))[0, -1]
+        p = np.exp(lg - lg.max())
+        assert abs(p[spec.no] / (p[spec.yes] + p[spec.no]) - whole[3]) < 1e-5
 
 
 def test_completed_responses_probe(model, tokenizer):

