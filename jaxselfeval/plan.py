@@ -274,7 +274,7 @@ def _engine(cfg, pc: PlanConfig, mesh):
 
     model = abstract_model(cfg, param_dtype=pc.weights_dtype, compute_dtype=pc.compute_dtype,
                            attention_impl=pc.attention)
-    eng = Engine(model, stop_ids=cfg.eos_ids)
+    eng = Engine(model, stop_ids=cfg.eos_ids, per_layer=False)  # the scan, as accelerators run
     return eng, abstract_state(eng.state, mesh)
 
 
@@ -300,7 +300,7 @@ def compile_prefill(cfg, pc: PlanConfig, mesh):
     G = _groups(pc)
     toks = _sds((G, pc.prompt_len), "int32", mesh, ("batch", None))
     cache = abstract_cache(cfg, G, pc.prompt_len, pc.compute_dtype, mesh)
-    return _compile(eng._prefill, pc, mesh, state, toks, toks, cache)
+    return _compile(eng._prefill, pc, mesh, state, toks, toks, cache, None)
 
 
 def compile_decode(cfg, pc: PlanConfig, mesh):
@@ -320,7 +320,7 @@ def compile_decode(cfg, pc: PlanConfig, mesh):
                        vec("int32"), vec("float32"), vec("float32"))
     until = _sds((), "int32", mesh, ())
     return _compile(eng._decode, pc, mesh, state, _prompts(cfg, pc, mesh, G), cands, until,
-                    eng.key)
+                    eng.key, None)
 
 
 COMPILERS = {"train": compile_train, "prefill": compile_prefill, "decode": compile_decode}

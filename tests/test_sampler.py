@@ -9,6 +9,7 @@ import torch
 
 import jaxselfeval as jse
 from jaxselfeval.model.attention import record_impls
+from jaxselfeval.model.llama import split_layers
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.sample.engine import _probe_fn
 
@@ -151,6 +152,31 @@ def test_probe_reads_only_the_written_cache_window(model, tokenizer):
         lg = np.asarray(m(jnp.asarray([seq])))[0, -1]
         p = np.exp(lg - lg.max())
         assert abs(p[spec.no] / (p[spec.yes] + p[spec.no]) - whole[3]) < 1e-5
+
+
+def test_separate_layer_arrays_sample_what_the_layer_scan_samples(model, tokenizer):
+    """`Engine(per_layer=True)` (the layers unrolled over separate weight arrays, chosen on one
+    CPU device for large models) prefills, decodes and probes as the scan over the stacked
+    weights does: the same tokens, log-probabilities and scores (to float tolerance)."""
+    spec = probe_spec(tokenizer)
+    m = jse.create_model(model.config.replace(vocab_size=len(tokenizer)), seed=6)
+    assert Engine(m).layers is None  # a small model keeps the scan
+    out = {}
+    for per_layer in (False, True):
+        eng = Engine(m, seed=2, per_layer=per_layer)
+        assert (eng.layers is not None) == per_layer
+        P = eng.prefill(PROMPTS)
+        C = eng.decode(P, eng.branch(P, 3, 40, temperature=0.0))
+        S = eng.decode(P, eng.branch(P, 3, 40, temperature=0.0), until=10)
+        out[per_layer] = (np.asarray(P.last_logits), Engine.outputs(C), np.asarray(C.logprob),
+                          np.asarray(eng.probe(P, S, spec)))
+    (l0, o0, lp0, s0), (l1, o1, lp1, s1) = out[False], out[True]
+    np.testing.assert_allclose(l1, l0, atol=1e-4)
+    assert o1 == o0
+    np.testing.assert_allclose(lp1, lp0, atol=1e-3)
+    np.testing.assert_allclose(s1, s0, atol=1e-4)
+    with pytest.raises(ValueError, match="no adapter"):
+        m.forward(jnp.asarray([PROMPTS[0]]), exit_layer=1, layers=split_layers(m))
 
 
 def test_completed_responses_probe(model, tokenizer):

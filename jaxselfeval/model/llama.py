@@ -139,7 +139,7 @@ class Llama(nnx.Module):
     def forward(self, tokens, positions=None, *, cache: KVCache | None = None,
                 prefix: KVCache | None = None, write: bool = True, last_only: bool = False,
                 return_hidden: bool = False, exit_layer: int = 0, attend_cache: bool = True,
-                use_adapter: bool = True):
+                use_adapter: bool = True, layers: list | None = None):
         """One pass over `tokens` [B, S] at `positions` [B, S] (-1 = padding, invisible).
 
         Attends to: `prefix` (a cache of G prompts shared by B/G consecutive rows each, read
@@ -151,6 +151,9 @@ class Llama(nnx.Module):
         logits read after layer `exit_layer` through the final norm and LM head (an early exit).
         attend_cache=False: `cache` is known to be empty (a prefill): it is written, not read.
         use_adapter=False: the adapter (`self.lora`) is left out: the frozen base model's pass.
+        layers: the layer weights as L separate dicts (`split_layers`), run unrolled instead of a
+        scan over the stacked [L, ...] arrays, whose per-layer slices XLA:CPU copies (a quarter
+        of a 100M model's decode step there); no adapter, no exit_layer.
         """
         cfg = self.config
         B, S = tokens.shape
@@ -163,7 +166,9 @@ class Llama(nnx.Module):
         x = shard_batch(jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32))
 
         adapter = self.lora if use_adapter else None
-        xs = {"p": self._layer_params(adapter)}
+        if layers is not None and (adapter is not None or exit_layer):
+            raise ValueError("layers= runs the plain model: no adapter, no exit_layer")
+        xs = {} if layers is not None else {"p": self._layer_params(adapter)}
         read_cache = cache is not None and attend_cache
         if read_cache:
             xs["ck"], xs["cv"] = cache.k, cache.v
@@ -206,7 +211,14 @@ class Llama(nnx.Module):
             early = self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps))
             x, _ = jax.lax.scan(layer, x, jax.tree.map(lambda a: a[exit_layer:], xs))
             return (self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)), early), None
-        x, (new_k, new_v) = jax.lax.scan(layer, x, xs)
+        if layers is not None:
+            kvs = []
+            for i, p in enumerate(layers):
+                x, kv = layer(x, dict({n: a[i] for n, a in xs.items()}, p=p))
+                kvs.append(kv)
+            new_k, new_v = (jnp.stack(t) for t in zip(*kvs))
+        else:
+            x, (new_k, new_v) = jax.lax.scan(layer, x, xs)
 
         new_cache = None
         if cache is not None and write:
@@ -243,6 +255,18 @@ class Llama(nnx.Module):
                               preferred_element_type=jnp.float32)
         return jnp.einsum("...d,dv->...v", h.astype(cd), self.lm_head[...].astype(cd),
                           preferred_element_type=jnp.float32)
+
+
+def split_layers(model: Llama) -> list[dict]:
+    """The layer weights as L dicts of separate arrays (copies of the stacked [L, ...] slices),
+    for `Llama.forward(layers=...)`."""
+    return [{n: jnp.array(getattr(model, n)[...][i], copy=True) for n in LAYER_PARAMS}
+            for i in range(model.config.num_hidden_layers)]
+
+
+def layer_bytes(model: Llama) -> int:
+    """Bytes of the stacked layer weights."""
+    return sum(getattr(model, n)[...].nbytes for n in LAYER_PARAMS)
 
 
 def create_model(cfg: LlamaConfig, *, seed: int = 0, param_dtype="float32",
