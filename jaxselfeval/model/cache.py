@@ -34,6 +34,11 @@ class KVCache(NamedTuple):
     def nbytes(self) -> int:
         return sum(int(x.size) * x.dtype.itemsize for x in (self.k, self.v, self.pos))
 
+    def window(self, slots: int) -> "KVCache":
+        """The first `slots` slots (a static slice): every slot written so far when
+        `index <= slots`, the rest being empty (position -1) and invisible to every query."""
+        return KVCache(self.k[:, :, :slots], self.v[:, :, :slots], self.pos[:, :slots], self.index)
+
     def take(self, rows) -> "KVCache":
         """Gather rows (e.g. survivors of pruning). rows: int32 [new_batch]."""
         return KVCache(self.k[:, rows], self.v[:, rows], self.pos[rows], jnp.array(self.index))

@@ -106,9 +106,7 @@ def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=Non
     written (the rest are empty: position -1, invisible), as decode does."""
     model = nnx.merge(graphdef, state)
     if window is not None and window < c.cache.max_len:
-        k = c.cache
-        c = c._replace(cache=KVCache(k.k[:, :, :window], k.v[:, :, :window], k.pos[:, :window],
-                                     k.index))
+        c = c._replace(cache=c.cache.window(window))
     B, K = c.tokens.shape[0], suffix.shape[0]
     # rows that ended emitted their eot already: the suffix's leading eot is then invisible
     toks = jnp.broadcast_to(suffix, (B, K))
@@ -178,9 +176,8 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
         # buffer (slots past the window are empty: position -1, invisible, nothing lost)
         full = c.cache
         for w in windows(full.max_len):
-            small = KVCache(full.k[:, :, :w], full.v[:, :, :w], full.pos[:, :w], full.index)
             c = jax.lax.while_loop(lambda c, w=w: cond(c) & (c.cache.index < w), body,
-                                   c._replace(cache=small))
+                                   c._replace(cache=full.window(w)))
             full = KVCache(full.k.at[:, :, :w].set(c.cache.k), full.v.at[:, :, :w].set(c.cache.v),
                            full.pos.at[:, :w].set(c.cache.pos), c.cache.index)
         return c._replace(cache=full)

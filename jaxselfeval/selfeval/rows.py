@@ -102,6 +102,14 @@ def encode_shared(rows, after, seq_len: int, fields=("target",)) -> dict:
     return out
 
 
+def members(d: dict) -> list[np.ndarray]:
+    """Each prompt's row indices (ascending) of a shared-prompt layout: [E] int arrays."""
+    E = len(d["prompt"])
+    order = np.argsort(d["group"], kind="stable")
+    bounds = np.searchsorted(d["group"][order], np.arange(E + 1))
+    return [order[bounds[e]:bounds[e + 1]] for e in range(E)]
+
+
 class SharedPromptBatches:
     """Batches of `encode_shared` arrays: G prompts x R of their rows, a pure function of
     (seed, step) like `train.data.Batches`. Each epoch visits every prompt once (shuffled); a
@@ -117,9 +125,7 @@ class SharedPromptBatches:
         if E < self.G:
             raise JSEError(f"only {E} prompts for {self.G} a batch (batch_size {batch_size} / "
                            f"rows_per_prompt {R}): lower batch_size or raise rows_per_prompt")
-        order = np.argsort(data["group"], kind="stable")
-        bounds = np.searchsorted(data["group"][order], np.arange(E + 1))
-        self.members = [order[bounds[e]:bounds[e + 1]] for e in range(E)]
+        self.members = members(data)
         self.per_epoch = E // self.G
         self._fingerprint = None
 
@@ -172,8 +178,8 @@ def prompt_batches(d: dict, rows: int):
     the prompt's first row; idx -1), and G = max(1, rows // R) prompts a batch (the last batch
     filled with copies of its first prompt). One shape for every batch: one compile."""
     E = len(d["prompt"])
-    members = [np.flatnonzero(d["group"] == e) for e in range(E)]
-    R = max(len(m) for m in members)
+    rows_of = members(d)
+    R = max(len(m) for m in rows_of)
     G = max(1, min(E, rows // R))
     for s in range(0, E, G):
         groups = list(range(s, min(s + G, E)))
@@ -181,7 +187,7 @@ def prompt_batches(d: dict, rows: int):
         idx = np.full((G, R), -1, np.int64)
         take = np.zeros((G, R), np.int64)
         for i, e in enumerate(groups):
-            m = members[e]
+            m = rows_of[e]
             if i < min(s + G, E) - s:
                 idx[i, :len(m)] = m
             take[i] = np.concatenate([m, np.full(R - len(m), m[0])])
