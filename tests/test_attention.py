@@ -93,6 +93,36 @@ def test_blockwise_equals_exact_shared_prefix_segments(monkeypatch):
     _check(exact, blockwise, (q, k, v, pk, pv))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_decode_step_rowwise_equals_dot_path(dtype, monkeypatch):
+    """A decode step (S = 1) on a CPU attends its own cache and its current token by products and
+    sums in the keys' layout (no dot): the same result as the dot path other platforms run, over
+    a shared prompt, a ragged own cache (an empty row, a finished row at position -1) and the
+    current token."""
+    rng = np.random.default_rng(3)
+    G, P, C = 2, 24, 12
+    pk, pv = (_rand(rng, G, P, KVH, DH).astype(dtype) for _ in range(2))
+    ppos = _left_padded([P, 17], P)
+    plen = np.array([P, 17]).repeat(2)
+    ck, cv = (_rand(rng, B, C, KVH, DH).astype(dtype) for _ in range(2))
+    ntok = np.array([5, 12, 0, 7])
+    cpos = jnp.asarray(np.where(np.arange(C)[None] < ntok[:, None],
+                                plen[:, None] + np.arange(C)[None], -1), jnp.int32)
+    qpos = jnp.asarray(np.where(np.arange(B) == 3, -1, plen + ntok)[:, None], jnp.int32)
+    q = _rand(rng, B, 1, H, DH).astype(dtype)
+    k, v = (_rand(rng, B, 1, KVH, DH).astype(dtype) for _ in range(2))
+    segs = [Segment(pk, pv, ppos), Segment(ck, cv, cpos), Segment(k, v, qpos)]
+    out = {}
+    for plat in ("cpu", "gpu"):
+        monkeypatch.setattr(att, "platform", lambda plat=plat: plat)
+        fn = jax.jit(lambda q, segs: attend(q, qpos, segs, compute_dtype=dtype))
+        out[plat] = np.asarray(fn(q, segs))
+        dots = str(jax.make_jaxpr(lambda q: attend(q, qpos, segs, compute_dtype=dtype))(q))
+        assert dots.count("dot_general") == (2 if plat == "cpu" else 6)  # the prompt's 2 left
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(out["cpu"], out["gpu"], atol=tol, rtol=tol)
+
+
 def test_blockwise_lse_is_the_log_sum_exp():
     rng = np.random.default_rng(2)
     q, k, v = _rand(rng, 2, 30, KVH, 2, DH), _rand(rng, 2, 50, KVH, DH), _rand(rng, 2, 50, KVH, DH)

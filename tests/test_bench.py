@@ -37,3 +37,33 @@ def test_bench_train_step_compiles_once(mode):
     finally:
         jax.config.update("jax_enable_compilation_cache", cached)
     assert first >= 1 and len(compiles) == first, compiles
+
+
+def test_paired_timing_alternates_and_takes_medians():
+    """Each side: one warm-up call, then `repeat` timed calls, a and b alternating."""
+    from jaxselfeval.bench.sampler import _paired
+
+    calls = []
+    ta, tb = _paired(lambda: calls.append("a"), lambda: calls.append("b"), 3)
+    assert calls == ["a", "b"] * 4 and ta >= 0 and tb >= 0
+
+
+def test_bench_sampler_runs_side_by_side(tmp_path, capsys):
+    """A tiny `bench sampler` run: the same dtype on both sides, a ratio, the roofline bound and
+    the repeat count in its JSON; a bad --repeat is one clear error and writes nothing."""
+    import json
+
+    from jaxselfeval.cli import main
+
+    out = tmp_path / "b.json"
+    args = ["bench", "sampler", "--shapes", "tiny", "--dtypes", "float32", "--modes", "greedy",
+            "--n", "2", "--new-tokens", "4", "--prompt-len", "8", "--figures-shape", "",
+            "--repeat", "2", "--out", str(out)]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    (row,) = res["rows"]
+    assert res["repeat"] == 2 and row["dtype"] == "float32" and row["speedup"] > 0
+    assert row["bound_s"] > 0 and row["step_s"] > 0
+    bad = tmp_path / "bad.json"
+    assert main(args[:-4] + ["--repeat", "0", "--out", str(bad)]) != 0
+    assert "--repeat must be >= 1" in capsys.readouterr().err and not bad.exists()

@@ -8,7 +8,17 @@ import pytest
 from jaxselfeval.sample import sampling
 from jaxselfeval.sample.sampling import row_keys, sample_tokens, sample_tokens_sorted
 
-fast = jax.jit(sample_tokens, static_argnames="top_k")
+
+@pytest.fixture(params=["cpu", "tpu"])
+def fast(request, monkeypatch):
+    """sample_tokens jitted for each nucleus implementation: lax.top_k prefixes (CPU) and the
+    bisection with compaction (other platforms), both run here."""
+    monkeypatch.setattr(sampling, "platform", lambda: request.param)
+
+    def f(x, keys, temp, tp, top_k=0):
+        return sample_tokens(x, keys, temp, tp, top_k)
+
+    return jax.jit(f, static_argnames="top_k")
 
 
 def _logits(B, V, scale, seed, ties=False):
@@ -24,7 +34,7 @@ def _keys(B, step):
 
 @pytest.mark.parametrize("scale,ties", [(6.0, False), (3.0, False), (4.0, True)])
 @pytest.mark.parametrize("top_p", [1.0, 0.95, 0.5])
-def test_draws_equal_sorted_reference(scale, ties, top_p):
+def test_draws_equal_sorted_reference(fast, scale, ties, top_p):
     B, V = 32, 4096
     x = _logits(B, V, scale, seed=int(scale * 10) + ties)
     for step in range(8):
@@ -35,7 +45,7 @@ def test_draws_equal_sorted_reference(scale, ties, top_p):
                                       np.asarray(sample_tokens_sorted(x, k, temp, tp)))
 
 
-def test_greedy_is_argmax_and_mixed_rows():
+def test_greedy_is_argmax_and_mixed_rows(fast):
     B, V = 16, 1000
     x = _logits(B, V, 2.0, seed=3)
     temp = jnp.asarray([0.0, 1.0] * 8, jnp.float32)
@@ -48,7 +58,7 @@ def test_greedy_is_argmax_and_mixed_rows():
 
 
 @pytest.mark.parametrize("scale", [0.05, 1.0])
-def test_fallback_tiers_equal_reference(scale):
+def test_fallback_tiers_equal_reference(fast, scale):
     """Flat logits: the nucleus is wider than the first tier (and, at 0.05, than every tier), so
     the larger top_k and the full sort run; the draws still equal the reference."""
     B, V = 8, 3000
@@ -65,7 +75,7 @@ def test_fallback_tiers_equal_reference(scale):
 
 
 @pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (40, 0.9)])
-def test_top_k_equals_reference(top_k, top_p):
+def test_top_k_equals_reference(fast, top_k, top_p):
     B, V = 16, 2000
     x = _logits(B, V, 2.0, seed=9, ties=True)
     temp, tp = jnp.ones((B,)), jnp.full((B,), top_p)
@@ -77,7 +87,7 @@ def test_top_k_equals_reference(top_k, top_p):
         assert all(g in t for g, t in zip(got, top))
 
 
-def test_nucleus_and_distribution():
+def test_nucleus_and_distribution(fast):
     """Every draw lies in the nucleus; at top_p 1 the draw frequencies follow softmax(x / T)."""
     V, n = 50, 20000
     x = jnp.tile(_logits(1, V, 1.5, seed=11), (n, 1))
@@ -90,6 +100,18 @@ def test_nucleus_and_distribution():
     nucleus = set(order[:np.searchsorted(np.cumsum(p[order]), 0.6) + 1].tolist())
     got = np.asarray(fast(x, k, jnp.full((n,), 0.8), jnp.full((n,), 0.6)))
     assert set(got.tolist()) == nucleus
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's partial top-k")
+@pytest.mark.parametrize("top_k", [0, 40])
+def test_cpu_nucleus_runs_a_partial_top_k_not_a_sort(top_k):
+    """On a CPU the nucleus prefix (and an engine top_k) is XLA's TopK: the gathers that read it
+    must not fold it back into a sort of the whole vocabulary."""
+    B, V = 16, 4096
+    x = _logits(B, V, 6.0, seed=1)
+    args = (x, _keys(B, 0), jnp.ones((B,)), jnp.full((B,), 0.95))
+    hlo = jax.jit(sample_tokens, static_argnames="top_k").lower(*args, top_k=top_k).compile().as_text()
+    assert 'custom_call_target="TopK"' in hlo
 
 
 def test_prefix_scan_is_length_independent():

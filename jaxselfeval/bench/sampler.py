@@ -1,7 +1,8 @@
 """`jaxselfeval bench sampler`: our sampler vs transformers, branching, probe cost, shared cache.
 
 All figures are measured side by side in one run on this machine (after a warm-up call that
-compiles), and printed as ratios next to their goals. Both sides run the same random weights in
+compiles; the median of `--repeat` timed calls per side, the two sides alternating), and printed
+as ratios next to their goals. Both sides run the same random weights in
 the same dtype (ours loads transformers' export). Random weights give near-uniform logits, a
 distribution no trained model has (top-p 0.95 would keep ~90% of the vocabulary); the LM head is
 scaled so the logits have a standard deviation of `--logit-std` (default 6: a nucleus of tens of
@@ -16,6 +17,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from jaxselfeval.errors import JSEError
 
 SHAPES = {  # name -> config name or dict (random weights; vocab sizes of real tokenizers)
     "tiny": "tiny",
@@ -45,16 +48,24 @@ def add_arguments(p):
                    help="shape for the prefill/probe/cache figures ('' to skip them)")
     p.add_argument("--quick", action="store_true",
                    help="tiny and small_100m, bf16, 8 new tokens, short figure prompts")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="timed calls per side, ours and theirs alternating; the median of each")
     p.add_argument("--torch-threads", type=int, default=0, help="transformers' threads (0: its default)")
     p.add_argument("--out", default=None, help="also write JSON here")
 
 
-def _timed(fn, repeat=1):
-    fn()
-    t = time.perf_counter()
+def _paired(a, b, repeat: int):
+    """Median seconds of `repeat` timed calls of each of a and b, alternating a, b, a, b, ...
+    after one warm-up (compiling) call of each: both sides see the same moments of a shared
+    machine, and one slow moment moves neither median."""
+    a(), b()
+    ta, tb = [], []
     for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t) / repeat
+        for fn, ts in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return float(np.median(ta)), float(np.median(tb))
 
 
 def _block(x):
@@ -87,6 +98,8 @@ def _export(cfg, logit_std: float) -> str:
 
 
 def run(args) -> int:
+    if args.repeat < 1:
+        raise JSEError(f"--repeat must be >= 1, got {args.repeat}")
     import jax
     import torch
     from transformers import LlamaForCausalLM
@@ -104,12 +117,14 @@ def run(args) -> int:
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # transformers on the chip jax uses
     if dev == "cuda":  # float32 matmuls in TF32 on both sides, as XLA runs them on a GPU
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    res = {"device": jax.devices()[0].device_kind, "n": n, "new_tokens": new, "rows": []}
+    res = {"device": jax.devices()[0].device_kind, "n": n, "new_tokens": new,
+           "repeat": args.repeat, "rows": []}
     bw = roofline.memory_bandwidth()
     peaks = {dt: roofline.matmul_peak(getattr(jax.numpy, dt)) for dt in dtypes}
     res.update(bandwidth=bw, peaks=peaks)
     print(f"device {res['device']}; transformers on {dev}; torch threads "
-          f"{torch.get_num_threads()}; {n} candidates x {new} new tokens after a "
+          f"{torch.get_num_threads()}; median of {args.repeat} alternating timed calls per side; "
+          f"{n} candidates x {new} new tokens after a "
           f"{args.prompt_len}-token prompt; measured bandwidth "
           f"{bw / 1e9:.1f} GB/s, matmul peak " +
           ", ".join(f"{dt} {p / 1e9:.0f} GFLOP/s" for dt, p in peaks.items()))
@@ -145,7 +160,7 @@ def run(args) -> int:
                     if dev == "cuda":
                         torch.cuda.synchronize()
 
-                t_ours, t_hf = _timed(ours), _timed(theirs)
+                t_ours, t_hf = _paired(ours, theirs, args.repeat)
                 goal = 3.0 if name == "tiny" else 1.5
                 row = {"shape": name, "dtype": dt, "mode": mode, "params": jse.count_params(model),
                        "ours_tok_s": n * new / t_ours, "hf_tok_s": n * new / t_hf,
@@ -183,8 +198,8 @@ def _figures(args, res, rng):
     print(f"[figures on {args.figures_shape}, bfloat16, N={n}]")
     # ---- prefill once + branch vs n independent prefills of a long prompt
     lp = rng.integers(0, cfg.vocab_size, long_prompt).tolist()
-    t_branch = _timed(lambda: _block(eng.branch(eng.prefill([lp]), n, 16).next_token))
-    t_indep = _timed(lambda: _block(eng.prefill([lp] * n).last_logits))
+    t_branch, t_indep = _paired(lambda: _block(eng.branch(eng.prefill([lp]), n, 16).next_token),
+                                lambda: _block(eng.prefill([lp] * n).last_logits), args.repeat)
     res["prefill"] = {"prompt": long_prompt, "branch_s": t_branch, "independent_s": t_indep,
                       "ratio": t_indep / t_branch}
     print(f"[prefill]  {long_prompt}-token prompt: prefill+branch {t_branch * 1e3:.0f} ms vs {n} "
@@ -193,9 +208,9 @@ def _figures(args, res, rng):
     # ---- probe cost per candidate vs generating a `gen`-token response
     spec = ProbeSpec(eot=1, suffix=tuple(range(2, 24)), yes=30, no=31)  # a 23-token probe turn
     P = eng.prefill([prompt])
-    t_gen = _timed(lambda: _block(eng.decode(P, eng.branch(P, n, gen), until=gen).tokens))
     C = eng.decode(P, eng.branch(P, n, gen), until=gen)
-    t_probe = _timed(lambda: _block(eng.probe(P, C, spec)))
+    t_gen, t_probe = _paired(lambda: _block(eng.decode(P, eng.branch(P, n, gen), until=gen).tokens),
+                             lambda: _block(eng.probe(P, C, spec)), args.repeat)
     res["probe"] = {"probe_s": t_probe, "generate_s": t_gen, "share": t_probe / t_gen}
     print(f"[probe]    {len(spec.suffix) + 1}-token probe of {n} candidates {t_probe * 1e3:.1f} ms "
           f"vs generating {gen} tokens {t_gen * 1e3:.0f} ms: {100 * t_probe / t_gen:.1f}% "
@@ -206,9 +221,10 @@ def _figures(args, res, rng):
     Ps = eng.prefill([cp])
     Cs = eng.branch(Ps, n, steps)
     shared_bytes = Ps.cache.nbytes() + Cs.cache.nbytes()
-    t_shared = _timed(lambda: _block(eng.decode(Ps, eng.branch(Ps, n, steps), until=steps).tokens))
     copied = _copied_baseline(eng, cp, n, steps)
-    t_copy = _timed(lambda: _block(copied()))
+    t_shared, t_copy = _paired(
+        lambda: _block(eng.decode(Ps, eng.branch(Ps, n, steps), until=steps).tokens),
+        lambda: _block(copied()), args.repeat)
     copy_bytes = copied.nbytes
     res["cache"] = {"prompt": cache_prompt, "shared_bytes": shared_bytes, "copied_bytes": copy_bytes,
                     "bytes_ratio": shared_bytes / copy_bytes, "shared_step_s": t_shared / steps,

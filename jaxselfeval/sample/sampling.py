@@ -12,8 +12,10 @@ vocabulary sizes):
   compacted into K slots (ids ascending) and only those K are sorted. The set is a whole prefix of
   the sorted order (ties included), so when it fits in K and its mass provably covers the nucleus
   (>= top_p + a rounding margin), the draw is exactly what the full sort gives; otherwise a larger
-  K is tried, and last the full sort (`lax.cond`: only the tier taken runs). No `lax.top_k`:
-  XLA:CPU lowers it to a full sort of [B, V];
+  K is tried, and last the full sort (`lax.cond`: only the tier taken runs). On a CPU the
+  prefix of each tier is `lax.top_k`'s instead (XLA:CPU runs it as a partial top-k, no sort of
+  V: at V = 128256, 3.9 ms for the first 64 against 15 ms for the bisection and compaction);
+  elsewhere the bisection, measured on an H100;
 - engine-level top_k > 0: the prefix of top_k candidates, renormalised (no fallback needed).
 
 A row draws ONE uniform u from its key; the token is the first (in the order above) whose
@@ -28,9 +30,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxselfeval.model.attention import platform
+
 # candidate counts tried before the full sort; the covered-mass check carries a margin far above
 # the rounding of a float32 tree sum (|error| <= log2(V) * 2**-24 of the mass)
-TIERS = (64, 1024)
+TIERS = (64, 256, 1024)
 MARGIN = 1e-5
 BISECT_STEPS = 16  # the threshold to within max(p) * 2**-16: a few extra tokens at most
 BLOCK = 256  # block size of the two-level inverse CDF
@@ -105,8 +109,10 @@ def _probs(logits, temperature):
 
 
 def _top_k(p, k):
-    """lax.top_k (engine-level top_k only). XLA:CPU lowers it to a full sort of [B, V]."""
-    return jax.lax.top_k(p, k)
+    """lax.top_k of p [B, V]: (vals [B, k] descending, ids [B, k]; ties: lower id first). The
+    barrier keeps XLA from folding the gathers that read it into the sort it is lowered to (that
+    sort is then no longer rewritten as XLA:CPU's partial top-k: a full sort of V ran instead)."""
+    return jax.lax.optimization_barrier(jax.lax.top_k(p, k))
 
 
 def _threshold(p, target):
@@ -136,22 +142,41 @@ def _prefix_above(p, t, k):
     return -neg, idx
 
 
-def _nucleus_fast(p, top_p, u, need):
-    """Nucleus draws for rows `need` (bool [B]) through the tiers of TIERS, then the full sort."""
-    t = _threshold(p, top_p + 2 * MARGIN)
-    count = jnp.sum(p >= t[:, None], axis=-1)  # [B]
-
+def _tiers(p, top_p, u, need, prefix, fits=None):
+    """Nucleus draws for rows `need` (bool [B]) from the descending prefix `prefix(k)` of each
+    tier k of TIERS until one provably covers every such row's nucleus, then the full sort.
+    `fits(k)` (bool [B]), if given, skips a tier whose prefix cannot hold the row's set."""
     def tier(i):
         if i == len(TIERS) or TIERS[i] >= p.shape[-1]:
             return lambda: _draw_prefix(*_sorted(p), top_p, u)[0]
 
         def run():
-            tok, ok = _draw_prefix(*_prefix_above(p, t, TIERS[i]), top_p, u)
+            tok, ok = _draw_prefix(*prefix(TIERS[i]), top_p, u)
             return jax.lax.cond(jnp.all(ok | ~need), lambda: tok, tier(i + 1))
 
-        return lambda: jax.lax.cond(jnp.all((count <= TIERS[i]) | ~need), run, tier(i + 1))
+        if fits is None:
+            return run
+        return lambda: jax.lax.cond(jnp.all(fits(TIERS[i]) | ~need), run, tier(i + 1))
 
     return tier(0)()
+
+
+def _nucleus_fast(p, top_p, u, need):
+    """The bisection's set {p >= t}, compacted (`_prefix_above`), as each tier's prefix."""
+    t = _threshold(p, top_p + 2 * MARGIN)
+    count = jnp.sum(p >= t[:, None], axis=-1)  # [B]
+    return _tiers(p, top_p, u, need, lambda k: _prefix_above(p, t, k), lambda k: count <= k)
+
+
+def _nucleus_topk(p, top_p, u, need):
+    """`lax.top_k`'s first k as each tier's prefix (ties: lower id first, as `_sorted`): where XLA
+    has a partial top-k (CPU: no sort of V)."""
+    return _tiers(p, top_p, u, need, lambda k: _top_k(p, k))
+
+
+def _nucleus(p, top_p, u, need):
+    """The nucleus draw of this platform: `lax.top_k` prefixes on a CPU, else the bisection."""
+    return (_nucleus_topk if platform() == "cpu" else _nucleus_fast)(p, top_p, u, need)
 
 
 def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0):
@@ -169,7 +194,7 @@ def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0):
         nucleus = sampling & (top_p < 1)
         full = jax.lax.cond(jnp.any(sampling & ~nucleus), lambda: _inverse_cdf(p, u),
                             lambda: greedy)
-        nuc = jax.lax.cond(jnp.any(nucleus), lambda: _nucleus_fast(p, top_p, u, nucleus),
+        nuc = jax.lax.cond(jnp.any(nucleus), lambda: _nucleus(p, top_p, u, nucleus),
                            lambda: greedy)
         return jnp.where(nucleus, nuc, full)
 
