@@ -117,6 +117,12 @@ def test_probe_equals_self_evaluate_equals_full_forward(model, tokenizer):
     prompts = [PROMPTS[i // 2] for i in range(6)]
     s_api = jse.self_evaluate(m, tokenizer, prompts, outs)
     np.testing.assert_allclose(s_engine, s_api, atol=1e-5)
+    # the probe reads two logits, not [B, V]: no vocabulary-wide product in the program
+    jaxpr = str(jax.make_jaxpr(lambda st, c: _probe_fn(
+        eng.graphdef, st, P, c, jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32),
+        jnp.asarray([spec.yes, spec.no], jnp.int32)))(eng.state, C))
+    products = [ln.split("=")[0] for ln in jaxpr.splitlines() if "dot_general[" in ln]
+    assert products and not any(f",{cfg.vocab_size}]" in o for o in products), products
     # and by hand: one row, a plain forward, no padding
     seq = prompts[0] + outs[0] + spec.after(outs[0])
     lg = np.asarray(m(jnp.asarray([seq])))[0, -1]
@@ -140,7 +146,7 @@ def test_probe_reads_only_the_written_cache_window(model, tokenizer):
     for until, window in ((6, 32), (40, 64)):
         C = eng.decode(P, C, until=until)
         assert C.step == until
-        whole = np.asarray(jitted(eng.state, P, C, suffix, yes_no)[0])
+        whole = np.asarray(jitted(eng.state, P, C, suffix, yes_no))
         np.testing.assert_allclose(np.asarray(eng.probe(P, C, spec)), whole, atol=1e-5)
         assert seen[-1] == window
         with record_impls() as used:  # keys attended: the prompt's, the window's, the suffix's
@@ -217,3 +223,12 @@ def test_bad_prompts(model):
         jse.generate(model, [[1, 2], []])
     with pytest.raises(jse.JSEError, match="longer than the model's context"):
         jse.generate(model, [list(range(3, 90)) * 4])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_token_logits_are_those_columns_of_the_logits(model, tied):
+    m = jse.create_model(model.config.replace(tie_word_embeddings=tied), seed=7)
+    h = jax.random.normal(jax.random.PRNGKey(0), (3, 2, m.config.hidden_size))
+    ids = jnp.asarray([5, 1, 5], jnp.int32)
+    np.testing.assert_allclose(np.asarray(m.token_logits(h, ids)),
+                               np.asarray(m.logits(h))[..., [5, 1, 5]], rtol=1e-5, atol=1e-5)

@@ -260,6 +260,18 @@ class Llama(nnx.Module):
             p["lora"] = adapter.stacked()
         return p
 
+    def token_logits(self, h, ids):
+        """h: f32 [..., D] final-normed hidden, ids: int32 [K] -> f32 logits [..., K] of those
+        tokens only (the LM head's K columns: a probe reads two of the vocabulary's logits)."""
+        cd = self.compute_dtype
+        if self.config.tie_word_embeddings:
+            w = jnp.take(self.embed[...], ids, axis=0)  # [K, D]
+            return jnp.einsum("...d,kd->...k", h.astype(cd), w.astype(cd),
+                              preferred_element_type=jnp.float32)
+        w = jnp.take(self.lm_head[...], ids, axis=1)  # [D, K]
+        return jnp.einsum("...d,dk->...k", h.astype(cd), w.astype(cd),
+                          preferred_element_type=jnp.float32)
+
     def logits(self, h):
         """h: f32 [..., D] final-normed hidden -> f32 logits [..., V]."""
         cd = self.compute_dtype

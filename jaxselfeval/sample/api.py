@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.sample.engine import Engine, bucket
-from jaxselfeval.sample.probe import probe_spec
+from jaxselfeval.sample.probe import no_share, probe_spec
 
 
 def _stop_ids(model, tokenizer=None, stop_ids=None):
@@ -46,7 +46,7 @@ def self_evaluate(model, tokenizer, prompt_ids: Sequence[Sequence[int]],
 
     One forward per pair over prompt + response (+ eot) + probe suffix, batched with left
     padding to bucketed [rows, length] (`bucket`), jitted once per model structure and bucket;
-    only the last position's logits are computed.
+    only the last position's Yes and No logits are computed (`no_share`).
     """
     import jax.numpy as jnp
     from flax import nnx
@@ -72,13 +72,11 @@ def self_evaluate(model, tokenizer, prompt_ids: Sequence[Sequence[int]],
 def _score_fn(graphdef):
     """jit(state, tokens [R, T], positions [R, T], yes_no [2]) -> P(No) / (P(Yes) + P(No)) [R]."""
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     def score(state, toks, pos, yes_no):
-        logits, _ = nnx.merge(graphdef, state).forward(toks, pos, last_only=True)
-        p = jax.nn.softmax(logits[:, 0], axis=-1)
-        py, pn = p[:, yes_no[0]], p[:, yes_no[1]]
-        return pn / jnp.maximum(py + pn, 1e-30)
+        model = nnx.merge(graphdef, state)
+        h, _ = model.forward(toks, pos, last_only=True, return_hidden=True)
+        return no_share(model, h[:, 0], yes_no)
 
     return jax.jit(score)

@@ -26,6 +26,7 @@ from flax import nnx
 from jaxselfeval.errors import JSEError
 from jaxselfeval.model.cache import KVCache, init_cache
 from jaxselfeval.model.llama import layer_bytes, split_layers
+from jaxselfeval.sample.probe import no_share
 from jaxselfeval.sample.sampling import row_keys, sample_tokens, token_logprob
 
 
@@ -114,11 +115,9 @@ def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=Non
     ar = jnp.arange(K, dtype=jnp.int32)[None]
     pos = jnp.where(c.done[:, None], base[:, None] + ar - 1, base[:, None] + ar)
     pos = pos.at[:, 0].set(jnp.where(c.done, -1, pos[:, 0]))
-    logits, _ = model.forward(toks, pos, cache=c.cache, prefix=prefix.cache, write=False,
-                              last_only=True, layers=layers)
-    p = jax.nn.softmax(logits[:, 0], axis=-1)
-    py, pn = p[:, yes_no[0]], p[:, yes_no[1]]
-    return pn / jnp.maximum(py + pn, 1e-30), py, pn
+    h, _ = model.forward(toks, pos, cache=c.cache, prefix=prefix.cache, write=False,
+                         last_only=True, return_hidden=True, layers=layers)
+    return no_share(model, h[:, 0], yes_no)
 
 
 @functools.lru_cache(maxsize=8)
@@ -295,7 +294,7 @@ class Engine:
         suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
         window = next(w for w in windows(cands.cache.max_len) if w >= cands.step)
         with self._on_mesh():
-            score, _, _ = self._probe(self.state, prompts, cands, suffix,
+            score = self._probe(self.state, prompts, cands, suffix,
                                       jnp.asarray([spec.yes, spec.no], jnp.int32), window=window,
                                       layers=self.layers)
         return score

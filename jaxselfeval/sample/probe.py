@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
 from jaxselfeval.errors import JSEError
 from jaxselfeval.tokenizer import PROBE_QUESTION, assistant_turn_close, encode_chat, probe_token_ids
 
@@ -46,3 +48,13 @@ def probe_spec(tokenizer) -> ProbeSpec:
     close = assistant_turn_close(tokenizer, "R")
     yes, no = probe_token_ids(tokenizer)
     return ProbeSpec(eot=close[0], suffix=tuple(close[1:]) + tuple(b[len(a):]), yes=yes, no=no)
+
+
+def no_share(model, hidden, yes_no):
+    """The self-evaluation score P(No) / (P(Yes) + P(No)) from the final-normed hidden state at
+    the last probe position, f32 [B, D] -> [B]: the softmax's normaliser cancels, so it is
+    sigmoid(logit(No) - logit(Yes)) and needs only those two columns of the LM head (no
+    [B, V] logits; no underflow when both probabilities are tiny)."""
+    lg = model.token_logits(hidden, yes_no)  # [B, 2]
+    return jax.nn.sigmoid(lg[:, 1] - lg[:, 0])
+
