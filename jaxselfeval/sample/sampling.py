@@ -112,7 +112,10 @@ def _top_k(p, k):
     """lax.top_k of p [B, V]: (vals [B, k] descending, ids [B, k]; ties: lower id first). The
     barrier keeps XLA from folding the gathers that read it into the sort it is lowered to (that
     sort is then no longer rewritten as XLA:CPU's partial top-k: a full sort of V ran instead)."""
-    return jax.lax.optimization_barrier(jax.lax.top_k(p, k))
+    vals, ids = jax.lax.top_k(p, k)
+    # one barrier each: a barrier over both took the TopK's tuple itself, on which XLA's
+    # TopkDecomposer (run for a sharded batch) fails a check and aborts the process
+    return jax.lax.optimization_barrier(vals), jax.lax.optimization_barrier(ids)
 
 
 def _threshold(p, target):
