@@ -290,12 +290,15 @@ def split_layers(model: Llama) -> list[dict]:
     for `Llama.forward(layers=...)`, with q/k/v and gate/up each concatenated into one matrix
     (wqkv [D, (H + 2 K) Dh], w_gu [D, 2 F]): two matmuls where there were five, each wider (on
     a CPU a [16, 768] x [768, 4096] product runs faster than two of half the width)."""
-    L = model.config.num_hidden_layers
     w = {n: getattr(model, n)[...] for n in LAYER_PARAMS}
-    out = {n: w[n] for n in ("attn_norm", "wo", "mlp_norm", "w_down")}
-    for name, parts in FUSED.items():
-        out[name] = jnp.concatenate([w[n].reshape(L, w[n].shape[1], -1) for n in parts], -1)
-    return [{n: jnp.array(a[i], copy=True) for n, a in out.items()} for i in range(L)]
+
+    def layer(i):  # one layer's copies at a time: no fused [L, ...] temporary
+        out = {n: jnp.array(w[n][i], copy=True) for n in ("attn_norm", "wo", "mlp_norm", "w_down")}
+        for name, parts in FUSED.items():
+            out[name] = jnp.concatenate([w[n][i].reshape(w[n].shape[1], -1) for n in parts], -1)
+        return out
+
+    return [layer(i) for i in range(model.config.num_hidden_layers)]
 
 
 def layer_bytes(model: Llama) -> int:
