@@ -294,10 +294,9 @@ class Engine:
         suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
         window = next(w for w in windows(cands.cache.max_len) if w >= cands.step)
         with self._on_mesh():
-            score = self._probe(self.state, prompts, cands, suffix,
-                                      jnp.asarray([spec.yes, spec.no], jnp.int32), window=window,
-                                      layers=self.layers)
-        return score
+            return self._probe(self.state, prompts, cands, suffix,
+                               jnp.asarray([spec.yes, spec.no], jnp.int32), window=window,
+                               layers=self.layers)
 
     # ------------------------------------------------------------------ select
     @staticmethod

@@ -57,4 +57,3 @@ def no_share(model, hidden, yes_no):
     [B, V] logits; no underflow when both probabilities are tiny)."""
     lg = model.token_logits(hidden, yes_no)  # [B, 2]
     return jax.nn.sigmoid(lg[:, 1] - lg[:, 0])
-
