@@ -34,6 +34,26 @@ def write_atomic(path, text: str):
         raise
 
 
+def check_file_target(out, flag: str = "--out") -> None:
+    """Before a long job: refuse (one-line JSEError) an output file path that cannot be written
+    later, i.e. an existing directory, or a path below an existing file or an unwritable folder.
+    Missing folders are fine: `write_file` makes them when the result is written."""
+    out = Path(out)
+    if out.is_dir():
+        raise JSEError(f"{flag} '{out}' is a directory: give a file path, e.g. {out / 'bench.json'}")
+    anc = out.parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+        raise JSEError(f"{flag} '{out}': '{anc}' is not a writable folder: choose another path")
+
+
+def write_file(path, text: str) -> None:
+    """`write_atomic`, first making the missing folders above `path`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text)
+
+
 def check_replaceable(out, ours, overwrite: bool = False) -> None:
     """Refuse (one-line JSEError) to replace `out` when something is there that `ours(out)` does
     not recognise as this kind of output, unless `overwrite`; nothing is touched. `ours(path)`

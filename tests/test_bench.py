@@ -55,7 +55,7 @@ def test_bench_sampler_runs_side_by_side(tmp_path, capsys):
 
     from jaxselfeval.cli import main
 
-    out = tmp_path / "b.json"
+    out = tmp_path / "runs" / "bench" / "b.json"  # folders that do not exist yet are made
     args = ["bench", "sampler", "--shapes", "tiny", "--dtypes", "float32", "--modes", "greedy",
             "--n", "2", "--new-tokens", "4", "--prompt-len", "8", "--figures-shape", "",
             "--repeat", "2", "--out", str(out)]
@@ -67,3 +67,17 @@ def test_bench_sampler_runs_side_by_side(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     assert main(args[:-4] + ["--repeat", "0", "--out", str(bad)]) != 0
     assert "--repeat must be >= 1" in capsys.readouterr().err and not bad.exists()
+
+
+def test_bench_refuses_an_unwritable_out_before_it_runs(tmp_path, capsys):
+    """--out is checked before any timing (a run once failed at its very end, after 15 minutes,
+    on a folder that did not exist): a directory or a path below a file is one error line."""
+    from jaxselfeval.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    for out, msg in ((tmp_path, "is a directory"), (tmp_path / "afile" / "b.json", "not a writable folder")):
+        args = ["bench", "sampler", "--shapes", "nonesuch", "--out", str(out)]
+        assert main(args) != 0
+        err = capsys.readouterr().err
+        assert msg in err and "nonesuch" not in err, err
+    assert (tmp_path / "afile").read_text() == "x"

@@ -168,19 +168,23 @@ def test_separate_layer_arrays_sample_what_the_layer_scan_samples(model, tokeniz
     m = jse.create_model(model.config.replace(vocab_size=len(tokenizer)), seed=6)
     assert Engine(m).layers is None  # a small model keeps the scan
     out = {}
-    for per_layer in (False, True):
-        eng = Engine(m, seed=2, per_layer=per_layer)
-        assert (eng.layers is not None) == per_layer
+    for per_layer in (False, True, "transposed"):
+        eng = Engine(m, seed=2, per_layer=bool(per_layer))
+        if per_layer:  # both layouts of the copies, whatever the platform
+            eng.layers = split_layers(m, transposed=per_layer == "transposed")
+            assert ("wqkv_t" in eng.layers["blocks"][0]) == (per_layer == "transposed")
+        assert (eng.layers is not None) == bool(per_layer)
         P = eng.prefill(PROMPTS)
         C = eng.decode(P, eng.branch(P, 3, 40, temperature=0.0))
         S = eng.decode(P, eng.branch(P, 3, 40, temperature=0.0), until=10)
         out[per_layer] = (np.asarray(P.last_logits), Engine.outputs(C), np.asarray(C.logprob),
                           np.asarray(eng.probe(P, S, spec)))
-    (l0, o0, lp0, s0), (l1, o1, lp1, s1) = out[False], out[True]
-    np.testing.assert_allclose(l1, l0, atol=1e-4)
-    assert o1 == o0
-    np.testing.assert_allclose(lp1, lp0, atol=1e-3)
-    np.testing.assert_allclose(s1, s0, atol=1e-4)
+    l0, o0, lp0, s0 = out[False]
+    for l1, o1, lp1, s1 in (out[True], out["transposed"]):
+        np.testing.assert_allclose(l1, l0, atol=1e-4)
+        assert o1 == o0
+        np.testing.assert_allclose(lp1, lp0, atol=1e-3)
+        np.testing.assert_allclose(s1, s0, atol=1e-4)
     with pytest.raises(ValueError, match="no adapter"):
         m.forward(jnp.asarray([PROMPTS[0]]), exit_layer=1, layers=split_layers(m))
 
@@ -232,3 +236,23 @@ def test_token_logits_are_those_columns_of_the_logits(model, tied):
     ids = jnp.asarray([5, 1, 5], jnp.int32)
     np.testing.assert_allclose(np.asarray(m.token_logits(h, ids)),
                                np.asarray(m.logits(h))[..., [5, 1, 5]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 16, 64, 65, 200])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_transposed_weights_give_the_product_and_small_rows_put_the_weight_left(rows, dtype):
+    """`_matmul_t(x, w^T)` equals x @ w (f32 accumulation, both dtypes). On a CPU, up to
+    SMALL_ROWS rows the product is computed as w^T @ x^T (the weight the left operand, about twice
+    as fast there) and transposed back after a barrier; more rows multiply x by w^T directly."""
+    from jaxselfeval.model.llama import SMALL_ROWS, _matmul_t
+
+    dt = jnp.dtype(dtype)
+    x = jax.random.normal(jax.random.PRNGKey(0), (rows, 1, 48)).astype(dt)
+    w = jax.random.normal(jax.random.PRNGKey(1), (48, 80)).astype(dt)
+    want = np.asarray(jnp.dot(x.reshape(rows, 48), w, preferred_element_type=jnp.float32))
+    got = _matmul_t(x, w.T, dt)
+    assert got.shape == (rows, 1, 80) and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got)[:, 0], want, rtol=1e-5, atol=1e-4)
+    text = str(jax.make_jaxpr(lambda x, wt: _matmul_t(x, wt, dt))(x, w.T))
+    left = "optimization_barrier" in text
+    assert left == (rows <= SMALL_ROWS and jax.default_backend() == "cpu"), text

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 
+from jaxselfeval.fileio import write_file
+
 
 def add_arguments(p):
     p.add_argument("--model", default=None, help="HF model directory (default: the shipped tiny model)")
@@ -96,6 +98,5 @@ def run(args) -> int:
     print(f"  {res['speedup']:.2f}x less wall time (goal >= 2x); decoding alone "
           f"{f[0] / (p[0] + p[2]):.2f}x")
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(res, fh, indent=2, default=float)
+        write_file(args.out, json.dumps(res, indent=2, default=float))
     return 0

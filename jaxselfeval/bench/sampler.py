@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.fileio import write_file
 
 SHAPES = {  # name -> config name or dict (random weights; vocab sizes of real tokenizers)
     "tiny": "tiny",
@@ -178,8 +179,7 @@ def run(args) -> int:
     if args.figures_shape:
         _figures(args, res, rng)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+        write_file(args.out, json.dumps(res, indent=2))
     return 0
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import time
 
+from jaxselfeval.fileio import write_file
+
 
 def add_arguments(p):
     p.add_argument("--model", default="small_100m",
@@ -129,6 +131,5 @@ def run(args) -> int:
                   f"MFU {100 * mfu:5.1f}% of measured bf16 peak (full-step FLOPs){speed}  "
                   f"attention {'+'.join(row['attention'])}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+        write_file(args.out, json.dumps(results, indent=2))
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from jaxselfeval.fileio import check_file_target
+
 
 def add_arguments(p):
     from jaxselfeval.bench import BENCHMARKS
@@ -19,4 +21,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    if getattr(args, "out", None):  # refused now, not after minutes of timing
+        check_file_target(args.out)
     return int(importlib.import_module(args._bench_module).run(args) or 0)

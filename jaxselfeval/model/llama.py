@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from jaxselfeval.model.adapter import Adapter
-from jaxselfeval.model.attention import IMPLS, Segment, attention
+from jaxselfeval.model.attention import IMPLS, Segment, attention, platform
 from jaxselfeval.model.cache import KVCache
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.model.rope import apply_rope, inv_frequencies, rope_tables
@@ -90,6 +90,27 @@ def _matmul(x, w, cd, in_dims: int = 1):
     y = jnp.dot(x.astype(cd).reshape(B * S, k), w.astype(cd).reshape(k, -1),
                 preferred_element_type=jnp.float32)
     return y.reshape(B, S, *w_out)
+
+
+# Up to this many rows (batch x seq) a CPU matmul against weights stored transposed runs as
+# w^T @ x^T. Measured on a 2-core AVX2 EPYC (medians of alternating calls, f32 GFLOP/s):
+# [16, 768] x [768, 2048] 57 -> 108, x [768, 32000] 57 -> 99; at 128 rows and more it is no faster
+SMALL_ROWS = 64
+
+
+def _matmul_t(x, wt, cd):
+    """x [..., in] @ wt[out, in]^T -> f32 [..., out]: weights stored transposed ([out, in], the
+    layout `split_layers(transposed=True)` keeps and a tied LM head has). With at most SMALL_ROWS
+    rows on a CPU it computes wt @ x^T [out, rows] and transposes that: XLA:CPU runs a product
+    with the long side on the left about twice as fast (f32 and bf16). The barrier keeps XLA from
+    folding the transpose back into the product, which would undo the gain."""
+    x, w = x.astype(cd), wt.astype(cd)
+    rows = x.size // x.shape[-1]
+    if rows > SMALL_ROWS or platform() != "cpu":
+        return jnp.einsum("...i,oi->...o", x, w, preferred_element_type=jnp.float32)
+    y = jax.lax.dot_general(w, x.reshape(rows, -1), (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(y).T.reshape(*x.shape[:-1], w.shape[0])
 
 
 class Llama(nnx.Module):
@@ -180,6 +201,8 @@ class Llama(nnx.Module):
             p = xs["p"]
 
             def proj(name, h, in_dims=1):  # h @ W (+ the adapter's low-rank term), f32
+                if name + "_t" in p:  # stored transposed (`split_layers(transposed=True)`)
+                    return _matmul_t(h.reshape(B, S, -1), p[name + "_t"], cd)
                 y = _matmul(h, p[name], cd, in_dims)
                 if adapter is not None and name in p["lora"]:
                     y = y + adapter.delta(name, h, p["lora"][name], cd, in_dims)
@@ -187,8 +210,8 @@ class Llama(nnx.Module):
 
             x = shard_batch(x)
             h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps).astype(cd)
-            if "wqkv" in p:  # fused copies (`split_layers`): one matmul for q, k and v
-                qkv = _matmul(h, p["wqkv"], cd)
+            if "wqkv" in p or "wqkv_t" in p:  # fused copies (`split_layers`): one matmul
+                qkv = proj("wqkv", h)
                 H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
                 q = qkv[..., :H * Dh].reshape(B, S, H, Dh)
                 k = qkv[..., H * Dh:(H + K) * Dh].reshape(B, S, K, Dh)
@@ -208,9 +231,9 @@ class Llama(nnx.Module):
                           contiguous=contiguous and prefix is None and cache is None)
             x = x + proj("wo", a.astype(cd), in_dims=2)
             h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps).astype(cd)
-            if "w_gu" in p:
+            if "w_gu" in p or "w_gu_t" in p:
                 F = cfg.intermediate_size
-                gu = _matmul(h, p["w_gu"], cd)
+                gu = proj("w_gu", h)
                 g, u = gu[..., :F], gu[..., F:]
             else:
                 g, u = proj("w_gate", h), proj("w_up", h)
@@ -226,7 +249,7 @@ class Llama(nnx.Module):
             return (self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)), early), None
         if layers is not None:
             kvs = []
-            for i, p in enumerate(layers):
+            for i, p in enumerate(layers["blocks"]):
                 x, kv = layer(x, dict({n: a[i] for n, a in xs.items()}, p=p))
                 kvs.append(kv)
             new_k, new_v = (jnp.stack(t) for t in zip(*kvs))
@@ -250,7 +273,7 @@ class Llama(nnx.Module):
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         if return_hidden:
             return x, new_cache
-        return self.logits(x), new_cache
+        return self.logits(x, None if layers is None else layers.get("head_t")), new_cache
 
     def _layer_params(self, adapter: Adapter | None):
         """Stacked [L, ...] arrays the layer scan slices; the adapter (if given) adds its own
@@ -272,12 +295,12 @@ class Llama(nnx.Module):
         return jnp.einsum("...d,dk->...k", h.astype(cd), w.astype(cd),
                           preferred_element_type=jnp.float32)
 
-    def logits(self, h):
-        """h: f32 [..., D] final-normed hidden -> f32 logits [..., V]."""
+    def logits(self, h, head_t=None):
+        """h: f32 [..., D] final-normed hidden -> f32 logits [..., V]. head_t: the LM head
+        transposed, [V, D] (`split_layers(transposed=True)` of an untied model), if at hand."""
         cd = self.compute_dtype
-        if self.config.tie_word_embeddings:
-            return jnp.einsum("...d,vd->...v", h.astype(cd), self.embed[...].astype(cd),
-                              preferred_element_type=jnp.float32)
+        if self.config.tie_word_embeddings or head_t is not None:  # a [V, D] head
+            return _matmul_t(h, self.embed[...] if head_t is None else head_t, cd)
         return jnp.einsum("...d,dv->...v", h.astype(cd), self.lm_head[...].astype(cd),
                           preferred_element_type=jnp.float32)
 
@@ -285,20 +308,36 @@ class Llama(nnx.Module):
 FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gu": ("w_gate", "w_up")}
 
 
-def split_layers(model: Llama) -> list[dict]:
+def split_layers(model: Llama, transposed: bool = False) -> dict:
     """The layer weights as L dicts of separate arrays (copies of the stacked [L, ...] slices),
-    for `Llama.forward(layers=...)`, with q/k/v and gate/up each concatenated into one matrix
-    (wqkv [D, (H + 2 K) Dh], w_gu [D, 2 F]): two matmuls where there were five, each wider (on
-    a CPU a [16, 768] x [768, 4096] product runs faster than two of half the width)."""
+    for `Llama.forward(layers=...)`: {"blocks": [L dicts]}, with q/k/v and gate/up each
+    concatenated into one matrix (wqkv [D, (H + 2 K) Dh], w_gu [D, 2 F]): two matmuls where there
+    were five, each wider (on a CPU a [16, 768] x [768, 4096] product runs faster than two of
+    half the width).
+    transposed: every matrix stored [out, in] under "<name>_t" (wqkv_t, wo_t [D, H Dh], w_gu_t,
+    w_down_t), and an untied LM head as "head_t" [V, D]: the layout `_matmul_t` runs fastest on
+    a CPU for the few rows of a decode step."""
     w = {n: getattr(model, n)[...] for n in LAYER_PARAMS}
+    L = model.config.num_hidden_layers
+
+    def matrix(parts, i):  # [in, out]: wq's [D, H, Dh] as [D, H Dh], wo's [H, Dh, D] as [H Dh, D]
+        return jnp.concatenate([w[n][i].reshape(-1, w[n].shape[-1]) if n == "wo"
+                                else w[n][i].reshape(w[n].shape[1], -1) for n in parts], -1)
 
     def layer(i):  # one layer's copies at a time: no fused [L, ...] temporary
-        out = {n: jnp.array(w[n][i], copy=True) for n in ("attn_norm", "wo", "mlp_norm", "w_down")}
-        for name, parts in FUSED.items():
-            out[name] = jnp.concatenate([w[n][i].reshape(w[n].shape[1], -1) for n in parts], -1)
+        out = {n: jnp.array(w[n][i], copy=True) for n in ("attn_norm", "mlp_norm")}
+        for name, parts in dict(FUSED, wo=("wo",), w_down=("w_down",)).items():
+            m = matrix(parts, i)
+            if transposed:
+                out[name + "_t"] = jnp.array(m.T, copy=True)
+            else:
+                out[name] = m if len(parts) > 1 else jnp.array(w[name][i], copy=True)
         return out
 
-    return [layer(i) for i in range(model.config.num_hidden_layers)]
+    out = {"blocks": [layer(i) for i in range(L)]}
+    if transposed and not model.config.tie_word_embeddings:
+        out["head_t"] = jnp.array(model.lm_head[...].T, copy=True)
+    return out
 
 
 def layer_bytes(model: Llama) -> int:

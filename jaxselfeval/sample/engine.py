@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.model.attention import platform
 from jaxselfeval.model.cache import KVCache, init_cache
 from jaxselfeval.model.llama import layer_bytes, split_layers
 from jaxselfeval.sample.probe import no_share
@@ -201,7 +202,7 @@ class Engine:
         if per_layer is None:
             per_layer = (self.mesh is None and jax.default_backend() == "cpu"
                          and model.lora is None and layer_bytes(model) >= PER_LAYER_MIN_BYTES)
-        self.layers = split_layers(model) if per_layer else None
+        self.layers = split_layers(model, transposed=platform() == "cpu") if per_layer else None
         self.graphdef, self.state = nnx.split(model)
         self.config = model.config
         self.stop_ids = tuple(int(s) for s in stop_ids)
