@@ -256,3 +256,24 @@ def test_transposed_weights_give_the_product_and_small_rows_put_the_weight_left(
     text = str(jax.make_jaxpr(lambda x, wt: _matmul_t(x, wt, dt))(x, w.T))
     left = "optimization_barrier" in text
     assert left == (rows <= SMALL_ROWS and jax.default_backend() == "cpu"), text
+
+
+def test_last_only_runs_the_last_layer_for_the_last_position_alone(model):
+    """With `last_only` (prefill, probe) the unrolled layers compute every position's keys and
+    values, but the last layer's query, attention output and MLP for the last position only:
+    the same hidden state as the full pass (to float tolerance), and one MLP product of B rows
+    where the old pass had B x S."""
+    m = model
+    F = m.config.intermediate_size
+    toks = jnp.asarray([PROMPTS[0], PROMPTS[0][::-1]])  # [2, 5]
+    want, _ = m.forward(toks, return_hidden=True)
+    for transposed in (False, True):
+        layers = split_layers(m, transposed=transposed)
+        got, _ = m.forward(toks, last_only=True, return_hidden=True, layers=layers)
+        assert got.shape == (2, 1, m.config.hidden_size)
+        np.testing.assert_allclose(np.asarray(got)[:, 0], np.asarray(want)[:, -1], atol=2e-5)
+    jaxpr = jax.make_jaxpr(lambda t: m.forward(t, last_only=True, return_hidden=True,
+                                               layers=split_layers(m)))(toks)
+    rows = [e.invars[0].aval.shape[0] for e in jaxpr.jaxpr.eqns
+            if e.primitive.name == "dot_general" and e.invars[0].aval.shape[-1] == F]
+    assert sorted(rows) == [2] + [10] * (m.config.num_hidden_layers - 1), rows

@@ -197,12 +197,12 @@ class Llama(nnx.Module):
         if prefix is not None:
             xs["pk"], xs["pv"] = prefix.k, prefix.v
 
-        def layer(x, xs):
+        def layer(x, xs, last=False):  # last: only the last position's output is read after it
             p = xs["p"]
 
             def proj(name, h, in_dims=1):  # h @ W (+ the adapter's low-rank term), f32
                 if name + "_t" in p:  # stored transposed (`split_layers(transposed=True)`)
-                    return _matmul_t(h.reshape(B, S, -1), p[name + "_t"], cd)
+                    return _matmul_t(h.reshape(*h.shape[:2], -1), p[name + "_t"], cd)
                 y = _matmul(h, p[name], cd, in_dims)
                 if adapter is not None and name in p["lora"]:
                     y = y + adapter.delta(name, h, p["lora"][name], cd, in_dims)
@@ -221,14 +221,17 @@ class Llama(nnx.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             kv_dtype = cache.k.dtype if cache is not None else cd
             k, v = k.astype(kv_dtype), v.astype(kv_dtype)
+            q_pos = positions
+            if last:  # every position's keys and values, but the last position's query, residual
+                q, q_pos, x = q[:, -1:], positions[:, -1:], x[:, -1:]  # and MLP alone
             segs = []
             if prefix is not None:
                 segs.append(Segment(xs["pk"], xs["pv"], prefix.pos))
             if read_cache:
                 segs.append(Segment(xs["ck"], xs["cv"], cache.pos))
             segs.append(Segment(k, v, positions))
-            a = attention(q, positions, segs, compute_dtype=cd, impl=self.attention_impl,
-                          contiguous=contiguous and prefix is None and cache is None)
+            a = attention(q, q_pos, segs, compute_dtype=cd, impl=self.attention_impl,
+                          contiguous=contiguous and prefix is None and cache is None and not last)
             x = x + proj("wo", a.astype(cd), in_dims=2)
             h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps).astype(cd)
             if "w_gu" in p or "w_gu_t" in p:
@@ -240,21 +243,24 @@ class Llama(nnx.Module):
             x = x + proj("w_down", (jax.nn.silu(g) * u).astype(cd))
             return x, (k, v)
 
+        scanned = layer
         if self.remat:
-            layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
+            scanned = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
         if exit_layer:
-            x, _ = jax.lax.scan(layer, x, jax.tree.map(lambda a: a[:exit_layer], xs))
+            x, _ = jax.lax.scan(scanned, x, jax.tree.map(lambda a: a[:exit_layer], xs))
             early = self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps))
-            x, _ = jax.lax.scan(layer, x, jax.tree.map(lambda a: a[exit_layer:], xs))
+            x, _ = jax.lax.scan(scanned, x, jax.tree.map(lambda a: a[exit_layer:], xs))
             return (self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)), early), None
         if layers is not None:
             kvs = []
+            L = len(layers["blocks"])  # unrolled: the last layer skips what last_only drops
             for i, p in enumerate(layers["blocks"]):
-                x, kv = layer(x, dict({n: a[i] for n, a in xs.items()}, p=p))
+                x, kv = layer(x, dict({n: a[i] for n, a in xs.items()}, p=p),
+                              last_only and i == L - 1)
                 kvs.append(kv)
             new_k, new_v = (jnp.stack(t) for t in zip(*kvs))
         else:
-            x, (new_k, new_v) = jax.lax.scan(layer, x, xs)
+            x, (new_k, new_v) = jax.lax.scan(scanned, x, xs)
 
         new_cache = None
         if cache is not None and write:
