@@ -94,7 +94,7 @@ def _matmul(x, w, cd, in_dims: int = 1):
 
 # Up to this many rows (batch x seq) a CPU matmul against weights stored transposed runs as
 # w^T @ x^T. Measured on a 2-core AVX2 EPYC (medians of alternating calls, f32 GFLOP/s):
-# [16, 768] x [768, 2048] 57 -> 108, x [768, 32000] 57 -> 99; at 128 rows and more it is no faster
+# [16, 768] x [768, 2048] 62 -> 108, x [768, 32000] 57 -> 98; at 128 rows and more it is no faster
 SMALL_ROWS = 64
 
 
