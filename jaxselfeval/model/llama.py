@@ -333,16 +333,17 @@ def split_layers(model: Llama, transposed: bool = False) -> dict:
     def layer(i):  # one layer's copies at a time: no fused [L, ...] temporary
         out = {n: jnp.array(w[n][i], copy=True) for n in ("attn_norm", "mlp_norm")}
         for name, parts in dict(FUSED, wo=("wo",), w_down=("w_down",)).items():
-            m = matrix(parts, i)
-            if transposed:
-                out[name + "_t"] = jnp.array(m.T, copy=True)
-            else:
-                out[name] = m if len(parts) > 1 else jnp.array(w[name][i], copy=True)
+            if transposed:  # the transpose is a new array: no further copy
+                out[name + "_t"] = matrix(parts, i).T
+            elif len(parts) > 1:  # the concatenation is a new array
+                out[name] = matrix(parts, i)
+            else:  # wo and w_down in their own shapes (`proj`'s in_dims)
+                out[name] = jnp.array(w[name][i], copy=True)
         return out
 
     out = {"blocks": [layer(i) for i in range(L)]}
     if transposed and not model.config.tie_word_embeddings:
-        out["head_t"] = jnp.array(model.lm_head[...].T, copy=True)
+        out["head_t"] = model.lm_head[...].T
     return out
 
 
