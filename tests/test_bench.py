@@ -63,7 +63,7 @@ def test_bench_sampler_runs_side_by_side(tmp_path, capsys):
     res = json.loads(out.read_text())
     (row,) = res["rows"]
     assert res["repeat"] == 2 and row["dtype"] == "float32" and row["speedup"] > 0
-    assert row["bound_s"] > 0 and row["step_s"] > 0
+    assert row["bound_s"] > 0 and 0 < row["step_s"] <= row["call_s_per_token"]
     bad = tmp_path / "bad.json"
     assert main(args[:-4] + ["--repeat", "0", "--out", str(bad)]) != 0
     assert "--repeat must be >= 1" in capsys.readouterr().err and not bad.exists()
@@ -81,3 +81,30 @@ def test_bench_refuses_an_unwritable_out_before_it_runs(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and "nonesuch" not in err, err
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_probe_flops_count_what_xla_counts_for_the_unrolled_probe():
+    """`roofline.probe_flops` (the probe's floor the bench prints) against XLA's own FLOP count of
+    the compiled probe (unrolled layers: XLA counts every layer, and elementwise work besides):
+    between 90% and 100% of it."""
+    import jax.numpy as jnp
+
+    import jaxselfeval as jse
+    from jaxselfeval.bench.roofline import probe_flops
+    from jaxselfeval.configs import load_model_config
+    from jaxselfeval.sample import Engine
+    from jaxselfeval.sample.engine import windows
+
+    cfg = load_model_config("tiny")
+    eng = Engine(jse.create_model(cfg, seed=0), seed=0, per_layer=True)
+    n, gen, turn = 4, 32, 9
+    P = eng.prefill([list(range(5, 29))])
+    C = eng.decode(P, eng.branch(P, n, gen), until=gen)
+    suffix = jnp.arange(2, 2 + turn, dtype=jnp.int32)
+    window = next(w for w in windows(C.cache.max_len) if w >= C.step)
+    assert window == gen  # every slot read is visible: XLA's count has no masked keys
+    compiled = eng._probe.lower(eng.state, P, C, suffix, jnp.asarray([30, 31], jnp.int32),
+                                window=window, layers=eng.layers).compile()
+    xla = compiled.cost_analysis()["flops"]
+    ours = probe_flops(cfg, n, turn, 24 + gen)
+    assert 0.9 * xla <= ours <= xla, (ours, xla)

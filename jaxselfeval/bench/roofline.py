@@ -68,3 +68,18 @@ def decode_step_bound(cfg, rows: int, prompt_len: int, new_tokens: int, itemsize
     mem_s, flop_s = nbytes / bandwidth, flops / peak
     return {"bytes": nbytes, "flops": flops, "mem_s": mem_s, "flop_s": flop_s,
             "bound_s": max(mem_s, flop_s)}
+
+
+def probe_flops(cfg, rows: int, turn: int, context: int) -> float:
+    """Matmul and attention FLOPs of one probe (`Engine.probe`): a `turn`-token probe turn for
+    each of `rows` candidates whose prompt + response hold `context` tokens. Every layer projects
+    every turn token; the last layer keeps keys and values of all of them but the query's
+    attention output and MLP of the last one alone (`forward(last_only=True)` unrolled); the
+    head reads two tokens. Counts only visible keys: a floor on the work, not XLA's count."""
+    L, D, F = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
+    H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    qkv, rest = D * (H + 2 * K) * Dh, H * Dh * D + 3 * D * F
+    n = rows * turn
+    proj = 2 * n * (L * qkv + (L - 1) * rest) + 2 * rows * rest
+    attn = 4 * H * Dh * (n * (L - 1) * (context + (turn + 1) / 2) + rows * (context + turn))
+    return float(proj + attn + 2 * rows * D * 2)

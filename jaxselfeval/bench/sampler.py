@@ -7,7 +7,9 @@ the same dtype (ours loads transformers' export). Random weights give near-unifo
 distribution no trained model has (top-p 0.95 would keep ~90% of the vocabulary); the LM head is
 scaled so the logits have a standard deviation of `--logit-std` (default 6: a nucleus of tens of
 tokens, as a trained model's). Per shape the decode step's roofline bound (`roofline.py`, this
-machine's measured bandwidth and matmul peak) is printed next to our step time.
+machine's measured bandwidth and matmul peak) is printed next to our decode step (the decode part
+of each timed call / new tokens; the speedup is of whole calls). The probe's share of generation
+is printed with its floor on this machine: the probe's FLOPs at the measured bf16 matmul peak.
 """
 
 from __future__ import annotations
@@ -147,10 +149,15 @@ def run(args) -> int:
             for mode in modes:
                 kw = MODES[mode]
 
+                decode_s = []  # the decode part of each call: the step the bound is of
+
                 def ours():
                     P = eng.prefill([prompt])
-                    C = eng.decode(P, eng.branch(P, n, new, **kw), until=new)
-                    return _block(C.tokens)
+                    B = _block(eng.branch(P, n, new, **kw))
+                    t = time.perf_counter()
+                    C = _block(eng.decode(P, B, until=new).tokens)
+                    decode_s.append(time.perf_counter() - t)
+                    return C
 
                 def theirs():
                     hf = (dict(do_sample=False) if mode == "greedy" else
@@ -162,19 +169,22 @@ def run(args) -> int:
                         torch.cuda.synchronize()
 
                 t_ours, t_hf = _paired(ours, theirs, args.repeat)
+                step = float(np.median(decode_s[1:])) / new  # decode runs `new` steps
                 goal = 3.0 if name == "tiny" else 1.5
                 row = {"shape": name, "dtype": dt, "mode": mode, "params": jse.count_params(model),
                        "ours_tok_s": n * new / t_ours, "hf_tok_s": n * new / t_hf,
-                       "speedup": t_hf / t_ours, "goal": goal, "step_s": t_ours / new,
+                       "speedup": t_hf / t_ours, "goal": goal, "step_s": step,
+                       "call_s_per_token": t_ours / new,
                        "bound_s": rl["bound_s"], "mem_bound_s": rl["mem_s"],
                        "flop_bound_s": rl["flop_s"]}
                 res["rows"].append(row)
                 print(f"{name:13s} {dt:8s} {mode:6s} {row['params'] / 1e6:6.1f}M "
                       f"{row['ours_tok_s']:10.0f} {row['hf_tok_s']:9.0f} {row['speedup']:7.2f}x "
-                      f"{goal:4.1f}x {1e3 * row['step_s']:8.1f} {1e3 * rl['bound_s']:8.1f} "
-                      f"{row['step_s'] / rl['bound_s']:6.1f}x", flush=True)
+                      f"{goal:4.1f}x {1e3 * step:8.1f} {1e3 * rl['bound_s']:8.1f} "
+                      f"{step / rl['bound_s']:6.1f}x", flush=True)
             del tm
-    print("step ms: our prefill + branch + decode time / new tokens; bound ms: the larger of "
+    print("tok/s and speedup: whole calls (prefill + branch + decode) on both sides; step ms: our "
+          "decode time / new tokens (median over the timed calls); bound ms: the larger of "
           "(weights + KV bytes) / bandwidth and FLOPs / matmul peak of one decode step")
     if args.figures_shape:
         _figures(args, res, rng)
@@ -185,7 +195,10 @@ def run(args) -> int:
 
 def _figures(args, res, rng):
     """One prefill + branch vs N prefills; probe share of generation; shared vs copied cache."""
+    import jax
+
     import jaxselfeval as jse
+    from jaxselfeval.bench import roofline
     from jaxselfeval.sample import Engine
     from jaxselfeval.sample.probe import ProbeSpec
 
@@ -211,10 +224,16 @@ def _figures(args, res, rng):
     C = eng.decode(P, eng.branch(P, n, gen), until=gen)
     t_gen, t_probe = _paired(lambda: _block(eng.decode(P, eng.branch(P, n, gen), until=gen).tokens),
                              lambda: _block(eng.probe(P, C, spec)), args.repeat)
-    res["probe"] = {"probe_s": t_probe, "generate_s": t_gen, "share": t_probe / t_gen}
-    print(f"[probe]    {len(spec.suffix) + 1}-token probe of {n} candidates {t_probe * 1e3:.1f} ms "
+    # the floor: the probe's FLOPs at this machine's measured bf16 matmul peak
+    turn = len(spec.suffix) + 1
+    flops = roofline.probe_flops(cfg, n, turn, args.prompt_len + gen)
+    peak = res.get("peaks", {}).get("bfloat16") or roofline.matmul_peak(jax.numpy.bfloat16)
+    res["probe"] = {"probe_s": t_probe, "generate_s": t_gen, "share": t_probe / t_gen,
+                    "flops": flops, "floor_s": flops / peak, "floor_share": flops / peak / t_gen}
+    print(f"[probe]    {turn}-token probe of {n} candidates {t_probe * 1e3:.1f} ms "
           f"vs generating {gen} tokens {t_gen * 1e3:.0f} ms: {100 * t_probe / t_gen:.1f}% "
-          "(goal <= 5%)")
+          f"(goal <= 5%; floor here {100 * flops / peak / t_gen:.1f}%: its {flops / 1e9:.1f} "
+          f"GFLOP at the bf16 matmul peak {peak / 1e9:.0f} GFLOP/s)")
     # ---- shared prompt cache vs the prompt cache copied n times
     cp = rng.integers(0, cfg.vocab_size, cache_prompt).tolist()
     steps = 16
