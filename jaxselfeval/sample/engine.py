@@ -136,13 +136,20 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
                                       attend_cache=False, layers=layers)
         return logits[:, 0], cache
 
-    def first(key, last_logits, length, prompt_id, temp, top_p, cand_offset, n):
+    def first(key, last_logits, length, prompt_id, temp, top_p, cand_offset, n, slots, cfg,
+              cache_dtype):
+        # the new rows whole, their empty cache included: one dispatch (`Engine.branch`)
         G = last_logits.shape[0]
+        B = G * n
         pid = jnp.repeat(prompt_id, n)
         cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
         logits = jnp.repeat(last_logits, n, axis=0)
         tok = sample_tokens(logits, row_keys(key, pid, cid, 0), temp, top_p, top_k)
-        return tok, pid, cid, jnp.repeat(length, n), token_logprob(logits, tok)
+        zeros = jnp.zeros((B,), jnp.int32)
+        return Candidates(init_cache(cfg, B, slots, cache_dtype, mesh),
+                          jnp.full((B, slots), -1, jnp.int32), tok, zeros, zeros > 0,
+                          temp, top_p, pid, cid, jnp.repeat(length, n),
+                          token_logprob(logits, tok), jnp.zeros((B,), jnp.float32))
 
     def decode(state, prefix, c: Candidates, until, key, layers):
         model = nnx.merge(graphdef, state)
@@ -183,7 +190,8 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
         return c._replace(cache=full)
 
     return SimpleNamespace(prefill=jax.jit(prefill),
-                           first=jax.jit(first, static_argnames="n"),
+                           first=jax.jit(first, static_argnames=("n", "slots", "cfg",
+                                                                  "cache_dtype")),
                            decode=jax.jit(decode, donate_argnums=(2,)),
                            probe=jax.jit(functools.partial(_probe_fn, graphdef),
                                          static_argnames="window"))
@@ -239,8 +247,8 @@ class Engine:
         with self._on_mesh():
             cache = init_cache(self.config, G, T, self.cache_dtype, self.mesh)
             logits, cache = self._prefill(self.state, toks, pos, cache, self.layers)
-        return Prompts(cache, jnp.asarray(lens, jnp.int32), logits,
-                       jnp.arange(G, dtype=jnp.int32) + prompt_offset)
+        return Prompts(cache, jnp.asarray(np.asarray(lens, np.int32)), logits,
+                       jnp.asarray(np.arange(G, dtype=np.int32) + prompt_offset))
 
     # ------------------------------------------------------------------ branch
     def branch(self, prompts: Prompts, n: int, max_new_tokens: int, *, temperature=1.0,
@@ -266,16 +274,11 @@ class Engine:
             raise JSEError("top_p must be in (0, 1]")
         if np.any(temp < 0):
             raise JSEError("temperature must be >= 0 (0 = greedy)")
-        T = max_new_tokens  # the buffer ends decoding: exactly max_new_tokens per candidate
-        with self._on_mesh():
-            temp, tp = jnp.asarray(temp), jnp.asarray(tp)
-            first, pid, cid, start, lp = self._first(
-                self.key, prompts.last_logits, prompts.length, prompts.prompt_id, temp, tp,
-                jnp.int32(cand_offset), n=n)
-            cache = init_cache(self.config, B, T, self.cache_dtype, self.mesh)
-        return Candidates(
-            cache, jnp.full((B, T), -1, jnp.int32), first, jnp.zeros((B,), jnp.int32),
-            jnp.zeros((B,), bool), temp, tp, pid, cid, start, lp, jnp.zeros((B,), jnp.float32))
+        with self._on_mesh():  # the buffer ends decoding: exactly max_new_tokens per candidate
+            return self._first(self.key, prompts.last_logits, prompts.length, prompts.prompt_id,
+                               np.ascontiguousarray(temp), np.ascontiguousarray(tp),
+                               np.int32(cand_offset), n=n, slots=max_new_tokens,
+                               cfg=self.config, cache_dtype=jnp.dtype(self.cache_dtype))
 
     # ------------------------------------------------------------------ decode
     def decode(self, prompts: Prompts, cands: Candidates, until: int | None = None) -> Candidates:
