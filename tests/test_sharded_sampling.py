@@ -10,6 +10,7 @@ import jaxselfeval as jse
 from jaxselfeval.errors import JSEError
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.hf_io import load_for_sampling
+from jaxselfeval.model.cache import cache_shardings
 from jaxselfeval.sharding import local_mesh
 from jaxselfeval.strategies import AdaptiveConfig, Runner, adaptive
 from jaxselfeval.tasks import get_task
@@ -54,6 +55,13 @@ def test_engine_on_a_mesh_equals_one_device(setup, spec):
     assert eng.mesh is not None and dict(eng.mesh.shape) == dict(mesh.shape)
     assert C.cache.k.sharding.mesh.shape == mesh.shape  # the candidates' cache lives on the mesh
     assert len(C.cache.k.sharding.device_set) == 8
+    # branch makes its rows' empty cache inside one compiled call: still split as the cache's
+    # logical axes say (each device allocates only its slice), not replicated
+    fresh = eng.branch(eng.prefill([[5, 6, 7]]), 8, 4).cache
+    want = cache_shardings(eng.config, 8, 4, eng.mesh)
+    for f in ("k", "v", "pos"):
+        got_s = getattr(fresh, f).sharding
+        assert got_s.is_equivalent_to(getattr(want, f), getattr(fresh, f).ndim), (f, got_s)
     assert got["outputs"] == ref["outputs"]
     for k in ("early", "score", "logprob", "last_logits"):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=2e-5, err_msg=k)
