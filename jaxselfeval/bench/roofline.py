@@ -52,15 +52,22 @@ def matmul_peak(dtype, n: int | None = None) -> float:
     return 2 * n**3 / _best(lambda: f(a, a))
 
 
+def _layer_matmul_params(cfg) -> tuple[int, int]:
+    """One layer's matmul weights: (q, k and v projections; attention output and MLP)."""
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    return D * (H + 2 * K) * Dh, H * Dh * D + 3 * D * F
+
+
 def decode_step_bound(cfg, rows: int, prompt_len: int, new_tokens: int, itemsize: int,
                       bandwidth: float, peak: float) -> dict:
     """Roofline of one decode step of `rows` candidates sharing one prompt of `prompt_len`
     tokens, averaged over `new_tokens` steps. Returns seconds: {"bytes", "flops", "bound_s",
     "mem_s", "flop_s"}."""
-    L, D, F, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    L, D, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
     H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    layer = D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F
-    matmul_params = L * layer + D * V  # the LM head (tied or not) is read in full every step
+    # the LM head (tied or not) is read in full every step
+    matmul_params = L * sum(_layer_matmul_params(cfg)) + D * V
     kv_slots = prompt_len + rows * new_tokens / 2  # shared prompt once + each row's own average
     kv_bytes = 2 * L * kv_slots * K * Dh * itemsize
     nbytes = matmul_params * itemsize + kv_bytes
@@ -76,9 +83,8 @@ def probe_flops(cfg, rows: int, turn: int, context: int) -> float:
     every turn token; the last layer keeps keys and values of all of them but the query's
     attention output and MLP of the last one alone (`forward(last_only=True)` unrolled); the
     head reads two tokens. Counts only visible keys: a floor on the work, not XLA's count."""
-    L, D, F = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
-    H, K, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    qkv, rest = D * (H + 2 * K) * Dh, H * Dh * D + 3 * D * F
+    L, D, H, Dh = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
+    qkv, rest = _layer_matmul_params(cfg)
     n = rows * turn
     proj = 2 * n * (L * qkv + (L - 1) * rest) + 2 * rows * rest
     attn = 4 * H * Dh * (n * (L - 1) * (context + (turn + 1) / 2) + rows * (context + turn))

@@ -155,9 +155,9 @@ def run(args) -> int:
                     P = eng.prefill([prompt])
                     B = _block(eng.branch(P, n, new, **kw))
                     t = time.perf_counter()
-                    C = _block(eng.decode(P, B, until=new).tokens)
+                    toks = _block(eng.decode(P, B, until=new).tokens)
                     decode_s.append(time.perf_counter() - t)
-                    return C
+                    return toks
 
                 def theirs():
                     hf = (dict(do_sample=False) if mode == "greedy" else
@@ -227,7 +227,7 @@ def _figures(args, res, rng):
     # the floor: the probe's FLOPs at this machine's measured bf16 matmul peak
     turn = len(spec.suffix) + 1
     flops = roofline.probe_flops(cfg, n, turn, args.prompt_len + gen)
-    peak = res.get("peaks", {}).get("bfloat16") or roofline.matmul_peak(jax.numpy.bfloat16)
+    peak = res["peaks"].get("bfloat16") or roofline.matmul_peak(jax.numpy.bfloat16)
     res["probe"] = {"probe_s": t_probe, "generate_s": t_gen, "share": t_probe / t_gen,
                     "flops": flops, "floor_s": flops / peak, "floor_share": flops / peak / t_gen}
     print(f"[probe]    {turn}-token probe of {n} candidates {t_probe * 1e3:.1f} ms "

@@ -145,10 +145,9 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
         cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
         logits = jnp.repeat(last_logits, n, axis=0)
         tok = sample_tokens(logits, row_keys(key, pid, cid, 0), temp, top_p, top_k)
-        zeros = jnp.zeros((B,), jnp.int32)
         return Candidates(init_cache(cfg, B, slots, cache_dtype, mesh),
-                          jnp.full((B, slots), -1, jnp.int32), tok, zeros, zeros > 0,
-                          temp, top_p, pid, cid, jnp.repeat(length, n),
+                          jnp.full((B, slots), -1, jnp.int32), tok, jnp.zeros((B,), jnp.int32),
+                          jnp.zeros((B,), bool), temp, top_p, pid, cid, jnp.repeat(length, n),
                           token_logprob(logits, tok), jnp.zeros((B,), jnp.float32))
 
     def decode(state, prefix, c: Candidates, until, key, layers):
