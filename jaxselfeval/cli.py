@@ -11,7 +11,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("jaxselfeval.commands.demo", "the main job: build, train and evaluate the capability token on the tiny model"),
+    "demo": ("jaxselfeval.commands.demo", "the main job: build, train and evaluate the capability token (the tiny model; --config configs/demo_smollm2.yaml: SmolLM2-135M-Instruct)"),
     "train": ("jaxselfeval.commands.train", "train models: the tiny base model, the capability token"),
     "generate": ("jaxselfeval.commands.generate", "answer prompts with one strategy (greedy, Best-of-N, adaptive, pruning) -> JSONL"),
     "eval": ("jaxselfeval.commands.evaluate", "evaluate every strategy on a task: report.md, plots, JSON"),

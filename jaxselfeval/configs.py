@@ -70,6 +70,13 @@ def apply_overrides(cfg: dict, overrides: list[str] | None, open_keys=()) -> dic
     return cfg
 
 
+def parse_task_args(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings (values parsed as YAML) -> the task's keyword arguments (checked by
+    `get_task`)."""
+    return apply_overrides({"task_args": {}}, [f"task_args.{p}" for p in pairs],
+                           open_keys=("task_args",))["task_args"]
+
+
 def mapping_fields(cls) -> tuple[str, ...]:
     """The fields of dataclass `cls` declared as mappings (`dict`, `dict[str, int]`,
     `dict | None`)."""

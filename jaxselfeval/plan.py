@@ -17,7 +17,6 @@ import dataclasses
 import math
 import os
 import re
-import sys
 
 from jaxselfeval.errors import JSEError, closest
 
@@ -96,18 +95,13 @@ def mesh_devices(cfg: PlanConfig) -> int:
     return fixed
 
 
-def simulate_devices(n: int) -> bool:
-    """Ask for `n` simulated CPU devices (XLA_FLAGS) if no JAX backend has started yet.
-    Harmless on TPU/GPU hosts (it only affects the CPU platform). Returns True if set."""
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            return False
+def simulate_devices(n: int):
+    """Ask for `n` simulated CPU devices (XLA_FLAGS). Call it before anything starts a JAX
+    backend: a started backend keeps its devices (the mesh check then names the mismatch).
+    Harmless on TPU/GPU hosts (it only affects the CPU platform)."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                    os.environ.get("XLA_FLAGS", "")).strip()
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-    return True
 
 
 def tpu_topology(chip: str, n: int) -> str:

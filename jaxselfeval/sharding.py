@@ -13,7 +13,6 @@ import math
 from typing import Mapping, Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -64,8 +63,9 @@ def make_mesh(spec: str | Mapping[str, int] | None = None, devices: Sequence | N
             f"mesh {sizes} has {math.prod(sizes.values())} devices but {n} are available: "
             f"make the axis sizes multiply to {n}"
         )
-    arr = np.array(devices).reshape(tuple(sizes.values()))
-    return Mesh(arr, tuple(sizes), axis_types=(AxisType.Auto,) * len(sizes))
+    # topology-aware device order on TPU/GPU slices; Auto axes (jax 0.10 defaults to Explicit)
+    return jax.make_mesh(tuple(sizes.values()), tuple(sizes), (AxisType.Auto,) * len(sizes),
+                         devices=devices)
 
 
 def state_shardings(state, mesh: Mesh, rules: Mapping = RULES):

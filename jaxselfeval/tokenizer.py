@@ -81,6 +81,9 @@ def load_tokenizer(path):
     """AutoTokenizer from an HF directory (offline); errors name the directory."""
     from transformers import AutoTokenizer
 
+    if not Path(path).is_dir():
+        raise JSEError(f"no model directory '{path}': give an HF directory (config.json, "
+                       "*.safetensors, tokenizer.json), or run `jaxselfeval fetch smollm2` for one")
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:

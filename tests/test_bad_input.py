@@ -85,3 +85,17 @@ def test_export_leaves_nothing_half_written(hf_models, tmp_path, monkeypatch):
         jse.save_pretrained(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["eval", "--model", "/nonexistent"], "no model directory '/nonexistent'"),
+    (["eval", "limit=-3"], "limit must be >= 1, got -3"),
+    (["eval", "skip=-1"], "skip must be >= 0"),
+    (["accuracy", "--task-args", "shots=[0]"], "shots are operation counts >= 1"),
+    (["accuracy", "--task-args", "extract=loose"], "unknown extract 'loose'"),
+])
+def test_eval_and_accuracy_refuse_bad_settings_before_any_work(args, msg, tmp_path):
+    """Each refusal is one line and exit 2, before a model is loaded or a file written."""
+    code, err = _cli(*args, *(["--out", str(tmp_path / "ev")] if args[0] == "eval" else []))
+    assert code == 2 and len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "ev").exists()

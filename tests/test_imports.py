@@ -141,3 +141,15 @@ def test_every_module_imports_on_its_own():
     assert r.returncode == 0, r.stderr[-3000:]
     bad = json.loads(r.stdout.strip().splitlines()[-1])
     assert bad == {}, "\n".join(f"{k}:\n{v}" for k, v in bad.items())
+
+
+def test_no_module_imports_jax_private_api():
+    """Only jax's public API: `jax._src` moves between releases (a plan that imported
+    `jax._src.xla_bridge` would break on an upgrade). The cli may name it as a logger only."""
+    bad = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{name}: {m}" for m in mods if m.startswith("jax._src")]
+    assert not bad, bad

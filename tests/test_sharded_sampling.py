@@ -12,7 +12,7 @@ from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.hf_io import load_for_sampling
 from jaxselfeval.model.cache import cache_shardings
 from jaxselfeval.sharding import local_mesh
-from jaxselfeval.strategies import AdaptiveConfig, Runner, adaptive
+from jaxselfeval.strategies import AdaptiveConfig, LiveDriver, Runner, adaptive
 from jaxselfeval.tasks import get_task
 from jaxselfeval.tokenizer import build_tokenizer, encode_chat, save_tokenizer
 
@@ -72,13 +72,13 @@ def test_adaptive_with_pruning_on_a_mesh_equals_one_device(setup):
     path, tok, task, exs = setup
     run1 = Runner(jse.load_pretrained(path), tok, task, seed=0, max_new_tokens=10)
     cfg = AdaptiveConfig((1, 1, 2), 1.0, (0.0, 0.7, 1.0), 4, prune_at=3, keep_fraction=0.5)
-    _, rounds = adaptive(run1, exs, cfg, trace=True)
+    _, rounds = adaptive(LiveDriver(run1, exs), cfg, trace=True)
     best = sorted(float(r["best"][g]) for r in rounds for g in range(len(exs)))
     cfg = AdaptiveConfig((1, 1, 2), best[len(best) // 2], (0.0, 0.7, 1.0), 4, prune_at=3,
                          keep_fraction=0.5)  # some prompts stop early: compaction happens
-    ref = adaptive(run1, exs, cfg)
-    got = adaptive(Runner(load_for_sampling(path, mesh="data=2,fsdp=2,tensor=2"), tok, task,
-                          seed=0, max_new_tokens=10), exs, cfg)
+    ref = adaptive(LiveDriver(run1, exs), cfg)
+    got = adaptive(LiveDriver(Runner(load_for_sampling(path, mesh="data=2,fsdp=2,tensor=2"), tok,
+                                     task, seed=0, max_new_tokens=10), exs), cfg)
     assert len({r.samples for r in ref}) > 1
     for a, b in zip(got, ref):
         assert (a.prompt_id, a.output, a.samples, a.gen_tokens, a.probe_tokens) == (

@@ -14,8 +14,8 @@ from jaxselfeval.evaluate.harness import pool_stats
 from jaxselfeval.evaluate.records import PromptRecord, aggregate, gain_recovered
 from jaxselfeval.sample import Engine
 from jaxselfeval.selfeval.metrics import auroc
-from jaxselfeval.strategies import (AdaptiveConfig, PruneConfig, Runner, adaptive, pool_records,
-                                    prune_records, threshold_sweep)
+from jaxselfeval.strategies import (AdaptiveConfig, LiveDriver, PoolDriver, PruneConfig, Runner,
+                                    adaptive, pool_records, prune, threshold_sweep)
 from jaxselfeval.strategies import run as S
 from jaxselfeval.strategies.run import combined_score
 from jaxselfeval.tasks import get_task
@@ -36,10 +36,10 @@ def setup():
 def test_adaptive_stopping_rule_and_round_sizes(setup):
     run, exs = setup
     cfg = AdaptiveConfig(rounds=(1, 1, 2), threshold=0.0, temperatures=(0.0, 0.7, 1.0), max_samples=4)
-    recs = adaptive(run, exs, cfg)
+    recs = adaptive(LiveDriver(run, exs), cfg)
     assert [r.samples for r in recs] == [1] * 5  # every best score >= 0: stop after round 1
     never = AdaptiveConfig(rounds=(1, 1, 2), threshold=1.0, temperatures=(0.0, 0.7, 1.0), max_samples=4)
-    recs = adaptive(run, exs, never)
+    recs = adaptive(LiveDriver(run, exs), never)
     assert [r.samples for r in recs] == [4] * 5
     assert all(r.probe_tokens == 4 * run.probe_len for r in recs)
     assert [r.prompt_id for r in recs] == [e.id for e in exs]  # prompt order kept
@@ -48,12 +48,12 @@ def test_adaptive_stopping_rule_and_round_sizes(setup):
 def test_threshold_sweep_equals_real_runs_with_compaction(setup):
     run, exs = setup
     cfg = AdaptiveConfig(rounds=(1, 1, 2), threshold=1.0, temperatures=(0.0, 0.7, 1.0), max_samples=4)
-    _, rounds = adaptive(run, exs, cfg, trace=True)
+    _, rounds = adaptive(LiveDriver(run, exs), cfg, trace=True)
     scores = sorted({float(r["best"][g]) for r in rounds for g in range(len(exs))})
     k = len(scores) // 2  # some prompts stop early, others go on (compaction); the threshold
     th = (scores[k - 1] + scores[k]) / 2  # lies between two scores: batch shapes move a float
     assert scores[k] - scores[k - 1] > 1e-4  # in its 7th digit, never across the threshold
-    real = adaptive(run, exs, AdaptiveConfig((1, 1, 2), th, (0.0, 0.7, 1.0), 4))
+    real = adaptive(LiveDriver(run, exs), AdaptiveConfig((1, 1, 2), th, (0.0, 0.7, 1.0), 4))
     sim = threshold_sweep(rounds, exs, [th])[th]
     assert len({r.samples for r in real}) > 1
     for a, b in zip(real, sim):
@@ -66,7 +66,7 @@ def test_compaction_pads_rounds_to_few_batch_sizes(setup, monkeypatch):
     """Rounds run on the active prompts padded to a power of four (copies of the last, dropped),
     so the jitted decode sees few batch sizes; the records are those of the unpadded rounds
     (test_threshold_sweep_equals_real_runs_with_compaction)."""
-    from jaxselfeval.strategies.run import padded_rows
+    from jaxselfeval.strategies.driver import padded_rows
 
     assert padded_rows(np.array([3]), 100).tolist() == [3]
     assert padded_rows(np.array([0, 4, 7]), 100).tolist() == [0, 4, 7, 7]
@@ -81,12 +81,12 @@ def test_compaction_pads_rounds_to_few_batch_sizes(setup, monkeypatch):
 
     monkeypatch.setattr(run.eng, "branch", spy)
     cfg = AdaptiveConfig((1, 1, 2), 1.0, (0.0, 0.7, 1.0), 4)
-    _, rounds = adaptive(run, exs, cfg, trace=True)
+    _, rounds = adaptive(LiveDriver(run, exs), cfg, trace=True)
     best = np.sort(rounds[0]["best"])  # 3 prompts go on after round 1: padded to 4 (the
     th = float(best[2] + best[3]) / 2  # threshold between two scores, far from both)
     assert best[3] - best[2] > 1e-4
     sizes.clear()
-    real = adaptive(run, exs, dataclasses.replace(cfg, threshold=th))
+    real = adaptive(LiveDriver(run, exs), dataclasses.replace(cfg, threshold=th))
     assert sizes[:2] == [5, 4] and set(sizes) <= {1, 2, 4, 5}, sizes
     sim = threshold_sweep(rounds, exs, [th])[th]
     assert [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in real] == \
@@ -111,16 +111,16 @@ def test_adaptive_with_pruning_keeps_each_rounds_best_early_scores(setup):
     run, exs = setup
     G, at, pl = len(exs), 3, run.probe_len
     kw = dict(rounds=(1, 1, 4), threshold=1.0, temperatures=(0.0, 0.7, 1.0), max_samples=6)
-    plain = adaptive(run, exs, AdaptiveConfig(**kw))
+    plain = adaptive(LiveDriver(run, exs), AdaptiveConfig(**kw))
     # keeping every candidate is plain adaptive sampling, record for record
-    same = adaptive(run, exs, AdaptiveConfig(**kw, prune_at=at, keep_fraction=1.0))
+    same = adaptive(LiveDriver(run, exs), AdaptiveConfig(**kw, prune_at=at, keep_fraction=1.0))
     def fields(recs):  # everything but the wall time
         return [dataclasses.replace(r, wall_s=0.0) for r in recs]
 
     assert fields(same) == fields(plain)
     cfg = AdaptiveConfig(**kw, prune_at=at, keep_fraction=0.5)
     assert [cfg.keep(r) for r in cfg.rounds] == [1, 1, 2]
-    recs = adaptive(run, exs, cfg)
+    recs = adaptive(LiveDriver(run, exs), cfg)
     # the expectation, built from unpruned rounds with the same candidate keys
     P = run.prompts(exs)
     full, early = [], None
@@ -144,9 +144,9 @@ def test_adaptive_with_pruning_keeps_each_rounds_best_early_scores(setup):
         assert rec.output == outs[int(np.argmax(sc))]
     assert sum(r.gen_tokens for r in recs) < sum(r.gen_tokens for r in plain)
     # its threshold sweep (every round traced, then cut) equals real runs that stop and compact
-    _, rounds = adaptive(run, exs, cfg, trace=True)
+    _, rounds = adaptive(LiveDriver(run, exs), cfg, trace=True)
     th = float(np.sort(rounds[0]["best"])[2]) + 1e-6
-    real = adaptive(run, exs, dataclasses.replace(cfg, threshold=th))
+    real = adaptive(LiveDriver(run, exs), dataclasses.replace(cfg, threshold=th))
     sim = threshold_sweep(rounds, exs, [th])[th]
     assert [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in real] == \
         [(r.samples, r.gen_tokens, r.probe_tokens, r.correct) for r in sim]
@@ -204,13 +204,13 @@ def test_pool_strategies_and_counting():
 
 def test_pruning_keeps_the_highest_early_scores():
     pool, exs = _pool(), [_E(0, "2"), _E(1, "7")]
-    recs = prune_records(pool, exs, PruneConfig(n=4, at_tokens=4, keep_fraction=0.25), probe_len=5)
+    recs = prune(PoolDriver(pool, exs, temperature=1.0, probe_len=5), PruneConfig(n=4, at_tokens=4, keep_fraction=0.25))
     # prompt 0 keeps cand 1 (0.9 at 4 tokens) -> correct; prompt 1 keeps cand 3 -> correct
     assert [r.correct for r in recs] == [1, 1]
     # tokens: everyone decodes min(len, 4), the survivor the rest
     assert recs[0].gen_tokens == (4 + 4 + 4 + 4) + (6 - 4)
     assert recs[1].gen_tokens == (3 + 4 + 4 + 4) + (10 - 4)
-    two = prune_records(pool, exs, PruneConfig(n=4, at_tokens=4, keep_fraction=0.5), probe_len=5)
+    two = prune(PoolDriver(pool, exs, temperature=1.0, probe_len=5), PruneConfig(n=4, at_tokens=4, keep_fraction=0.5))
     # prompt 0 keeps cands 1, 3 (0.9, 0.3); the best final score among them is cand 3 (0.8)
     assert [r.chosen_score for r in two] == [0.8, 0.4]
 
@@ -430,7 +430,7 @@ def test_runner_top_p_reaches_every_sampled_draw(setup):
     assert pool["outs"] == [g for g in greedy for _ in range(3)]
     wide = S.sample_pool(run, exs, n=3, temperature=1.0, probe_at=(4,))
     assert wide["outs"] != pool["outs"]  # without the cut, T=1 draws differ from greedy
-    recs = adaptive(narrow, exs, AdaptiveConfig((1, 2), 1.0, (1.0, 1.0), 3))
+    recs = adaptive(LiveDriver(narrow, exs), AdaptiveConfig((1, 2), 1.0, (1.0, 1.0), 3))
     assert [r.output for r in recs] == greedy
     with pytest.raises(jse.JSEError, match="top_p must be in"):
         Runner(model, run.tok, run.task, top_p=0.0)
@@ -459,25 +459,36 @@ def test_pool_stats_split_the_token_auroc_by_kind_of_response():
     assert "by_kind" not in pool_stats(correct, score)  # a task without kinds
 
 
+@pytest.mark.parametrize("signal", ["self", "likelihood", "combined"])
 @pytest.mark.parametrize("prune_at", [None, 4])
-def test_trace_read_off_the_pool_equals_the_real_trace(setup, prune_at):
-    """pool_trace: the adaptive rounds' trace from a pool at the rounds' temperature and the greedy
-    run equals running the rounds (plain, and each round pruned at 4 tokens to half); None
-    when a round samples at another temperature."""
+def test_pool_replay_equals_the_live_rounds_for_every_signal(setup, prune_at, signal):
+    """One adaptive implementation over two drivers: the trace replayed from a pool at the
+    rounds' temperature and the greedy run equals running the rounds live (plain, and each round
+    pruned at 4 tokens to half), ranked by the token, the likelihood or both; and pruning
+    replayed equals pruning live. The pool does not replay rounds at another temperature or
+    past its candidates."""
     from jaxselfeval.evaluate.harness import _greedy
 
     run, exs = setup
     cfg = AdaptiveConfig((1, 1, 2, 4), 1.0, (0.0, 0.7, 0.7, 0.7), 8, prune_at=prune_at,
                          keep_fraction=0.5 if prune_at else 1.0)
-    _, real = adaptive(run, exs, cfg, trace=True)
+    _, real = adaptive(LiveDriver(run, exs, signal=signal), cfg, trace=True)
     pool = S.sample_pool(run, exs, n=8, temperature=0.7, probe_at=(4,))
     _, greedy = _greedy(run, exs, 0)
-    read = S.pool_trace(pool, greedy, cfg, run.probe_len, 0.7)
+    drv = PoolDriver(pool, exs, greedy, temperature=0.7, probe_len=run.probe_len, signal=signal)
+    assert drv.replays(cfg)
+    _, read = adaptive(drv, cfg, trace=True)
     assert len(read) == len(real) == 4
     for a, b in zip(read, real):
         for k in ("samples", "gen", "probes", "ok"):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
         np.testing.assert_allclose(a["best"], b["best"], atol=1e-5)
-    assert S.pool_trace(pool, greedy, cfg, run.probe_len, 1.0) is None
-    assert S.pool_trace(pool, greedy, dataclasses.replace(cfg, rounds=(1, 1, 2, 8), max_samples=12),
-                        run.probe_len, 0.7) is None  # draws past the pool's 8 candidates
+    if signal == "likelihood":  # free: no probe tokens counted
+        assert all((r["probes"] == 0).all() for r in read)
+    pc = PruneConfig(n=8, at_tokens=4, keep_fraction=0.25, temperature=0.7)
+    live = prune(LiveDriver(run, exs, signal=signal), pc)
+    replay = prune(drv, pc)
+    assert [(r.correct, r.gen_tokens, r.probe_tokens, r.output) for r in live] == \
+        [(r.correct, r.gen_tokens, r.probe_tokens, r.output) for r in replay]
+    assert not PoolDriver(pool, exs, greedy, temperature=1.0, probe_len=1).replays(cfg)
+    assert not drv.replays(dataclasses.replace(cfg, rounds=(1, 1, 2, 8), max_samples=12))

@@ -100,8 +100,11 @@ def test_save_load_offline_round_trip(tok, saved):
     assert again.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
                                      return_dict=False) == encode_chat(tok, msgs)
     assert load_tokenizer(saved).get_vocab() == tok.get_vocab()
-    with pytest.raises(jse.JSEError, match="no usable tokenizer in"):
+    with pytest.raises(jse.JSEError, match="no model directory .*missing'"):
         load_tokenizer(saved.parent / "missing")
+    (saved.parent / "empty").mkdir()
+    with pytest.raises(jse.JSEError, match="no usable tokenizer in"):
+        load_tokenizer(saved.parent / "empty")
 
 
 def test_deterministic_file(saved, tmp_path):

@@ -1,15 +1,21 @@
-"""`jaxselfeval demo`: the whole method on the shipped tiny model, resumable stage by stage.
+"""`jaxselfeval demo`: the whole method on one model, resumable stage by stage.
 
-1. base model   jaxselfeval/assets/tiny_base (trained by `jaxselfeval train base`)
+1. base model   configs' `model`: the shipped tiny model (jaxselfeval/assets/tiny_base), or
+                SmolLM2-135M-Instruct fetched and converted (`jaxselfeval fetch smollm2`), or a dir
 2. data build   on-policy samples, verifier rewards, capability targets (+ truncations)
 3. train        the capability token (probe position, soft targets) -> HF dir + calibration plot,
-                and the external reward-model baseline on the same rewards
-4. evaluate     every strategy on held-out problems -> runs/demo/report.md + plots
+                and the external reward-model baseline on the same rewards (a setting)
+4. evaluate     every strategy on held-out problems, the token beside the free signals
+                -> OUT/report.md + plots (and a second held-out set where the config names one)
 Re-running skips finished stages.
+
+    jaxselfeval demo                                         # configs/demo_tiny.yaml
+    jaxselfeval demo --config configs/demo_smollm2.yaml      # a real pretrained model, as shipped
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -19,40 +25,79 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
+class DemoConfig:
+    model: str = "tiny"  # tiny (shipped) | smollm2 (fetched + converted, cached) | an HF directory
+    out: str = "runs/demo"
+    data: str = "data_tiny"  # the stages' configs (configs/NAME.yaml) and their key=value overrides
+    data_overrides: list = dataclasses.field(default_factory=list)
+    selfeval: str = "selfeval_tiny"
+    selfeval_overrides: list = dataclasses.field(default_factory=list)
+    eval: str = "eval_tiny"
+    eval_overrides: list = dataclasses.field(default_factory=list)
+    # a second held-out set: eval overrides on top of the first's, e.g. [skip=200]; [] for none
+    second_eval: list = dataclasses.field(default_factory=list)
+    reward_model: bool = True  # train and evaluate the external reward-model baseline
+    reward_model_steps: int = 150
+    reward_model_seq_len: int = 160
+
+
+# --quick: a few prompts per stage (a smoke run of every stage)
+QUICK = {"data": ["splits={train: 40, validation: 20}", "n=4", "shard_prompts=20"],
+         "selfeval": ["steps=20", "eval_every=10"],
+         "eval": ["limit=24", "batch_prompts=24", "n=8", "rounds=[1,1,2,4]",
+                  "round_temperatures=[0.0,0.5,0.5,0.5]"]}
+
+
 def add_arguments(p):
-    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--config", default="demo_tiny",
+                   help="the demo's config: demo_tiny (the shipped tiny model) or "
+                        "configs/demo_smollm2.yaml (SmolLM2-135M-Instruct as shipped)")
+    p.add_argument("--out", default=None, help="output directory (default: the config's `out`)")
     p.add_argument("--quick", action="store_true",
                    help="a few prompts per stage (a smoke run of every stage, ~3 minutes)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value settings of the demo's config")
+
+
+def base_model_dir(name: str) -> Path:
+    """The demo's base model: "tiny" (shipped), "smollm2" (fetched once, cached) or a path."""
+    from jaxselfeval.assets import default_model_dir
+    from jaxselfeval.fetch import MODELS, fetch
+
+    if name == "tiny":
+        return Path(default_model_dir())
+    if name in MODELS:
+        return Path(fetch(name))
+    return Path(name)
 
 
 def run(args) -> int:
     import jaxselfeval as jse
-    from jaxselfeval.assets import default_model_dir
     from jaxselfeval.configs import load_dataclass_config
-    from jaxselfeval.evaluate.harness import EvalConfig, evaluate
-    from jaxselfeval.evaluate.report import sampling_label, write_report
+    from jaxselfeval.evaluate.harness import EvalConfig
     from jaxselfeval.model.config import read_hf_config
     from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
     from jaxselfeval.selfeval.reward_model import load_reward_model
     from jaxselfeval.selfeval.reward_train import train_reward_model
     from jaxselfeval.selfeval.train import SelfEvalConfig, train_selfeval
-    from jaxselfeval.tasks import get_task
-    from jaxselfeval.tokenizer import load_tokenizer
 
-    out = Path(args.out)
+    dc = load_dataclass_config(DemoConfig, args.config, args.overrides)
+    q = args.quick
+    quick = QUICK if q else {"data": [], "selfeval": [], "eval": []}
+    ecfg = load_dataclass_config(EvalConfig, dc.eval, dc.eval_overrides + quick["eval"])
+    ecfg.validate()  # bad settings fail before any model is loaded
+    out = Path(args.out or dc.out)
     out.mkdir(parents=True, exist_ok=True)
     prog = not args.no_progress
     t0 = time.time()
-    base = default_model_dir()
+    base = base_model_dir(dc.model)
     log.info("stage 1/4: base model %s (%.2fM parameters)", base,
              jse.count_params(jse.abstract_model(read_hf_config(base))) / 1e6)
 
     _check_same_base(base, out)
-    q = args.quick
-    small = ["splits={train: 40, validation: 20}", "n=4", "shard_prompts=20"] if q else []
-    bcfg = load_dataclass_config(BuildConfig, "data_tiny", small + [f"model={base}",
-                                                                   f"out_dir={out / 'data'}"])
+    bcfg = load_dataclass_config(BuildConfig, dc.data, dc.data_overrides + quick["data"] + [
+        f"model={base}", f"out_dir={out / 'data'}"])
     log.info("stage 2/4: capability dataset -> %s", bcfg.out_dir)
     build_dataset(bcfg, progress=prog)
 
@@ -63,55 +108,88 @@ def run(args) -> int:
         val = json.loads((hf / "selfeval.json").read_text())["validation"]
     else:
         log.info("stage 3/4: training the capability token -> %s", se_dir)
-        scfg = load_dataclass_config(SelfEvalConfig, "selfeval_tiny", (
-            ["steps=20", "eval_every=10"] if q else []) + [
-            f"data_dir={bcfg.out_dir}", f"out_dir={se_dir}", f"export_dir={hf}"])
+        scfg = load_dataclass_config(SelfEvalConfig, dc.selfeval, dc.selfeval_overrides +
+                                     quick["selfeval"] + [f"data_dir={bcfg.out_dir}",
+                                                          f"out_dir={se_dir}", f"export_dir={hf}"])
         _, val = train_selfeval(scfg, progress=prog)
 
-    rm_dir = out / "reward_model"
-    if (rm_dir / "hf" / "config.json").exists():
-        log.info("stage 3/4: external reward-model baseline already trained (%s)", rm_dir)
-    else:
-        log.info("stage 3/4: training the external reward-model baseline -> %s", rm_dir)
-        train_reward_model(bcfg.out_dir, str(base), str(rm_dir), steps=10 if q else 150,
-                           progress=prog)
-    rm = load_reward_model(rm_dir / "hf")
+    rm = None
+    if dc.reward_model:
+        rm_dir = out / "reward_model"
+        if (rm_dir / "hf" / "config.json").exists():
+            log.info("stage 3/4: external reward-model baseline already trained (%s)", rm_dir)
+        else:
+            log.info("stage 3/4: training the external reward-model baseline -> %s", rm_dir)
+            train_reward_model(bcfg.out_dir, str(base), str(rm_dir),
+                               steps=10 if q else dc.reward_model_steps,
+                               seq_len=dc.reward_model_seq_len, progress=prog)
+        rm = load_reward_model(rm_dir / "hf")
 
-    ev_dir = out / "eval"
-    if (ev_dir / "results.json").exists():
-        log.info("stage 4/4: evaluation already done (%s)", ev_dir)
-        res = json.loads((ev_dir / "results.json").read_text())
-        write_report(res, ev_dir)  # the report follows this version's code
-    else:
-        log.info("stage 4/4: evaluating every strategy -> %s", ev_dir)
-        ecfg = load_dataclass_config(EvalConfig, "eval_tiny", [
-            "limit=24", "batch_prompts=24", "n=8", "rounds=[1,1,2,4]",
-            "round_temperatures=[0.0,0.5,0.5,0.5]"] if q else [])
-        ecfg.validate()
-        res = evaluate(jse.load_pretrained(hf), load_tokenizer(hf),
-                       get_task(ecfg.task, **ecfg.task_args), ecfg,
-                       ev_dir, progress=prog, rm=rm)
+    res = _evaluate(hf, ecfg, out / "eval", rm, prog, "stage 4/4")
     base_acc = _base_accuracy(base, out, res["config"], prog)
-    trained = res["pool"]["sample_at_1"]
-    for f in ("accuracy_vs_samples.png", "accuracy_vs_tokens.png"):
-        shutil.copy2(ev_dir / f, out / f)
-    shutil.copy2(se_dir / "reliability.png", out / "reliability.png")
-    cal = "\n".join(f"| {k} | {v:.3f} |" for k, v in val.items() if isinstance(v, float))
-    text = ((ev_dir / "report.md").read_text() +
-            "\n## Capability token (held-out prompts)\n\n| metric | value |\n| --- | --- |\n" + cal +
-            "\n\n![reliability](reliability.png)\n\n## The policy after training\n\n"
-            f"sample@1 ({sampling_label(res['config'])}, {res['pool']['samples']} samples of the same problems): base model "
-            f"{100 * base_acc['sample@1']:.1f}%, after capability-token training {100 * trained:.1f}% "
-            f"({100 * (trained - base_acc['sample@1']):+.1f} points; goal: within 2).\n")
+    text = _report(res, out / "eval", se_dir, val, base_acc, out)
+    if dc.second_eval:
+        ecfg2 = load_dataclass_config(EvalConfig, dc.eval, dc.eval_overrides + quick["eval"]
+                                      + dc.second_eval)
+        res2 = _evaluate(hf, ecfg2, out / "eval_2", rm, prog, "stage 4/4, second held-out set")
+        text += _second_set(res2, ecfg2)
     (out / "report.md").write_text(text)
     h = res["headline"]
+    trained = res["pool"]["sample_at_1"]
     print(f"sample@1 base {100 * base_acc['sample@1']:.1f}% -> trained {100 * trained:.1f}%")
     print(f"demo done in {time.time() - t0:.0f}s: one sample {100 * h['one_sample']:.1f}%, "
           f"Best-of-N self-eval {100 * h['bon16_self']:.1f}%, by RM {100 * (h['bon16_rm'] or 0):.1f}%, "
-          f"majority {100 * h['majority']:.1f}%, "
+          f"majority {100 * h['majority']:.1f}%, by log-prob {100 * (h['bon16_likelihood'] or 0):.1f}%, "
           f"adaptive@1.2 {100 * (h['adaptive_acc_at_1.2'] or 0):.1f}%; AUROC "
           f"{val.get('auroc_full', float('nan')):.3f}. Report: {out / 'report.md'}")
     return 0
+
+
+def _evaluate(hf: Path, ecfg, ev_dir: Path, rm, prog: bool, stage: str) -> dict:
+    """The evaluation of the trained model (resumed chunk by chunk; skipped when done)."""
+    import jaxselfeval as jse
+    from jaxselfeval.evaluate.harness import evaluate
+    from jaxselfeval.evaluate.report import write_report
+    from jaxselfeval.tasks import get_task
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    if (ev_dir / "results.json").exists():
+        log.info("%s: evaluation already done (%s)", stage, ev_dir)
+        res = json.loads((ev_dir / "results.json").read_text())
+        write_report(res, ev_dir)  # the report follows this version's code
+        return res
+    log.info("%s: evaluating every strategy -> %s", stage, ev_dir)
+    return evaluate(jse.load_pretrained(hf), load_tokenizer(hf),
+                    get_task(ecfg.task, **ecfg.task_args), ecfg, ev_dir, progress=prog, rm=rm)
+
+
+def _report(res: dict, ev_dir: Path, se_dir: Path, val: dict, base_acc: dict, out: Path) -> str:
+    """The evaluation's report, the token's validation figures and the policy-damage check;
+    the plots copied beside it."""
+    from jaxselfeval.evaluate.report import sampling_label
+
+    for f in ("accuracy_vs_samples.png", "accuracy_vs_tokens.png"):
+        shutil.copy2(ev_dir / f, out / f)
+    shutil.copy2(se_dir / "reliability.png", out / "reliability.png")
+    trained = res["pool"]["sample_at_1"]
+    cal = "\n".join(f"| {k} | {v:.3f} |" for k, v in val.items() if isinstance(v, float))
+    return ((ev_dir / "report.md").read_text() +
+            "\n## Capability token (held-out prompts)\n\n| metric | value |\n| --- | --- |\n" + cal +
+            "\n\n![reliability](reliability.png)\n\n## The policy after training\n\n"
+            f"sample@1 ({sampling_label(res['config'])}, {res['pool']['samples']} samples of the "
+            f"same problems): base model {100 * base_acc['sample@1']:.1f}%, after capability-token "
+            f"training {100 * trained:.1f}% ({100 * (trained - base_acc['sample@1']):+.1f} points; "
+            "goal: within 2).\n")
+
+
+def _second_set(res: dict, ecfg) -> str:
+    """The second held-out set's headline figures, beside the first's in the report."""
+    from jaxselfeval.evaluate.report import signal_lines, verdict
+
+    h, n = res["headline"], res["config"]["n"]
+    return (f"\n## A second held-out set ({res['summary']['one']['n']} other problems: "
+            f"{ecfg.split} from {ecfg.skip}; eval_2/report.md)\n\n"
+            + "\n".join(verdict(res)[2:] + signal_lines(h, n)) + "\n")
 
 
 def _fingerprint(model_dir: Path) -> str:
@@ -150,8 +228,9 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
     path = out / "base_accuracy.json"
     if path.exists():
         cached = json.loads(path.read_text())
-        if ((cached["problems"], cached["samples"], cached["temperature"], cached.get("top_p", 1.0))
-                == (ecfg["limit"], ecfg["n"], ecfg["temperature"], ecfg.get("top_p", 1.0))):
+        if ((cached["problems"], cached.get("skip", 0), cached["samples"], cached["temperature"],
+             cached.get("top_p", 1.0)) == (ecfg["limit"], ecfg.get("skip", 0), ecfg["n"],
+                                           ecfg["temperature"], ecfg.get("top_p", 1.0))):
             return cached
     import jaxselfeval as jse
     from jaxselfeval.evaluate.accuracy import sample_accuracy
@@ -160,8 +239,10 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
 
     log.info("base model sample@1 on the same %d problems (for the policy-damage check)",
              ecfg["limit"])
-    res = sample_accuracy(jse.load_pretrained(base), load_tokenizer(base), get_task(ecfg["task"], **ecfg.get("task_args", {})),
-                          split=ecfg["split"], limit=ecfg["limit"], n=ecfg["n"],
+    res = sample_accuracy(jse.load_pretrained(base), load_tokenizer(base),
+                          get_task(ecfg["task"], **ecfg.get("task_args", {})),
+                          split=ecfg["split"], limit=ecfg["limit"], skip=ecfg.get("skip", 0),
+                          n=ecfg["n"],
                           temperature=ecfg["temperature"], top_p=ecfg.get("top_p", 1.0),
                           max_new_tokens=ecfg["max_new_tokens"],
                           seed=ecfg["seed"], progress=progress)

@@ -51,11 +51,11 @@ def run(args) -> int:
     from jaxselfeval.tokenizer import load_tokenizer
 
     path = args.model or str(default_model_dir())
-    check_selfeval_trained(path)
     cfg = load_dataclass_config(EvalConfig, args.config, args.overrides,
                                 defaults={"task": args.task})
     cfg.validate()
-    tok = load_tokenizer(path)
+    tok = load_tokenizer(path)  # a missing directory is named before anything else
+    check_selfeval_trained(path)
     rm = load_rm(args.reward_model, tok, args) if args.reward_model else None
     model = load_model(path, args)
     res = evaluate(model, tok, get_task(cfg.task, **cfg.task_args), cfg, args.out, progress=not args.no_progress,

@@ -36,6 +36,9 @@ class GenerateConfig:
     round_temperatures: tuple = (0.0, 0.7, 1.0, 1.0, 1.0)
     prune_at: int = 16  # prune / adaptive_prune: tokens decoded before the early probe
     keep_fraction: float = 0.125  # prune / adaptive_prune: share of a round decoded to the end
+    # adaptive / prune / adaptive_prune: what ranks candidates: self (the capability token),
+    # likelihood (the mean token probability: free, no probe) or combined (their product)
+    signal: str = "self"
     batch_prompts: int = 64
     seed: int = 0
 
@@ -85,6 +88,8 @@ class _Prompts:
     def verify(self, item, text):
         return float("nan")
 
+    verify_strict = verify
+
     def extract_answer(self, text):
         from jaxselfeval.tasks import extract_answer
 
@@ -97,7 +102,9 @@ class _Prompts:
 def _strategy_config(strategy: str, cfg: GenerateConfig):
     """The validated AdaptiveConfig / PruneConfig (None for the pooled strategies)."""
     from jaxselfeval import strategies as S
+    from jaxselfeval.strategies.driver import check_signal
 
+    check_signal(cfg.signal)
     if strategy in ("adaptive", "adaptive_prune"):
         prune = strategy == "adaptive_prune"
         from jaxselfeval.strategies.config import rounds_for_n
@@ -118,10 +125,9 @@ def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int, 
 
     from jaxselfeval import strategies as S
 
-    if strategy in ("adaptive", "adaptive_prune"):
-        return S.adaptive(run, items, scfg, offset=offset), None
-    if strategy == "prune":
-        return S.prune_run(run, items, scfg, offset=offset)[0], None
+    if strategy in ("adaptive", "adaptive_prune", "prune"):
+        drv = S.LiveDriver(run, items, signal=cfg.signal, offset=offset)
+        return (S.prune(drv, scfg) if strategy == "prune" else S.adaptive(drv, scfg)), None
     n = 1 if strategy in ("greedy", "sample") else cfg.n
     temp = 0.0 if strategy == "greedy" else cfg.temperature
     pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)

@@ -21,7 +21,7 @@ from jaxselfeval.fileio import write_atomic
 
 # What a chunk holds; bump it when the harness adds a strategy or sweep, so chunks written by an
 # older jaxselfeval (which lack it) are refused instead of merged into partial figures.
-FORMAT = 3
+FORMAT = 4
 
 
 def fingerprint(cfg, model, n_examples: int, with_rm: bool) -> str:
@@ -92,10 +92,11 @@ def encode(part: dict) -> dict:
 
 def decode(d: dict) -> dict:
     """Inverse of `encode`: records back as PromptRecords, sweep keys as the harness makes them
-    (threshold, threshold_pruned: float, bon: int, prune: "at:fraction"), pooled arrays as numpy."""
-    kinds = {"threshold": float, "threshold_pruned": float, "bon": int, "prune": str}
+    (threshold, threshold_pruned: float, bon: int, prune: "at:fraction"; each signal's sweeps
+    the same: threshold_likelihood, prune_combined), pooled arrays as numpy."""
+    kinds = {"threshold": float, "bon": int, "prune": str}
     return {"recs": {k: [PromptRecord(**r) for r in v] for k, v in d["recs"].items()},
-            "sweeps": {kind: {kinds[kind](k): [PromptRecord(**r) for r in v] for k, v in s.items()}
+            "sweeps": {kind: {kinds[kind.split("_")[0]](k): [PromptRecord(**r) for r in v] for k, v in s.items()}
                        for kind, s in d["sweeps"].items()},
             "wall": d["wall"],
             "pooled": {k: np.asarray(v, np.float64) for k, v in d["pooled"].items()}}

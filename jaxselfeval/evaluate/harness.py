@@ -21,7 +21,9 @@ from jaxselfeval.fileio import write_atomic
 from jaxselfeval.sample import Engine
 from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.labels import capability_targets
+from jaxselfeval.strategies import rounds as A
 from jaxselfeval.strategies import run as S
+from jaxselfeval.strategies.driver import SIGNALS, LiveDriver, PoolDriver
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class EvalConfig:
     task_args: dict = dataclasses.field(default_factory=dict)  # e.g. {seed: 1}: other problems
     split: str = "test"
     limit: int = 300
+    skip: int = 0  # problems skipped at the split's start (a second held-out set: skip=300)
     n: int = 16
     temperature: float = 1.0
     top_p: float = 1.0  # nucleus of every sampled draw (pool and adaptive rounds); 1 = none
@@ -41,7 +44,10 @@ class EvalConfig:
     rounds: tuple = (1, 1, 2, 4, 8)  # the default is cut to n when it draws more (rounds_for_n)
     round_temperatures: tuple = (0.0, 0.7, 1.0, 1.0, 1.0)
     threshold: float = 0.8
-    thresholds: tuple = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+    # swept for every signal (each a probability: the token's score, the likelihood's
+    # geometric-mean token probability, their product); dense near 1, where they crowd
+    thresholds: tuple = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96,
+                         0.97, 0.98, 0.99, 0.995)
     prune_at: tuple = (8, 16)
     keep_fractions: tuple = (0.125, 0.25, 0.5)
     combined_keep: float = 0.25  # adaptive + pruning: each round pruned at min(prune_at) to this
@@ -60,6 +66,10 @@ class EvalConfig:
                                           keep_fraction=self.combined_keep)
 
     def validate(self):
+        for key, low in (("limit", 1), ("skip", 0), ("n", 1), ("batch_prompts", 1),
+                         ("max_new_tokens", 1)):
+            if getattr(self, key) < low:
+                raise JSEError(f"{key} must be >= {low}, got {getattr(self, key)}")
         check_threshold(self.threshold)
         for t in self.thresholds:
             check_threshold(t)
@@ -85,7 +95,9 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    exs = task.examples(cfg.split)[:cfg.limit]
+    exs = task.examples(cfg.split)[cfg.skip:cfg.skip + cfg.limit]
+    if not exs:
+        raise JSEError(f"no {cfg.split} problems from {cfg.skip} on: lower skip=")
     main = jax.process_index() == 0
     # every process checks whose chunks these are (the same file: the same verdict everywhere);
     # process 0 records it in a new directory
@@ -122,7 +134,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     (see `jaxselfeval.evaluate.chunks.encode`). Logs the seconds each part took."""
 
     recs: dict[str, list] = {}
-    sweeps: dict = {"threshold": {}, "threshold_pruned": {}, "prune": {}, "bon": {}}
+    sweeps: dict = {"bon": {}, **{f"prune{sfx}": {} for sfx in _suffixes()}}
     took: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -144,45 +156,50 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     for k in (1, 2, 4, 8, 16):
         if k <= cfg.n:
             sweeps["bon"][k] = S.pool_records(pool, ch, "bon_self", n=k, probe_len=run.probe_len)
-    for t in cfg.prune_at:
-        for f in cfg.keep_fractions:
-            sc = PruneConfig(cfg.n, t, f, cfg.temperature)  # `pc` stays the timed setting
-            sweeps["prune"][f"{t}:{f}"] = S.prune_records(pool, ch, sc, run.probe_len)
     lap("pool strategies")
     recs["greedy"], greedy = _greedy(run, ch, s)
     lap("greedy")
     real = s == 0 or cfg.real_runs == "all"
     agree: dict[str, int] = {}  # prompts where the real run equals its reading off the pool
     acfg, both = cfg.adaptive_configs()
-    for name, kind, c in (("adaptive", "threshold", acfg),
-                          ("adaptive_pruned", "threshold_pruned", both)):
-        # the trace read off the pool and the greedy run when the rounds draw the pool's
-        # candidates (else run for every prompt); the threshold sweeps are read off it
-        rounds = S.pool_trace(pool, greedy, c, run.probe_len, cfg.temperature)
-        read_off = rounds is not None
-        if not read_off:
-            _, rounds = S.adaptive(run, ch, c, offset=s, trace=True)
-        sweeps[kind] = S.threshold_sweep(rounds, ch, cfg.thresholds)
-        at = S.threshold_sweep(rounds, ch, [c.threshold])[float(c.threshold)]
-        if real or not read_off:
-            recs[name] = S.adaptive(run, ch, c, offset=s)
-            if read_off:
-                agree[name] = _agreement(name, s, recs[name], at)
-        else:
-            recs[name] = at
+    for signal in SIGNALS:  # the token, and the free signals it must beat, on the same samples
+        sfx = _suffix(signal)
+        drv = PoolDriver(pool, ch, greedy, temperature=cfg.temperature, probe_len=run.probe_len,
+                         signal=signal)
+        for t in cfg.prune_at:
+            for f in cfg.keep_fractions:  # (`pc` stays the timed setting)
+                sweeps["prune" + sfx][f"{t}:{f}"] = A.prune(
+                    drv, PruneConfig(cfg.n, t, f, cfg.temperature))
+        for name, kind, c in (("adaptive", "threshold", acfg),
+                              ("adaptive_pruned", "threshold_pruned", both)):
+            # the trace read off the pool and the greedy run when the rounds draw the pool's
+            # candidates (else run for every prompt); the threshold sweeps are read off it
+            read_off = drv.replays(c)
+            _, rounds = A.adaptive(drv if read_off else LiveDriver(run, ch, signal=signal,
+                                                                   offset=s), c, trace=True)
+            sweeps[kind + sfx] = A.threshold_sweep(rounds, ch, cfg.thresholds)
+            if signal != "self":
+                continue
+            at = A.threshold_sweep(rounds, ch, [c.threshold])[float(c.threshold)]
+            if real or not read_off:
+                recs[name] = A.adaptive(LiveDriver(run, ch, offset=s), c)
+                if read_off:
+                    agree[name] = _agreement(name, s, recs[name], at)
+            else:
+                recs[name] = at
     lap("adaptive runs" if real else "adaptive, read off the pool")
     wall = {"adaptive": sum(r.wall_s for r in recs["adaptive"]),
             "adaptive_pruned": sum(r.wall_s for r in recs["adaptive_pruned"])}
-    read = S.prune_records(pool, ch, pc, run.probe_len)
+    read = sweeps["prune"][f"{pc.at_tokens}:{pc.keep_fraction}"]
     if real:
-        recs["pruned_run"], _ = S.prune_run(run, ch, pc, offset=s)
+        recs["pruned_run"] = A.prune(LiveDriver(run, ch, offset=s), pc)
         agree["pruned_run"] = _agreement("pruned_run", s, recs["pruned_run"], read)
     else:
         recs["pruned_run"] = read
     if s == 0:  # side by side on the first chunk, both paths compiled already (the pool's
         # programs are Best-of-n's; the pruned run above compiled its own): full vs pruned
         wall["bon_full"] = S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s)
-        wall["pruned"] = S.prune_run(run, ch, pc, offset=s)[1]
+        wall["pruned"] = sum(r.wall_s for r in A.prune(LiveDriver(run, ch, offset=s), pc))
         wall["timed_problems"] = len(ch)
     if real:  # counts (summed over chunks like the times): how far the reading off is checked
         wall["real_problems"] = len(ch)
@@ -190,9 +207,19 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     lap(("pruned run" if real else "pruned, read off the pool")
         + (", timed against Best-of-n" if s == 0 else ""))
     log.info("chunk at %d: %s", s, ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
-    pooled = {k: pool[k] for k in ("correct", "score", "likelihood", "length", "kind")}
+    pooled = {k: pool[k] for k in ("correct", "strict", "score", "likelihood", "length", "kind")}
     pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
+    pooled.update({f"likelihood_at{t}": pool["likelihood_at"][t] for t in cfg.prune_at})
     return {"recs": recs, "sweeps": sweeps, "wall": wall, "pooled": pooled}
+
+
+def _suffix(signal: str) -> str:
+    """The sweeps of `signal` are named kind + this ("threshold", "threshold_likelihood")."""
+    return "" if signal == "self" else f"_{signal}"
+
+
+def _suffixes() -> list[str]:
+    return [_suffix(sig) for sig in SIGNALS]
 
 
 def _agreement(name: str, s: int, real, read) -> int:
@@ -215,11 +242,12 @@ def _summarize(part: dict, cfg: EvalConfig, kinds=()) -> dict:
             "wall_s": part["wall"], "headline": _headline(summary, sw, part["wall"], cfg),
             "pool": pool_stats(p["correct"], p["score"], p["likelihood"], length=p["length"],
                                score_at={t: p[f"score_at{t}"] for t in cfg.prune_at},
-                               kind=p.get("kind"), kinds=kinds)}
+                               likelihood_at={t: p[f"likelihood_at{t}"] for t in cfg.prune_at},
+                               strict=p.get("strict"), kind=p.get("kind"), kinds=kinds)}
 
 
-def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None, kind=None,
-               kinds=()) -> dict:
+def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None,
+               likelihood_at=None, strict=None, kind=None, kinds=()) -> dict:
     """Of the pooled samples (correct, score, likelihood, length: [P, n]): sample@1 (mean
     correctness of all samples, the policy's accuracy), and how the final self-evaluation score
     (and the policy's own mean token log-probability) separates right from wrong, pooled over
@@ -228,7 +256,9 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None, k
 
     score_at {t: [P, n]}: the score after t tokens, a response that finished sooner scored as its
     complete self (what pruning at t sees): "auroc_at{t}" over every sample, and
-    "auroc_trunc{t}" over the samples still running at t only.
+    "auroc_trunc{t}" over the samples still running at t only; likelihood_at {t: [P, n]}: the
+    mean token log-probability of those t tokens, "likelihood_auroc_at{t}" likewise.
+    strict [P, n]: correctness read strictly (after '####'): "sample_at_1_strict".
 
     kind [P, n] (index into `kinds`, the ways a response went): "by_kind" {name: share, accuracy,
     mean score; the AUROC of this kind's wrong samples against every right sample ("vs_right",
@@ -251,6 +281,11 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None, k
     if kind is not None and len(kinds):
         out["by_kind"] = _by_kind(c, score.ravel(), groups, np.asarray(kind).ravel(), kinds,
                                   None if likelihood is None else likelihood.ravel())
+    if strict is not None:
+        out["sample_at_1_strict"] = float(np.mean(strict))
+    for t, lk in (likelihood_at or {}).items():
+        out[f"likelihood_auroc_at{t}"] = M.auroc(lk.ravel(), c)
+        out[f"likelihood_auroc_within_at{t}"] = M.auroc_within(lk.ravel(), c, groups)
     for t, s in (score_at or {}).items():
         s = s.ravel()
         out[f"auroc_at{t}"] = M.auroc(s, c)
@@ -284,8 +319,8 @@ def _by_kind(c, s, groups, kind, kinds, lik) -> dict:
 
 
 def _greedy(run, ch, offset):
-    """Greedy decoding of a chunk -> (records, {"score", "correct", "length"} [G]: the final
-    probe score too, for `pool_trace`)."""
+    """Greedy decoding of a chunk -> (records, {"score", "likelihood", "correct", "length"} [G]:
+    the final probe score and mean token log-probability too, for `PoolDriver`)."""
     P = run.prompts(ch, offset)
     C = run.eng.decode(P, run.branch(P, 1, 0.0))
     score = np.asarray(run.eng.probe(P, C, run.spec))
@@ -293,15 +328,43 @@ def _greedy(run, ch, offset):
     ok = np.array([run.correct(e, outs[i]) for i, e in enumerate(ch)])
     recs = [PromptRecord(e.id, float(ok[i]), 1, len(outs[i]), difficulty=e.difficulty)
             for i, e in enumerate(ch)]
-    return recs, {"score": score, "correct": ok, "length": np.array([len(o) for o in outs])}
+    return recs, {"score": score, "likelihood": Engine.mean_logprob(C), "correct": ok,
+                  "length": np.array([len(o) for o in outs])}
+
+
+def best_within(sweep: dict, budget: float = 1.2):
+    """(threshold, aggregate) of the most accurate threshold of a sweep using <= `budget` mean
+    samples, or (None, None)."""
+    cheap = [(th, a) for th, a in sweep.items() if a["mean_samples"] <= budget]
+    return max(cheap, key=lambda x: x[1]["accuracy"]) if cheap else (None, None)
+
+
+def signal_table(summary, sw, cfg) -> dict:
+    """Strategy by strategy, each signal's accuracy on the same samples: {"bon": {signal: acc},
+    "adaptive": {signal: {accuracy, mean_samples, threshold}} (the best at <= 1.2 mean samples),
+    "prune@t": {signal: accuracy} at each prune point, keeping the smallest fraction}. Majority
+    vote stands beside the signals in "bon"."""
+    out: dict = {"bon": {sig: summary[f"bon_{sig}"]["accuracy"] for sig in SIGNALS
+                         if f"bon_{sig}" in summary}}
+    out["bon"]["majority"] = summary["majority"]["accuracy"]
+    out["adaptive"] = {}
+    for sig in SIGNALS:
+        th, a = best_within(sw.get("threshold" + _suffix(sig), {}))
+        if a is not None:
+            out["adaptive"][sig] = {"accuracy": a["accuracy"], "mean_samples": a["mean_samples"],
+                                    "threshold": th}
+    f = min(cfg.keep_fractions)
+    for t in cfg.prune_at:
+        out[f"prune@{t}"] = {sig: sw["prune" + _suffix(sig)][f"{t}:{f}"]["accuracy"]
+                             for sig in SIGNALS if f"{t}:{f}" in sw.get("prune" + _suffix(sig), {})}
+    return out
 
 
 def _headline(summary, sw, wall, cfg) -> dict:
     one, bon = summary["one"]["accuracy"], summary["bon_self"]["accuracy"]
     greedy = summary["greedy"]["accuracy"]
     # adaptive: best accuracy among thresholds with <= 1.2 mean samples
-    cheap = [(th, a) for th, a in sw["threshold"].items() if a["mean_samples"] <= 1.2]
-    th, a = max(cheap, key=lambda x: x[1]["accuracy"]) if cheap else (None, None)
+    th, a = best_within(sw["threshold"])
     t0 = min(cfg.prune_at)
     pr = sw["prune"][f"{t0}:{min(cfg.keep_fractions)}"]
     return {
@@ -325,5 +388,5 @@ def _headline(summary, sw, wall, cfg) -> dict:
             "adaptive_pruned_tokens_vs_adaptive": summary["adaptive_pruned"]["mean_tokens"]
             / max(summary["adaptive"]["mean_tokens"], 1e-9)}
            if "adaptive_pruned" in summary else {}),
+        "signals": signal_table(summary, sw, cfg),
     }
-

@@ -19,6 +19,12 @@ def plots(result: dict, out: Path):
     th = sorted(((float(k), v) for k, v in sw["threshold"].items()), key=lambda x: x[1]["mean_samples"])
     ax.plot([v["mean_samples"] for _, v in th], [100 * v["accuracy"] for _, v in th], "s-",
             label="adaptive sampling (threshold sweep)")
+    for kind, mk, label in (("threshold_likelihood", "s:", "adaptive by log-probability (free)"),
+                            ("threshold_combined", "s--", "adaptive by token x log-probability")):
+        if sw.get(kind):
+            pts = sorted(sw[kind].values(), key=lambda v: v["mean_samples"])
+            ax.plot([v["mean_samples"] for v in pts], [100 * v["accuracy"] for v in pts], mk,
+                    label=label)
     for name, mk in (("one", "x"), ("majority", "^"), ("bon_rm", "D"), ("bon_likelihood", "v"),
                      ("oracle", "*")):
         if name not in sm:
@@ -121,6 +127,8 @@ def verdict(result: dict) -> list[str]:
                  f"of Best-of-{n}'s gain over the better of greedy and one sample: "
                  f"{_mark(rec is not None and rec >= GAIN_SHARE and not chance)} "
                  f"({_adaptive_gain(h, n)}){why_chance}.")
+    for name, row, _ in signal_rows(h, n):
+        lines.append(f"- {name}, the token against the best free signal: {_winner(row)}.")
     prune_ok = (h["prune_fraction_pruned"] >= 0.75 and h["prune_acc_loss_points"] <= PRUNE_LOSS
                 and h["prune_wall_speedup"] >= PRUNE_SPEEDUP)
     weak = bon < max(one, greedy)
@@ -157,6 +165,61 @@ def verdict(result: dict) -> list[str]:
                             if h.get("bon16_combined") is not None and "combined_auroc_within"
                             in pool else "."))
     return lines
+
+
+SIGNAL_NAMES = {"self": "self-evaluation (the token)", "likelihood": "mean token log-probability",
+                "combined": "token x log-probability", "majority": "majority vote"}
+FREE = ("likelihood", "majority")  # the signals that need no training
+
+
+def _winner(row: dict) -> str:
+    """Which wins among the token (alone or combined) and the best free signal of a row
+    {signal: accuracy}: a sentence."""
+    token = {k: v for k, v in row.items() if k in ("self", "combined") and v is not None}
+    free = {k: v for k, v in row.items() if k in FREE and v is not None}
+    if not token or not free:
+        return "no comparison"
+    tk, tv = max(token.items(), key=lambda x: x[1])
+    fk, fv = max(free.items(), key=lambda x: x[1])
+    d = 100 * (tv - fv)
+    if abs(d) < 0.05:
+        return f"a tie: {SIGNAL_NAMES[tk]} and {SIGNAL_NAMES[fk]} both {_pct(tv)}"
+    who = (f"the token wins ({SIGNAL_NAMES[tk]})" if d > 0
+           else f"the free signal wins ({SIGNAL_NAMES[fk]})")
+    return f"{who}: {_pct(tv)} vs {_pct(fv)}, {d:+.1f} points"
+
+
+def signal_rows(h: dict, n: int) -> list[tuple[str, dict, str]]:
+    """(strategy, {signal: accuracy}, note) for each strategy of the headline's signal table."""
+    sig = h.get("signals") or {}
+    rows = []
+    if "bon" in sig:
+        rows.append((f"Best-of-{n}", sig["bon"], ""))
+    ad = sig.get("adaptive") or {}
+    if ad:
+        rows.append(("adaptive sampling, best at <= 1.2 mean samples",
+                     {k: v["accuracy"] for k, v in ad.items()},
+                     ", ".join(f"{k}: {v['mean_samples']:.2f} samples at threshold {v['threshold']}"
+                               for k, v in ad.items())))
+    for key in sorted((k for k in sig if k.startswith("prune@")), key=lambda k: int(k[6:])):
+        rows.append((f"pruning at {key[6:]} tokens (Best-of-{n}, keep the fewest)", sig[key], ""))
+    return rows
+
+
+def signal_lines(h: dict, n: int) -> list[str]:
+    """The token against the free signals, strategy by strategy, on the same samples."""
+    rows = signal_rows(h, n)
+    if not rows:
+        return []
+    lines = ["", "## The token against the free signals (the same samples)", "",
+             "| strategy | self-evaluation | token x log-prob | mean token log-prob | majority vote "
+             "| which wins |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, row, note in rows:
+        lines.append(f"| {name} | {_pct(row.get('self'))} | {_pct(row.get('combined'))} | "
+                     f"{_pct(row.get('likelihood'))} | {_pct(row.get('majority'))} | "
+                     f"{_winner(row)} |")
+    notes = [f"{name}: {note}" for name, _, note in rows if note]
+    return lines + ([""] + [f"- {x}" for x in notes] if notes else [])
 
 
 def _recovered(h) -> float | None:
@@ -278,7 +341,7 @@ def write_report(result: dict, out: Path) -> str:
               + (f" on the first {result['wall_s']['timed_problems']:.0f} problems"
                  if "timed_problems" in result["wall_s"] else "") + ").",
               *_combined_line(result),
-              "", *verdict(result), *kind_lines(result.get("pool") or {}),
+              "", *verdict(result), *signal_lines(h, n), *kind_lines(result.get("pool") or {}),
               "", "## Threshold sweep (adaptive sampling)", "",
               "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
     for th, a in sorted(result["sweeps"]["threshold"].items(), key=lambda x: float(x[0])):
@@ -292,11 +355,28 @@ def write_report(result: dict, out: Path) -> str:
         for th, a in sorted(tp.items(), key=lambda x: float(x[0])):
             lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | "
                          f"{a['mean_tokens']:.0f} |")
-    lines += ["", "## Pruning sweep", "", "| prune at | keep | accuracy | mean tokens |",
-              "| --- | --- | --- | --- |"]
-    for k, a in result["sweeps"]["prune"].items():
+    lik = result["sweeps"].get("threshold_likelihood")
+    if lik:
+        lines += ["", "## Threshold sweep, adaptive sampling by the free signals (the same rounds; "
+                      "threshold on the mean token probability, exp(mean log-prob), or on its "
+                      "product with the token's score)", "",
+                  "| threshold | by log-prob: accuracy | mean samples | by token x log-prob: "
+                  "accuracy | mean samples |", "| --- | --- | --- | --- | --- |"]
+        comb = result["sweeps"].get("threshold_combined", {})
+        for th, a in sorted(lik.items(), key=lambda x: float(x[0])):
+            c = comb.get(th)
+            lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | "
+                         + (f"{_pct(c['accuracy'])} | {c['mean_samples']:.2f} |" if c else "| |"))
+    sw = result["sweeps"]
+    lines += ["", "## Pruning sweep (the final pick and the early cut by the same signal)", "",
+              "| prune at | keep | by the token: accuracy | mean tokens | by log-prob: accuracy "
+              "| by token x log-prob: accuracy |", "| --- | --- | --- | --- | --- | --- |"]
+    for k, a in sw["prune"].items():
         t, f = k.split(":")
-        lines.append(f"| {t} | {f} | {_pct(a['accuracy'])} | {a['mean_tokens']:.0f} |")
+        free = [_pct(sw.get(kind, {}).get(k, {}).get("accuracy"))
+                for kind in ("prune_likelihood", "prune_combined")]
+        lines.append(f"| {t} | {f} | {_pct(a['accuracy'])} | {a['mean_tokens']:.0f} | "
+                     f"{free[0]} | {free[1]} |")
     lines += ["", "![accuracy vs samples](accuracy_vs_samples.png)", "",
               "![accuracy vs tokens](accuracy_vs_tokens.png)", ""]
     text = "\n".join(lines)

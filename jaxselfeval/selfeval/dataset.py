@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     model: str | None = None  # HF directory (default: the shipped tiny base model)
     task: str = "arithmetic"
+    task_args: dict = dataclasses.field(default_factory=dict)  # the task's options (get_task)
     splits: dict = dataclasses.field(default_factory=lambda: {"train": 600, "validation": 150})
     n: int = 8
     temperature: float = 1.0
@@ -166,7 +167,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     main = jax.process_index() == 0  # starts the backend: after jax.distributed.initialize
     if main:
         write_atomic(out / "build_config.json", json.dumps(settings, indent=2))
-    task = None if cfg.prompt_files else get_task(cfg.task)
+    task = None if cfg.prompt_files else get_task(cfg.task, **cfg.task_args)
     todo = []
     for split, limit in cfg.splits.items():
         if cfg.prompt_files:

@@ -9,6 +9,12 @@ that look easy: a model trained on it answers short problems directly more often
 answers to long ones are mostly wrong because it cannot compute them in one step. Those are
 mistakes of capability, which the model's own hidden states can see (the way it answered and the
 problem's length), unlike its sampled digit slips. Held-out splits keep worked solutions.
+
+For a pretrained chat model as shipped (no fine-tuning on the task), `shots` shows worked
+examples as earlier chat turns after a system turn that states the answer format (one per entry,
+of that many operations; problems of their own, in no split), and `extract="flexible"` reads the
+last number of a response as lm-eval's GSM8K flexible-extract does (`verify_strict` keeps the
+'####' figure).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import dataclasses
 import random
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.tasks.base import Example, Task
+from jaxselfeval.tasks.base import SYSTEM, Example, Task
 
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Ben", "Eva", "Leo", "Zoe"]
 ITEMS = ["apples", "coins", "books", "cards", "pens", "eggs", "shells", "stamps"]
@@ -60,8 +66,14 @@ class ArithmeticTask(Task):
     kinds = ("worked", "direct")  # one operation per line / the answer straight away
 
     def __init__(self, seed: int = 0, n_train: int = 20000, n_validation: int = 500,
-                 n_test: int = 500, max_steps: int = 4, direct_share=None):
+                 n_test: int = 500, max_steps: int = 4, direct_share=None, shots=(),
+                 extract: str = "strict"):
         self.seed, self.max_steps = seed, max_steps
+        self.shots = tuple(int(d) for d in shots)
+        if any(d < 1 for d in self.shots):
+            raise JSEError(f"shots are operation counts >= 1 (one worked example each), got "
+                           f"{list(self.shots)}: e.g. shots=[2,2,1]")
+        self.extract = self.check_extract(extract)
         self.direct_share = _check_shares(direct_share, max_steps)
         self.sizes = {"train": n_train, "validation": n_validation, "test": n_test}
         self._cache: dict[str, list[Example]] | None = None
@@ -81,6 +93,14 @@ class ArithmeticTask(Task):
                 seen.add(q)
                 exs.append(Example(f"{split}-{len(exs)}", q, sol, ans, d))
             out[split] = exs
+        srng = random.Random(f"shots-{self.seed}")  # its own stream: the splits do not move
+        out["shots"] = []
+        for d in self.shots:
+            q, sol, ans = _problem(srng, d)
+            while q in seen:
+                q, sol, ans = _problem(srng, d)
+            seen.add(q)
+            out["shots"].append(Example(f"shot-{len(out['shots'])}", q, sol, ans, d))
         if self.direct_share:  # its own stream: the problems are the same with or without it
             drng = random.Random(f"direct-{self.seed}")
             out["train"] = [dataclasses.replace(e, solution=f"#### {e.answer}")
@@ -92,8 +112,17 @@ class ArithmeticTask(Task):
         return int(is_direct(response))
 
     def messages(self, example: Example) -> list[dict]:
-        """Just the question as the user turn (short prompts keep the tiny model fast)."""
-        return [{"role": "user", "content": example.question}]
+        """Just the question as the user turn (short prompts keep the tiny model fast); with
+        `shots`, a system turn stating the answer format and the worked examples first."""
+        if not self.shots:
+            return [{"role": "user", "content": example.question}]
+        if self._cache is None:
+            self._cache = self._build()
+        turns = [{"role": "system", "content": SYSTEM}]
+        for e in self._cache["shots"]:
+            turns += [{"role": "user", "content": e.question},
+                      {"role": "assistant", "content": e.solution}]
+        return turns + [{"role": "user", "content": example.question}]
 
     @staticmethod
     def checking_documents(examples, n: int, seed: int = 0):

@@ -12,6 +12,8 @@ from jaxselfeval.errors import JSEError
 SPLITS = ("train", "validation", "test")
 SYSTEM = "Solve the problem step by step. End with a line '#### <answer>'."
 _NUM = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+# lm-eval's GSM8K "flexible-extract": the last match of this pattern anywhere in the response
+_FLEX = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _CTX = decimal.Context(prec=200)  # exact for any plausible answer (the default 28 digits rounds)
 
 
@@ -47,11 +49,27 @@ def extract_answer(text: str) -> str | None:
     return canonical_number(tail[0]) if tail else None
 
 
+def extract_last_number(text: str) -> str | None:
+    """lm-eval's GSM8K "flexible-extract": the last number-like run in the text, canonical
+    ("The answer is $1,200." -> '1200'); None when the text has no digit."""
+    for m in reversed(_FLEX.findall(text)):
+        v = canonical_number(m[0] or m[1])
+        if v is not None:
+            return v
+    return None
+
+
+EXTRACTORS = {"strict": extract_answer, "flexible": extract_last_number}
+
+
 class Task(abc.ABC):
     """A problem set with a verifier: `examples(split)`, `messages(example)` (the prompt's chat
     turns) and `verify(example, response)` (1.0 / 0.0 on the extracted final answer)."""
 
     name: str = ""
+    # how `verify` reads a response's final answer: "strict" (after the last '####') or
+    # "flexible" (the last number, lm-eval's GSM8K flexible-extract)
+    extract: str = "strict"
     # the ways a response can go (e.g. arithmetic: worked / direct), for reports that split the
     # token's AUROC by kind of mistake; () when the task tells none apart
     kinds: tuple[str, ...] = ()
@@ -61,8 +79,13 @@ class Task(abc.ABC):
         """All examples of `split` (train, validation or test)."""
 
     def extract_answer(self, text: str) -> str | None:
-        """The canonical final answer of a response (the number after the last '####') or None."""
-        return extract_answer(text)
+        """The canonical final answer of a response, read by `self.extract`, or None."""
+        return EXTRACTORS[self.extract](text)
+
+    def verify_strict(self, example: Example, response: str) -> float:
+        """1.0 if the number after the response's last '####' equals the answer (the strict
+        figure, reported beside a flexible `verify`)."""
+        return 1.0 if extract_answer(response) == example.answer else 0.0
 
     def verify(self, example: Example, response: str) -> float:
         """1.0 if the response's (assistant text's) final answer equals the example's, else 0.0."""
@@ -75,6 +98,13 @@ class Task(abc.ABC):
     def messages(self, example: Example) -> list[dict]:
         """Chat turns of the prompt."""
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": example.question}]
+
+    @staticmethod
+    def check_extract(extract: str) -> str:
+        if extract not in EXTRACTORS:
+            raise JSEError(f"unknown extract '{extract}': use one of {', '.join(EXTRACTORS)} "
+                           "(strict: the number after '####'; flexible: the last number)")
+        return extract
 
     @staticmethod
     def check_split(split: str) -> str:

@@ -1,0 +1,104 @@
+"""Adaptive sampling and early pruning, once, over a driver (`driver.LiveDriver` on the sampler,
+`driver.PoolDriver` replaying a pool): the same code gives the real run and its exact replay,
+for every signal (the capability token, the policy's likelihood, both)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from jaxselfeval.evaluate.records import PromptRecord
+from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig
+
+
+def _top(signal: np.ndarray, keep: int) -> np.ndarray:
+    """The `keep` best columns of each row [A, r], in column order (ties to the lower index)."""
+    return np.sort(np.argsort(-signal, axis=1, kind="stable")[:, :keep], axis=1)
+
+
+def adaptive(driver, cfg: AdaptiveConfig, *, trace=False):
+    """Adaptive sampling: rounds of growing size over the prompts still active; a prompt stops
+    when its best signal reaches the threshold. With cfg.prune_at set, each round is also pruned
+    early (`AdaptiveConfig.keep`): its candidates are scored after prune_at tokens and only the
+    best are decoded to the end.
+
+    With trace=True every round runs for every prompt (no stopping) and the per-round best
+    signals / correctness are returned too, for exact threshold sweeps (`threshold_sweep`).
+    """
+    examples = driver.examples
+    G = len(examples)
+    t0 = time.perf_counter()
+    best, best_ok = np.full(G, -np.inf), np.zeros(G)
+    best_out: list = [None] * G
+    samples, gen, probes = (np.zeros(G, int) for _ in range(3))
+    active, cand, rounds = np.arange(G), 0, []
+    for r, temp in zip(cfg.rounds, cfg.temperatures):
+        if len(active) == 0:
+            break
+        rd = driver.round(active, r, temp, cand)
+        keep = cfg.keep(r)
+        if keep < r:  # prune this round: score all r early, decode only the best `keep`
+            s_early, L_early = rd.early(cfg.prune_at)
+            kept = _top(s_early, keep)
+            gen[active] += L_early.sum(1) - np.take_along_axis(L_early, kept, 1).sum(1)
+            probes[active] += r * driver.probe_len
+            rd.keep(kept)
+        f = rd.finish()
+        j = np.argmax(f.signal, axis=1)
+        samples[active] += r
+        gen[active] += f.length.sum(1)
+        probes[active] += keep * driver.probe_len
+        for i, g in enumerate(active):
+            if f.signal[i, j[i]] > best[g]:
+                best[g], best_ok[g] = f.signal[i, j[i]], f.correct[i, j[i]]
+                best_out[g] = None if f.outputs is None else f.outputs[i][j[i]]
+        rounds.append({"best": best.copy(), "ok": best_ok.copy(), "samples": samples.copy(),
+                       "gen": gen.copy(), "probes": probes.copy()})
+        cand += r
+        if not trace:
+            active = active[best[active] < cfg.threshold]
+    wall = time.perf_counter() - t0
+    recs = [PromptRecord(e.id, float(best_ok[g]), int(samples[g]), int(gen[g]), int(probes[g]),
+                         wall_s=wall / G, difficulty=e.difficulty, chosen_score=float(best[g]),
+                         output=best_out[g])
+            for g, e in enumerate(examples)]
+    return (recs, rounds) if trace else recs
+
+
+def threshold_sweep(rounds, examples, thresholds):
+    """Records for each threshold from a trace: a prompt stops after the first round whose best
+    signal reaches the threshold (identical to running `adaptive` with that threshold)."""
+    out = {}
+    for th in thresholds:
+        recs = []
+        for g, e in enumerate(examples):
+            k = next((i for i, r in enumerate(rounds) if r["best"][g] >= th), len(rounds) - 1)
+            r = rounds[k]
+            recs.append(PromptRecord(e.id, float(r["ok"][g]), int(r["samples"][g]), int(r["gen"][g]),
+                                     int(r["probes"][g]), difficulty=e.difficulty,
+                                     chosen_score=float(r["best"][g])))
+        out[float(th)] = recs
+    return out
+
+
+def prune(driver, cfg: PruneConfig):
+    """Early pruning: n candidates per prompt, scored at `at_tokens`, the best `keep` decoded to
+    the end, the best of them by the final signal returned. Survivors' tokens equal their
+    unpruned runs. Records carry each prompt's share of the wall time."""
+    examples = driver.examples
+    G = len(examples)
+    t0 = time.perf_counter()
+    rd = driver.round(np.arange(G), cfg.n, cfg.temperature, 0)
+    s_early, L_early = rd.early(cfg.at_tokens)
+    kept = _top(s_early, cfg.keep)
+    rd.keep(kept)
+    f = rd.finish()
+    wall = time.perf_counter() - t0
+    j = np.argmax(f.signal, axis=1)
+    gen = L_early.sum(1) - np.take_along_axis(L_early, kept, 1).sum(1) + f.length.sum(1)
+    return [PromptRecord(e.id, float(f.correct[g, j[g]]), cfg.n, int(gen[g]),
+                         (cfg.n + cfg.keep) * driver.probe_len, wall_s=wall / G,
+                         difficulty=e.difficulty, chosen_score=float(f.signal[g, j[g]]),
+                         output=None if f.outputs is None else f.outputs[g][j[g]])
+            for g, e in enumerate(examples)]
