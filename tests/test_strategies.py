@@ -274,6 +274,16 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     assert lik["mean_samples"] == 4 and lik["mean_probe_tokens"] == 0
     assert res["headline"]["bon16_likelihood"] == lik["accuracy"]
     assert 0 <= res["pool"]["likelihood_auroc_within"] <= 1 or res["pool"]["likelihood_auroc_within"] != res["pool"]["likelihood_auroc_within"]
+    # the free signals run every strategy the token runs, on the same samples, with no probe
+    for kind in ("threshold_likelihood", "threshold_combined", "prune_likelihood",
+                 "prune_combined"):
+        assert res["sweeps"][kind], kind
+    assert all(a["mean_probe_tokens"] == 0 for a in res["sweeps"]["prune_likelihood"].values())
+    table = res["headline"]["signals"]
+    assert set(table["bon"]) == {"self", "likelihood", "combined", "majority"}
+    assert table["prune@2"]["self"] == swept["accuracy"]
+    assert "## The token against the free signals (the same samples)" in report
+    assert "pruning at 2 tokens" in report and "by log-prob: accuracy" in report
 
 
 def test_verdict_reads_each_goal_from_the_headline():
@@ -309,6 +319,32 @@ def test_verdict_reads_each_goal_from_the_headline():
     assert "at chance, within-prompt AUROC 0.520" in text
     assert "Calibration: ECE 0.090 against the capability targets (goal <= 0.05): NOT met" in text
     assert ": met" not in text.split("Calibration")[1].split("beats majority")[0]
+
+
+def test_report_names_the_winner_of_each_strategy():
+    """Strategy by strategy: the token (alone or combined) against the best free signal (the
+    log-probability or majority vote), said plainly, ties included."""
+    from jaxselfeval.evaluate.report import signal_lines, verdict
+
+    h = {"one_sample": 0.5, "greedy": 0.6, "bon16_self": 0.70, "majority": 0.68, "bon16_rm": None,
+         "oracle": 0.9, "adaptive_acc_at_1.2": 0.66, "adaptive_mean_samples": 1.2,
+         "adaptive_gain_recovered": 0.6, "prune_at": 8, "prune_fraction_pruned": 0.75,
+         "prune_acc_loss_points": 0.0, "prune_wall_speedup": 2.0,
+         "signals": {"bon": {"self": 0.70, "likelihood": 0.72, "combined": 0.74, "majority": 0.68},
+                     "adaptive": {"self": {"accuracy": 0.66, "mean_samples": 1.2, "threshold": 0.9},
+                                  "likelihood": {"accuracy": 0.68, "mean_samples": 1.1,
+                                                 "threshold": 0.95}},
+                     "prune@8": {"self": 0.65, "likelihood": 0.65}}}
+    res = {"headline": h, "config": {"n": 16}}
+    text = "\n".join(verdict(res) + signal_lines(h, 16))
+    assert ("Best-of-16, the token against the best free signal: the token wins (token x "
+            "log-probability): 74.0% vs 72.0%, +2.0 points") in text
+    assert ("adaptive sampling, best at <= 1.2 mean samples, the token against the best free "
+            "signal: the free signal wins (mean token log-probability): 66.0% vs 68.0%, -2.0 "
+            "points") in text
+    assert "pruning at 8 tokens (Best-of-16, keep the fewest), the token against the best free " \
+           "signal: a tie" in text
+    assert "| Best-of-16 | 70.0% | 74.0% | 72.0% | 68.0% | the token wins" in text
 
 
 def _comparable(res) -> str:

@@ -250,3 +250,41 @@ def test_response_kinds():
     from jaxselfeval.tasks.gsm8k import GSM8KTask
 
     assert GSM8KTask.kinds == () and GSM8KTask.response_kind(None, "#### 7") == -1
+
+
+@pytest.mark.parametrize("text,ans", [
+    ("3 + 9 = 12\n#### 12", "12"),
+    ("So Leo has 12 shells.", "12"),
+    ("He has $1,200.", "1200"),
+    ("15 - 4 = 11, so the answer is 11.", "11"),
+    ("The answer is -3", "-3"),
+    ("#### 7\nI hope this helps! 2 more?", "2"),  # the last number, as lm-eval reads it
+    ("no number at all", None),
+])
+def test_flexible_extraction_reads_the_last_number(text, ans):
+    from jaxselfeval.tasks.base import extract_last_number
+
+    assert extract_last_number(text) == ans
+
+
+def test_few_shot_arithmetic_for_a_chat_model():
+    """shots: a system turn stating the format, worked examples of their own (in no split) as
+    earlier turns, then the question; the splits are those of the task without shots. flexible:
+    verify reads the last number, verify_strict the number after '####'."""
+    plain = get_task("arithmetic", max_steps=1, n_train=200)
+    t = get_task("arithmetic", max_steps=1, n_train=200, shots=[2, 2, 1], extract="flexible")
+    for split in ("train", "validation", "test"):
+        assert t.examples(split) == plain.examples(split)
+    e = t.examples("test")[0]
+    m = t.messages(e)
+    assert m[0] == {"role": "system", "content": SYSTEM} and m[-1]["content"] == e.question
+    assert [x["role"] for x in m[1:-1]] == ["user", "assistant"] * 3
+    shots = [x["content"] for x in m[1:-1:2]]
+    questions = {x.question for s in ("train", "validation", "test") for x in t.examples(s)}
+    assert not questions & set(shots)
+    assert [x["content"].count("\n") for x in m[2:-1:2]] == [2, 2, 1]  # worked lines + ####
+    assert plain.messages(e) == [{"role": "user", "content": e.question}]
+    said = f"{e.question.split()[2]} + 1 = {e.answer}. So the answer is {e.answer}."
+    assert t.verify(e, said) == 1.0 and t.verify_strict(e, said) == 0.0
+    assert plain.verify(e, said) == 0.0  # strict by default
+    assert t.verify(e, f"#### {e.answer}") == t.verify_strict(e, f"#### {e.answer}") == 1.0

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
                                        forward_rows, prompt_batches)
@@ -78,9 +79,8 @@ def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0,
 
 def _score_at(model, h, last, ids):
     """P(No) / (P(Yes) + P(No)) from the final hidden states h [B, S, D] at positions last [B]:
-    the LM head runs at those positions only. f32 [B]."""
-    p = jax.nn.softmax(model.logits(h[jnp.arange(h.shape[0]), last]), -1)[:, ids]
-    return p[:, 1] / jnp.maximum(p.sum(-1), 1e-30)
+    the sampler's own score function (`no_share`: two LM-head columns). f32 [B]."""
+    return no_share(model, h[jnp.arange(h.shape[0]), last], ids)
 
 
 @functools.partial(jax.jit, static_argnums=0)
