@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.sample.engine import Engine, bucket
+from jaxselfeval.sample.engine import Engine, bucket, left_pad
 from jaxselfeval.sample.probe import no_share, probe_spec
 
 
@@ -56,12 +56,7 @@ def self_evaluate(model, tokenizer, prompt_ids: Sequence[Sequence[int]],
                        "response per prompt")
     spec = probe_spec(tokenizer)
     seqs = [list(p) + list(r) + spec.after(r) for p, r in zip(prompt_ids, response_ids)]
-    T, R = bucket(max(len(s) for s in seqs)), bucket(len(seqs), minimum=1)
-    toks = np.zeros((R, T), np.int32)
-    pos = np.full((R, T), -1, np.int32)
-    for i, s in enumerate(seqs):
-        toks[i, T - len(s):] = s
-        pos[i, T - len(s):] = np.arange(len(s))
+    toks, pos = left_pad(seqs, bucket(max(len(s) for s in seqs)), bucket(len(seqs), minimum=1))
     graphdef, state = nnx.split(model)
     score = _score_fn(graphdef)(state, jnp.asarray(toks), jnp.asarray(pos),
                                 jnp.asarray([spec.yes, spec.no], jnp.int32))

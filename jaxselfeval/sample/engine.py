@@ -39,6 +39,17 @@ def bucket(n: int, minimum: int = 16) -> int:
     return b
 
 
+def left_pad(seqs: Sequence[Sequence[int]], length: int, rows: int | None = None):
+    """Token rows right-aligned in [rows, length] (default rows: len(seqs)) -> (tokens int32,
+    positions int32: 0.. over each row's own tokens, -1 on padding and on missing rows)."""
+    toks = np.zeros((rows or len(seqs), length), np.int32)
+    pos = np.full((rows or len(seqs), length), -1, np.int32)
+    for i, s in enumerate(seqs):
+        toks[i, length - len(s):] = s
+        pos[i, length - len(s):] = np.arange(len(s))
+    return toks, pos
+
+
 def windows(slots: int, first: int = 32) -> list[int]:
     """The cache windows decode runs through: 32, 64, 128, ... up to `slots` (the last one)."""
     out, w = [], first
@@ -238,11 +249,7 @@ class Engine:
             raise JSEError(f"prompt of {max(lens)} tokens is longer than the model's context "
                            f"({ctx} tokens): shorten it")
         T = min(bucket(max(lens)), ctx)  # a context that is not a power of two caps the bucket
-        toks = np.zeros((G, T), np.int32)
-        pos = np.full((G, T), -1, np.int32)
-        for i, p in enumerate(prompt_ids):
-            toks[i, T - len(p):] = p
-            pos[i, T - len(p):] = np.arange(len(p))
+        toks, pos = left_pad(prompt_ids, T)
         with self._on_mesh():
             cache = init_cache(self.config, G, T, self.cache_dtype, self.mesh)
             logits, cache = self._prefill(self.state, toks, pos, cache, self.layers)
