@@ -321,6 +321,30 @@ def test_verdict_reads_each_goal_from_the_headline():
     assert ": met" not in text.split("Calibration")[1].split("beats majority")[0]
 
 
+def test_an_evaluations_goals_mark_its_report():
+    """`goals` in the eval config replace the defaults: here a real model's (AUROC 0.75 / 0.60,
+    Best-of-n + 5 points, pruning half at 16 tokens read off the sweep, no wall-time goal)."""
+    from jaxselfeval.evaluate.report import verdict
+
+    h = {"one_sample": 0.50, "greedy": 0.60, "bon16_self": 0.66, "majority": 0.64, "bon16_rm": None,
+         "oracle": 0.9, "adaptive_acc_at_1.2": 0.64, "adaptive_mean_samples": 1.2,
+         "adaptive_gain_recovered": gain_recovered(0.64, 0.60, 0.66), "prune_at": 8,
+         "prune_fraction_pruned": 0.75, "prune_acc_loss_points": 9.0, "prune_wall_speedup": 1.2}
+    pool = {"samples": 3200, "sample_at_1": 0.5, "auroc": 0.78, "auroc_within": 0.62,
+            "auroc_at16": 0.72, "ece": 0.04}
+    sweeps = {"prune": {"16:0.5": {"accuracy": 0.655}, "8:0.25": {"accuracy": 0.57}}}
+    cfg = {"n": 16, "goals": {"auroc": 0.75, "auroc_within": 0.60, "auroc_at": 0.70,
+                              "bon_margin": 0.05, "gain_share": 0.5, "prune_at": 16,
+                              "prune_pruned": 0.5, "prune_speedup": 0}}
+    text = "\n".join(verdict({"headline": h, "config": cfg, "pool": pool, "sweeps": sweeps}))
+    assert "NOT met" not in text, text
+    assert "Pruning >= 50% at 16 tokens within 1 point of Best-of-16 by self-evaluation: met " \
+           "(50% pruned, accuracy -0.5 points" in text
+    assert "AUROC 0.720 pooled (goal >= 0.7): met" in text
+    text = "\n".join(verdict({"headline": h, "config": {"n": 16}, "pool": pool, "sweeps": sweeps}))
+    assert "AUROC 0.780 pooled (goal >= 0.85), 0.620 within a prompt (goal >= 0.75): NOT met" in text
+
+
 def test_report_names_the_winner_of_each_strategy():
     """Strategy by strategy: the token (alone or combined) against the best free signal (the
     log-probability or majority vote), said plainly, ties included."""

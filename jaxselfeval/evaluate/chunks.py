@@ -25,9 +25,10 @@ FORMAT = 4
 
 
 def fingerprint(cfg, model, n_examples: int, with_rm: bool) -> str:
-    """sha256 of the chunk format, the eval settings, the number of problems, whether an RM
-    baseline runs, and the model (`fingerprint_of`)."""
-    return fingerprint_of([FORMAT, dataclasses.asdict(cfg), n_examples, with_rm], model)
+    """sha256 of the chunk format, the eval settings (less `goals`, which only mark the report),
+    the number of problems, whether an RM baseline runs, and the model (`fingerprint_of`)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "goals"}
+    return fingerprint_of([FORMAT, settings, n_examples, with_rm], model)
 
 
 def fingerprint_of(settings: list, model) -> str:

@@ -13,10 +13,10 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxselfeval.distributed import barrier, host_shard
-from jaxselfeval.errors import JSEError
+from jaxselfeval.errors import JSEError, closest
 from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
 from jaxselfeval.evaluate.records import PromptRecord, aggregate, gain_recovered
-from jaxselfeval.evaluate.report import plots, write_report
+from jaxselfeval.evaluate.report import GOALS, plots, write_report
 from jaxselfeval.fileio import write_atomic
 from jaxselfeval.sample import Engine
 from jaxselfeval.selfeval import metrics as M
@@ -56,6 +56,8 @@ class EvalConfig:
     # and checked against the same records read off its pool and greedy run: the same candidates
     # under the same keys); later chunks read them off their pool. "all": real on every chunk
     real_runs: str = "first"
+    # the goals the report marks met / NOT met, over `evaluate.report.GOALS` (e.g. {auroc: 0.75})
+    goals: dict = dataclasses.field(default_factory=dict)
 
     def adaptive_configs(self) -> tuple[AdaptiveConfig, AdaptiveConfig]:
         """(adaptive sampling, adaptive + pruning: rounds pruned at min(prune_at) to
@@ -78,6 +80,10 @@ class EvalConfig:
                            f"decoded past the prune point), got {self.combined_keep}")
         if self.real_runs not in ("first", "all"):
             raise JSEError(f"real_runs must be 'first' or 'all', got {self.real_runs!r}")
+        for k in self.goals:
+            if k not in GOALS:
+                raise JSEError(f"unknown goal '{k}'{closest(k, list(GOALS))}: the goals are "
+                               f"{', '.join(GOALS)}")
         self.adaptive_configs()
         for f in self.keep_fractions:
             PruneConfig(self.n, min(self.prune_at), f)

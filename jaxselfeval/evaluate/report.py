@@ -67,9 +67,19 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-# The goals (issue 17): the capability token's quality, and what each strategy must show.
-TOKEN_GOALS = {"auroc": 0.85, "auroc_within": 0.75, "auroc_at": 0.75, "ece": 0.05}
-BON_MARGIN, GAIN_SHARE, PRUNE_LOSS, PRUNE_SPEEDUP = 0.10, 0.74, 1.0, 2.0
+# The goals the report marks met / NOT met: the capability token's quality, and what each
+# strategy must show. An evaluation's `goals` setting overrides any of them (EvalConfig.goals).
+GOALS = {
+    "auroc": 0.85, "auroc_within": 0.75,  # complete responses, pooled / within a prompt
+    "auroc_at": 0.75,  # pooled, at the pruning goal's token count
+    "ece": 0.05,
+    "bon_margin": 0.10,  # Best-of-n by the token >= one sample + this, and >= greedy
+    "gain_share": 0.74,  # adaptive at <= 1.2 samples: share of Best-of-n's gain recovered
+    "prune_at": None,  # the pruning goal's token count (None: the earliest prune point) ...
+    "prune_pruned": 0.75,  # ... and share of candidates pruned there (a keep fraction swept)
+    "prune_loss": 1.0,  # accuracy points below Best-of-n at most
+    "prune_speedup": 2.0,  # less wall time, measured at the timed setting (0: not a goal)
+}
 CHANCE = 0.6  # a within-prompt AUROC below this ranks a prompt's samples no better than a coin
 
 
@@ -81,12 +91,37 @@ def _ge(x, goal) -> bool:
     return x is not None and x == x and x >= goal
 
 
+def goals_of(cfg: dict) -> dict:
+    """The report's goals: GOALS with the evaluation's own `goals` over them."""
+    return {**GOALS, **(cfg.get("goals") or {})}
+
+
+def _prune_goal(result: dict, g: dict) -> dict:
+    """The pruning figures the goal reads: the headline's timed setting, or the sweep's entry at
+    the goal's token count and share pruned, when the config names one."""
+    h, n = result["headline"], result["config"]["n"]
+    if g["prune_at"] is None or "sweeps" not in result:
+        return {"at": h["prune_at"], "pruned": h["prune_fraction_pruned"],
+                "loss": h["prune_acc_loss_points"]}
+    keep = 1 - g["prune_pruned"]
+    a = result["sweeps"]["prune"].get(f"{g['prune_at']}:{keep}")
+    if a is None:
+        return {"at": g["prune_at"], "pruned": g["prune_pruned"], "loss": float("nan")}
+    return {"at": g["prune_at"], "pruned": 1 - max(1, round(n * keep)) / n,
+            "loss": 100 * (h["bon16_self"] - a["accuracy"])}
+
+
 def verdict(result: dict) -> list[str]:
     """Each goal marked met / NOT met with its numbers, and why when not. A goal that rests on
     the capability token is never met while the token ranks a prompt's samples at chance."""
     h, n = result["headline"], result["config"]["n"]
+    g = goals_of(result["config"])
+    TOKEN_GOALS = {k: g[k] for k in ("auroc", "auroc_within", "auroc_at", "ece")}
+    BON_MARGIN, GAIN_SHARE, PRUNE_LOSS, PRUNE_SPEEDUP = (g["bon_margin"], g["gain_share"],
+                                                         g["prune_loss"], g["prune_speedup"])
     pool = result.get("pool") or {}
-    t0 = h["prune_at"]
+    pg = _prune_goal(result, g)
+    t0 = pg["at"]
     lines = ["## Goals", ""]
     within = pool.get("auroc_within")
     chance = within is not None and not _ge(within, CHANCE)
@@ -129,15 +164,17 @@ def verdict(result: dict) -> list[str]:
                  f"({_adaptive_gain(h, n)}){why_chance}.")
     for name, row, _ in signal_rows(h, n):
         lines.append(f"- {name}, the token against the best free signal: {_winner(row)}.")
-    prune_ok = (h["prune_fraction_pruned"] >= 0.75 and h["prune_acc_loss_points"] <= PRUNE_LOSS
+    prune_ok = (pg["pruned"] >= g["prune_pruned"] - 1e-9 and pg["loss"] <= PRUNE_LOSS
                 and h["prune_wall_speedup"] >= PRUNE_SPEEDUP)
     weak = bon < max(one, greedy)
-    lines.append(f"- Pruning >= 75% at {t0} tokens within {PRUNE_LOSS:.0f} point of Best-of-{n} "
-                 f"by self-evaluation and >= {PRUNE_SPEEDUP:.0f}x less wall time: "
+    speed = (f" and >= {PRUNE_SPEEDUP:.0f}x less wall time" if PRUNE_SPEEDUP else "")
+    lines.append(f"- Pruning >= {100 * g['prune_pruned']:.0f}% at {t0} tokens within "
+                 f"{PRUNE_LOSS:.0f} point of Best-of-{n} by self-evaluation{speed}: "
                  f"{_mark(prune_ok and not chance and not weak)} "
-                 f"({100 * h['prune_fraction_pruned']:.0f}% pruned, accuracy "
-                 f"{-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}, "
-                 f"{h['prune_wall_speedup']:.2f}x)" + (
+                 f"({100 * pg['pruned']:.0f}% pruned, accuracy "
+                 f"{-pg['loss']:+.1f} points vs Best-of-{n}; wall time "
+                 f"{h['prune_wall_speedup']:.2f}x less at {h['prune_at']} tokens, "
+                 f"{100 * h['prune_fraction_pruned']:.0f}% pruned)" + (
                      f"; not met although the figures hold, because Best-of-{n} itself picks worse "
                      "than greedy or one sample here: being close to it is no evidence for the "
                      "capability score" if prune_ok and weak else "") + why_chance + ".")
