@@ -38,7 +38,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 # our name -> (HF name template, HF dims split into, permutation to our layout)
 # "{i}" is the layer index; split/perm give: ours = transpose(reshape(hf, split), perm)
-def _layout(cfg: LlamaConfig):
+def weight_layout(cfg: LlamaConfig):
     H, K, Dh, D, F = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                       cfg.hidden_size, cfg.intermediate_size)
     a = "model.layers.{i}.self_attn."
@@ -144,7 +144,7 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
     pdt = as_dtype(dtype)
     cdt = compute_dtype or ("bfloat16" if pdt == jnp.bfloat16 else "float32")
     model = abstract_model(cfg, param_dtype=pdt, compute_dtype=cdt)
-    lay = _layout(cfg)
+    lay = weight_layout(cfg)
     shapes = param_shapes(cfg)
     L = cfg.num_hidden_layers
     graphdef, state = nnx.split(model)
@@ -190,7 +190,7 @@ def load_for_sampling(path, dtype: str = "float32", mesh=None) -> Llama:
 def _hf_tensors(model: Llama):
     """Yield (HF name, HF shape, fn -> numpy array) in HF order, one tensor at a time."""
     cfg = model.config
-    lay = _layout(cfg)
+    lay = weight_layout(cfg)
     order = [("embed", None)]
     for i in range(cfg.num_hidden_layers):
         order += [(n, i) for n in ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm",

@@ -116,13 +116,15 @@ def random_model(cfg, dtype="bfloat16", mesh=None, seed: int = 0, *, compute_dty
                  chunk: int = CHUNK):
     """A Llama of config `cfg` with random weights stored in `dtype` (compute dtype
     `compute_dtype`, default `dtype`), sharded over `mesh` by the parameters' logical axes when
-    given. The values are create_model(cfg, seed=seed)'s (normal(0, 0.02), unit norms) cast to
-    `dtype`; `head_std`: the LM head's (the embedding's when tied) standard deviation instead of
-    0.02 (the bench sampler scales the logits to a trained model's spread)."""
+    given, without a float32 copy of any weight (see the module's doc). The values are
+    create_model(cfg, seed=seed)'s (normal(0, 0.02), unit norms) cast to `dtype`, but for a
+    weight of more than `chunk` elements (drawn blockwise: the same distribution, other values);
+    `head_std`: the LM head's (the embedding's when tied) standard deviation instead of 0.02 (the
+    bench sampler scales the logits to a trained model's spread)."""
     import jax
     from flax import nnx
 
-    from jaxselfeval.model.llama import abstract_model, as_dtype
+    from jaxselfeval.model.llama import abstract_model, as_dtype, param_shapes
     from jaxselfeval.sharding import state_shardings
 
     pdt = as_dtype(dtype)
@@ -132,7 +134,7 @@ def random_model(cfg, dtype="bfloat16", mesh=None, seed: int = 0, *, compute_dty
     init = _init_fn(cfg, pdt, seed, head_std, chunk)
     if mesh is not None:
         sh = state_shardings(state, mesh)
-        arrays = jax.jit(init, out_shardings={n: sh[n] for n in init_names(cfg)})()
+        arrays = jax.jit(init, out_shardings={n: sh[n] for n in param_shapes(cfg)})()
     else:
         arrays = jax.jit(init)()
     for name, arr in arrays.items():
@@ -140,27 +142,16 @@ def random_model(cfg, dtype="bfloat16", mesh=None, seed: int = 0, *, compute_dty
     return nnx.merge(graphdef, state)
 
 
-def init_names(cfg) -> list[str]:
-    from jaxselfeval.model.llama import param_shapes
-
-    return list(param_shapes(cfg))
-
-
-def init_avals(cfg, dtype="bfloat16", seed: int = 0, head_std: float | None = None,
-               chunk: int = CHUNK) -> dict:
-    """The output avals of random_model's jitted init (name -> ShapeDtypeStruct), and the
-    compiled program's temporary bytes under "_temp_bytes" (None where the backend does not
-    say): what the init allocates besides its outputs."""
+def init_program(cfg, dtype="bfloat16", seed: int = 0, head_std: float | None = None,
+                 chunk: int = CHUNK):
+    """random_model's jitted init without a mesh: () -> {name: array in `dtype`}. Its
+    `.eval_shape()` gives the parameters' avals without drawing them (any size); its
+    `.lower().compile().memory_analysis()` what it allocates besides its outputs."""
     import jax
 
     from jaxselfeval.model.llama import as_dtype
 
-    fn = jax.jit(_init_fn(cfg, as_dtype(dtype), seed, head_std, chunk))
-    lowered = fn.lower()
-    out = dict(lowered.out_info) if isinstance(lowered.out_info, dict) else {}
-    mem = lowered.compile().memory_analysis()
-    out["_temp_bytes"] = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-    return out
+    return jax.jit(_init_fn(cfg, as_dtype(dtype), seed, head_std, chunk))
 
 
 # ---------------------------------------------------------------------------- transformers
@@ -203,13 +194,13 @@ def copy_to_torch(model, tm) -> None:
     import numpy as np
     import torch
 
-    from jaxselfeval.hf_io import _layout
+    from jaxselfeval.hf_io import weight_layout
 
     cfg = model.config
     sd = tm.state_dict()
     done = set()
     with torch.no_grad():
-        for name, (tmpl, groups, split_shape, perm) in _layout(cfg).items():
+        for name, (tmpl, groups, split_shape, perm) in weight_layout(cfg).items():
             hf_shape = tuple(int(np.prod([split_shape[j] for j in g])) for g in groups)
             inv = tuple(int(i) for i in np.argsort(perm))
             param = getattr(model, name)[...]
