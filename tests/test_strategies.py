@@ -55,6 +55,16 @@ def test_threshold_sweep_equals_real_runs_with_compaction(setup):
     assert scores[k] - scores[k - 1] > 1e-4  # in its 7th digit, never across the threshold
     real = adaptive(LiveDriver(run, exs), AdaptiveConfig((1, 1, 2), th, (0.0, 0.7, 1.0), 4))
     sim = threshold_sweep(rounds, exs, [th])[th]
+    # the harness sweeps the stacked trace: the same aggregates as the records, every threshold
+    from jaxselfeval.strategies.rounds import stack_trace, sweep_thresholds, trace_sweep
+
+    trace = stack_trace(rounds)
+    ths = sweep_thresholds(trace, (0.5,), levels=9)
+    assert 0.5 in ths and len(ths) > 3
+    for t, agg in trace_sweep(trace, ths).items():
+        want = aggregate(threshold_sweep(rounds, exs, [t])[t])
+        assert {k: agg[k] for k in want if k != "wall_s"} == pytest.approx(
+            {k: want[k] for k in want if k != "wall_s"}), t
     assert len({r.samples for r in real}) > 1
     for a, b in zip(real, sim):
         assert (a.prompt_id, a.samples, a.gen_tokens, a.correct) == (b.prompt_id, b.samples,
@@ -268,8 +278,10 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     assert both["n"] == 5 and 1 <= both["mean_samples"] <= 4
     assert "adaptive + pruning (threshold 0.8, rounds pruned at 2 tokens, keep 0.25)" in report
     assert res["headline"]["adaptive_pruned_acc"] == both["accuracy"]
-    assert {float(k) for k in res["sweeps"]["threshold_pruned"]} == {0.5}
-    assert "## Threshold sweep (adaptive + pruning: rounds pruned at 2 tokens, keep 0.25)" in report
+    swept_at = {float(k) for k in res["sweeps"]["threshold_pruned"]}
+    assert 0.5 in swept_at and len(swept_at) > 1  # the configured one and the signal's quantiles
+    assert "## Threshold sweep: adaptive sampling by the token, rounds pruned at 2 tokens " \
+           "(keep 0.25)" in report
     lik = res["summary"]["bon_likelihood"]
     assert lik["mean_samples"] == 4 and lik["mean_probe_tokens"] == 0
     assert res["headline"]["bon16_likelihood"] == lik["accuracy"]

@@ -21,7 +21,7 @@ from jaxselfeval.fileio import write_atomic
 
 # What a chunk holds; bump it when the harness adds a strategy or sweep, so chunks written by an
 # older jaxselfeval (which lack it) are refused instead of merged into partial figures.
-FORMAT = 4
+FORMAT = 5
 
 
 def fingerprint(cfg, model, n_examples: int, with_rm: bool) -> str:

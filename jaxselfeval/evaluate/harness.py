@@ -141,6 +141,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
 
     recs: dict[str, list] = {}
     sweeps: dict = {"bon": {}, **{f"prune{sfx}": {} for sfx in _suffixes()}}
+    traces: dict = {}  # adaptive sampling's traces, {kind: {field: [G, R]}}
     took: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -183,7 +184,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
             read_off = drv.replays(c)
             _, rounds = A.adaptive(drv if read_off else LiveDriver(run, ch, signal=signal,
                                                                    offset=s), c, trace=True)
-            sweeps[kind + sfx] = A.threshold_sweep(rounds, ch, cfg.thresholds)
+            traces[kind + sfx] = A.stack_trace(rounds)  # swept once every chunk is in
             if signal != "self":
                 continue
             at = A.threshold_sweep(rounds, ch, [c.threshold])[float(c.threshold)]
@@ -216,6 +217,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     pooled = {k: pool[k] for k in ("correct", "strict", "score", "likelihood", "length", "kind")}
     pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
     pooled.update({f"likelihood_at{t}": pool["likelihood_at"][t] for t in cfg.prune_at})
+    pooled.update({f"trace:{kind}:{f}": v for kind, tr in traces.items() for f, v in tr.items()})
     return {"recs": recs, "sweeps": sweeps, "wall": wall, "pooled": pooled}
 
 
@@ -244,6 +246,9 @@ def _summarize(part: dict, cfg: EvalConfig, kinds=()) -> dict:
     summary = {k: aggregate(v) for k, v in part["recs"].items()}
     sw = {kind: {k: aggregate(v) for k, v in d.items()} for kind, d in part["sweeps"].items()}
     p = part["pooled"]
+    for kind in sorted({k.split(":")[1] for k in p if k.startswith("trace:")}):
+        tr = {f: p[f"trace:{kind}:{f}"] for f in A.TRACE_FIELDS}
+        sw[kind] = A.trace_sweep(tr, A.sweep_thresholds(tr, cfg.thresholds))
     return {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw,
             "wall_s": part["wall"], "headline": _headline(summary, sw, part["wall"], cfg),
             "pool": pool_stats(p["correct"], p["score"], p["likelihood"], length=p["length"],

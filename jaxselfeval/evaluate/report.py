@@ -340,6 +340,46 @@ def _read_off_lines(result: dict) -> list[str]:
                 f"both exist they agree on: {agree or 'nothing compared'} problems."]
 
 
+def _best_cheap(sweep: dict, budget: float = 1.2) -> float | None:
+    """The threshold of a sweep with the best accuracy at <= `budget` mean samples."""
+    cheap = [(float(k), a) for k, a in sweep.items() if a["mean_samples"] <= budget]
+    return max(cheap, key=lambda x: x[1]["accuracy"])[0] if cheap else None
+
+
+def _rows(sweep: dict, per_signal: int = 12) -> list[tuple[float, dict]]:
+    """A sweep's rows worth a table: about `per_signal` thresholds spread over its range, and
+    the most accurate one within 1.2 mean samples."""
+    items = sorted(((float(k), v) for k, v in sweep.items()), key=lambda x: x[0])
+    step = max(1, len(items) // per_signal)
+    keep = {th for th, _ in items[::step]} | {items[-1][0], _best_cheap(sweep)}
+    return [(th, a) for th, a in items if th in keep]
+
+
+def sweep_tables(result: dict) -> list[str]:
+    """Adaptive sampling's threshold sweep, one table per signal (each swept at the configured
+    thresholds and at its own quantiles; a sample of them shown, the best at <= 1.2 samples
+    marked)."""
+    cfg, sw = result["config"], result["sweeps"]
+    titles = {"threshold": "by the token",
+              "threshold_likelihood": "by the free signal: the mean token probability, "
+                                      "exp(mean log-prob)",
+              "threshold_combined": "by the token x the mean token probability",
+              "threshold_pruned": f"by the token, rounds pruned at {min(cfg['prune_at'])} tokens "
+                                  f"(keep {cfg.get('combined_keep')})"}
+    lines = []
+    for kind, title in titles.items():
+        if not sw.get(kind):
+            continue
+        cheap = _best_cheap(sw[kind])
+        lines += ["", f"## Threshold sweep: adaptive sampling {title}", "",
+                  "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
+        for th, a in _rows(sw[kind]):
+            mark = " (best at <= 1.2 samples)" if th == cheap else ""
+            lines.append(f"| {th:g}{mark} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | "
+                         f"{a['mean_tokens']:.0f} |")
+    return lines
+
+
 def write_report(result: dict, out: Path) -> str:
     sm, h, cfg = result["summary"], result["headline"], result["config"]
     n = cfg["n"]
@@ -379,31 +419,8 @@ def write_report(result: dict, out: Path) -> str:
                  if "timed_problems" in result["wall_s"] else "") + ").",
               *_combined_line(result),
               "", *verdict(result), *signal_lines(h, n), *kind_lines(result.get("pool") or {}),
-              "", "## Threshold sweep (adaptive sampling)", "",
-              "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
-    for th, a in sorted(result["sweeps"]["threshold"].items(), key=lambda x: float(x[0])):
-        lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | {a['mean_tokens']:.0f} |")
-    tp = result["sweeps"].get("threshold_pruned")
-    if tp:
-        lines += ["", f"## Threshold sweep (adaptive + pruning: rounds pruned at "
-                      f"{min(cfg['prune_at'])} tokens, keep {cfg.get('combined_keep')})", "",
-                  "| threshold | accuracy | mean samples started | mean tokens |",
-                  "| --- | --- | --- | --- |"]
-        for th, a in sorted(tp.items(), key=lambda x: float(x[0])):
-            lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | "
-                         f"{a['mean_tokens']:.0f} |")
-    lik = result["sweeps"].get("threshold_likelihood")
-    if lik:
-        lines += ["", "## Threshold sweep, adaptive sampling by the free signals (the same rounds; "
-                      "threshold on the mean token probability, exp(mean log-prob), or on its "
-                      "product with the token's score)", "",
-                  "| threshold | by log-prob: accuracy | mean samples | by token x log-prob: "
-                  "accuracy | mean samples |", "| --- | --- | --- | --- | --- |"]
-        comb = result["sweeps"].get("threshold_combined", {})
-        for th, a in sorted(lik.items(), key=lambda x: float(x[0])):
-            c = comb.get(th)
-            lines.append(f"| {th} | {_pct(a['accuracy'])} | {a['mean_samples']:.2f} | "
-                         + (f"{_pct(c['accuracy'])} | {c['mean_samples']:.2f} |" if c else "| |"))
+              ""]
+    lines += sweep_tables(result)
     sw = result["sweeps"]
     lines += ["", "## Pruning sweep (the final pick and the early cut by the same signal)", "",
               "| prune at | keep | by the token: accuracy | mean tokens | by log-prob: accuracy "

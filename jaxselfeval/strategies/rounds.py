@@ -82,6 +82,42 @@ def threshold_sweep(rounds, examples, thresholds):
     return out
 
 
+TRACE_FIELDS = ("best", "ok", "samples", "gen", "probes")
+
+
+def stack_trace(rounds) -> dict:
+    """A trace (`adaptive(..., trace=True)`'s rounds) as arrays {field: [G, R]}."""
+    return {f: np.stack([np.asarray(r[f], np.float64) for r in rounds], 1) for f in TRACE_FIELDS}
+
+
+def sweep_thresholds(trace: dict, base=(), levels: int = 99) -> list[float]:
+    """The thresholds to sweep for a trace: `base`, and the signal's own quantiles (levels of
+    them) of each prompt's best after the first round, so every signal is swept as finely where
+    its values lie (a mean token probability crowds near 1, the token's score does not)."""
+    q = np.quantile(trace["best"][:, 0], np.linspace(0, 1, levels + 2)[1:-1])
+    return sorted({float(t) for t in base} | {float(x) for x in np.round(q, 6)})
+
+
+def trace_sweep(trace: dict, thresholds) -> dict:
+    """{threshold: aggregate} of a stacked trace: a prompt stops after the first round whose best
+    signal reaches the threshold (identical to running `adaptive` with it; `threshold_sweep`
+    gives the records)."""
+    best, G = trace["best"], trace["best"].shape[0]
+    out = {}
+    for th in thresholds:
+        hit = best >= th
+        k = np.where(hit.any(1), hit.argmax(1), best.shape[1] - 1)
+        take = {f: trace[f][np.arange(G), k] for f in TRACE_FIELDS}
+        acc = float(take["ok"].mean())
+        out[float(th)] = {"n": G, "accuracy": acc,
+                          "accuracy_ci95": 1.96 * float(np.sqrt(max(acc * (1 - acc), 0.0) / G)),
+                          "mean_samples": float(take["samples"].mean()),
+                          "mean_tokens": float((take["gen"] + take["probes"]).mean()),
+                          "mean_gen_tokens": float(take["gen"].mean()),
+                          "mean_probe_tokens": float(take["probes"].mean()), "wall_s": 0.0}
+    return out
+
+
 def prune(driver, cfg: PruneConfig):
     """Early pruning: n candidates per prompt, scored at `at_tokens`, the best `keep` decoded to
     the end, the best of them by the final signal returned. Survivors' tokens equal their
