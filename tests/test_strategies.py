@@ -373,6 +373,10 @@ def test_report_names_the_winner_of_each_strategy():
                      "prune@8": {"self": 0.65, "likelihood": 0.65}}}
     res = {"headline": h, "config": {"n": 16}}
     text = "\n".join(verdict(res) + signal_lines(h, 16))
+    assert "within noise" not in text
+    h["signals"]["problems"] = 200  # +-6.2 points: a 2-point margin is noise there
+    noisy = "\n".join(signal_lines(h, 16))
+    assert "+2.0 points, within noise (+-6.2 points on 200 problems)" in noisy
     assert ("Best-of-16, the token against the best free signal: the token wins (token x "
             "log-probability): 74.0% vs 72.0%, +2.0 points") in text
     assert ("adaptive sampling, best at <= 1.2 mean samples, the token against the best free "

@@ -163,7 +163,8 @@ def verdict(result: dict) -> list[str]:
                  f"{_mark(rec is not None and rec >= GAIN_SHARE and not chance)} "
                  f"({_adaptive_gain(h, n)}){why_chance}.")
     for name, row, _ in signal_rows(h, n):
-        lines.append(f"- {name}, the token against the best free signal: {_winner(row)}.")
+        lines.append(f"- {name}, the token against the best free signal: "
+                     f"{_winner(row, (h.get('signals') or {}).get('problems'))}.")
     prune_ok = (pg["pruned"] >= g["prune_pruned"] - 1e-9 and pg["loss"] <= PRUNE_LOSS
                 and h["prune_wall_speedup"] >= PRUNE_SPEEDUP)
     weak = bon < max(one, greedy)
@@ -209,9 +210,10 @@ SIGNAL_NAMES = {"self": "self-evaluation (the token)", "likelihood": "mean token
 FREE = ("likelihood", "majority")  # the signals that need no training
 
 
-def _winner(row: dict) -> str:
+def _winner(row: dict, problems: int | None = None) -> str:
     """Which wins among the token (alone or combined) and the best free signal of a row
-    {signal: accuracy}: a sentence."""
+    {signal: accuracy}: a sentence; a margin inside the 95% interval of an accuracy on
+    `problems` problems is said to be within noise."""
     token = {k: v for k, v in row.items() if k in ("self", "combined") and v is not None}
     free = {k: v for k, v in row.items() if k in FREE and v is not None}
     if not token or not free:
@@ -223,7 +225,13 @@ def _winner(row: dict) -> str:
         return f"a tie: {SIGNAL_NAMES[tk]} and {SIGNAL_NAMES[fk]} both {_pct(tv)}"
     who = (f"the token wins ({SIGNAL_NAMES[tk]})" if d > 0
            else f"the free signal wins ({SIGNAL_NAMES[fk]})")
-    return f"{who}: {_pct(tv)} vs {_pct(fv)}, {d:+.1f} points"
+    noise = ""
+    if problems:
+        p = (tv + fv) / 2
+        half = 196 * (max(p * (1 - p), 0.0) / problems) ** 0.5
+        if abs(d) <= half:
+            noise = f", within noise (+-{half:.1f} points on {problems} problems)"
+    return f"{who}: {_pct(tv)} vs {_pct(fv)}, {d:+.1f} points{noise}"
 
 
 def signal_rows(h: dict, n: int) -> list[tuple[str, dict, str]]:
@@ -254,7 +262,7 @@ def signal_lines(h: dict, n: int) -> list[str]:
     for name, row, note in rows:
         lines.append(f"| {name} | {_pct(row.get('self'))} | {_pct(row.get('combined'))} | "
                      f"{_pct(row.get('likelihood'))} | {_pct(row.get('majority'))} | "
-                     f"{_winner(row)} |")
+                     f"{_winner(row, (h.get('signals') or {}).get('problems'))} |")
     notes = [f"{name}: {note}" for name, _, note in rows if note]
     return lines + ([""] + [f"- {x}" for x in notes] if notes else [])
 
