@@ -17,7 +17,7 @@ from jaxselfeval.selfeval.metrics import auroc
 from jaxselfeval.strategies import (AdaptiveConfig, LiveDriver, PoolDriver, PruneConfig, Runner,
                                     adaptive, pool_records, prune, threshold_sweep)
 from jaxselfeval.strategies import run as S
-from jaxselfeval.strategies.run import combined_score
+from jaxselfeval.strategies.driver import combined_score
 from jaxselfeval.tasks import get_task
 from jaxselfeval.tokenizer import build_tokenizer
 

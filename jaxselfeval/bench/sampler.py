@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from jaxselfeval.bench.models import SHAPES
+from jaxselfeval.bench.models import SHAPES, shape_config
 from jaxselfeval.errors import JSEError
 from jaxselfeval.fileio import write_file
 
@@ -77,12 +77,6 @@ def _block(x):
     return jax.block_until_ready(x)
 
 
-def _config(name, layers=None):
-    from jaxselfeval.bench.models import shape_config
-
-    return shape_config(name, layers)
-
-
 def _head_std(cfg, logit_std: float) -> float:
     """The LM head's weight std for logits of std `logit_std` (the final-normed hidden has unit
     RMS: logit std = weight std * sqrt(hidden))."""
@@ -108,7 +102,7 @@ def run(args) -> int:
     shapes, dtypes, new = args.shapes.split(","), args.dtypes.split(","), args.new_tokens
     if args.quick:
         shapes, dtypes, new = ["tiny", "small_100m"], ["bfloat16"], 8
-    cfgs = {name: _config(name, args.layers) for name in shapes}  # a bad name fails here, first
+    cfgs = {name: shape_config(name, args.layers) for name in shapes}  # a bad name fails here, first
     import jax
     import torch
 
@@ -221,7 +215,7 @@ def _figures(args, res, rng, model=None):
     long_prompt, cache_prompt, gen = (64, 128, 16) if args.quick else (512, 1024, 128)
     if args.figures_prompt_len:
         long_prompt = cache_prompt = args.figures_prompt_len
-    cfg = _config(args.figures_shape, args.layers)
+    cfg = shape_config(args.figures_shape, args.layers)
     if model is None:
         model = random_model(cfg, "bfloat16", seed=0)
     eng = Engine(model, seed=0)

@@ -86,7 +86,11 @@ def run(args) -> int:
     q = args.quick
     quick = QUICK if q else {"data": [], "selfeval": [], "eval": []}
     ecfg = load_dataclass_config(EvalConfig, dc.eval, dc.eval_overrides + quick["eval"])
-    ecfg.validate()  # bad settings fail before any model is loaded
+    ecfg.validate()  # bad settings fail before any model is loaded (the second set's too)
+    ecfg2 = (load_dataclass_config(EvalConfig, dc.eval, dc.eval_overrides + quick["eval"]
+                                   + dc.second_eval) if dc.second_eval else None)
+    if ecfg2 is not None:
+        ecfg2.validate()
     out = Path(args.out or dc.out)
     out.mkdir(parents=True, exist_ok=True)
     prog = not args.no_progress
@@ -128,9 +132,7 @@ def run(args) -> int:
     res = _evaluate(hf, ecfg, out / "eval", rm, prog, "stage 4/4")
     base_acc = _base_accuracy(base, out, res["config"], prog)
     text = _report(res, out / "eval", se_dir, val, base_acc, out)
-    if dc.second_eval:
-        ecfg2 = load_dataclass_config(EvalConfig, dc.eval, dc.eval_overrides + quick["eval"]
-                                      + dc.second_eval)
+    if ecfg2 is not None:
         res2 = _evaluate(hf, ecfg2, out / "eval_2", rm, prog, "stage 4/4, second held-out set")
         text += _second_set(res2, ecfg2)
     (out / "report.md").write_text(text)

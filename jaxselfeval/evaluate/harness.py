@@ -15,7 +15,7 @@ from tqdm import tqdm
 from jaxselfeval.distributed import barrier, host_shard
 from jaxselfeval.errors import JSEError, closest
 from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
-from jaxselfeval.evaluate.records import PromptRecord, aggregate, gain_recovered
+from jaxselfeval.evaluate.records import PromptRecord, aggregate, best_within, gain_recovered
 from jaxselfeval.evaluate.report import GOALS, plots, write_report
 from jaxselfeval.fileio import write_atomic
 from jaxselfeval.sample import Engine
@@ -23,7 +23,7 @@ from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.labels import capability_targets
 from jaxselfeval.strategies import rounds as A
 from jaxselfeval.strategies import run as S
-from jaxselfeval.strategies.driver import SIGNALS, LiveDriver, PoolDriver
+from jaxselfeval.strategies.driver import SIGNALS, LiveDriver, PoolDriver, combined_score
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,10 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
             for f in cfg.keep_fractions:  # (`pc` stays the timed setting)
                 sweeps["prune" + sfx][f"{t}:{f}"] = A.prune(
                     drv, PruneConfig(cfg.n, t, f, cfg.temperature))
-        for name, kind, c in (("adaptive", "threshold", acfg),
-                              ("adaptive_pruned", "threshold_pruned", both)):
+        # adaptive sampling for every signal; its pruned rounds for the token (the timed setting)
+        for name, kind, c in ((("adaptive", "threshold", acfg),
+                               ("adaptive_pruned", "threshold_pruned", both))
+                              [:2 if signal == "self" else 1]):
             # the trace read off the pool and the greedy run when the rounds draw the pool's
             # candidates (else run for every prompt); the threshold sweeps are read off it
             read_off = drv.replays(c)
@@ -284,7 +286,7 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None,
            "auroc_within": M.auroc_within(score.ravel(), c, groups),
            "ece": M.ece(score.ravel(), targets)}
     if likelihood is not None:
-        both = S.combined_score(score, likelihood)
+        both = combined_score(score, likelihood)
         out.update({"likelihood_auroc": M.auroc(likelihood.ravel(), c),
                     "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), c, groups),
                     "combined_auroc": M.auroc(both.ravel(), c),
@@ -341,13 +343,6 @@ def _greedy(run, ch, offset):
             for i, e in enumerate(ch)]
     return recs, {"score": score, "likelihood": Engine.mean_logprob(C), "correct": ok,
                   "length": np.array([len(o) for o in outs])}
-
-
-def best_within(sweep: dict, budget: float = 1.2):
-    """(threshold, aggregate) of the most accurate threshold of a sweep using <= `budget` mean
-    samples, or (None, None)."""
-    cheap = [(th, a) for th, a in sweep.items() if a["mean_samples"] <= budget]
-    return max(cheap, key=lambda x: x[1]["accuracy"]) if cheap else (None, None)
 
 
 def signal_table(summary, sw, cfg) -> dict:

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
+
 
 @dataclasses.dataclass
 class PromptRecord:
@@ -32,20 +34,27 @@ class PromptRecord:
 
 def aggregate(records: Sequence[PromptRecord]) -> dict:
     """Accuracy with a 95% normal-approximation interval, mean samples/tokens, total wall time."""
-    n = len(records)
-    if n == 0:
+    if not records:
         return {"n": 0}
-    acc = sum(r.correct for r in records) / n
+    return aggregate_arrays(*(np.array([getattr(r, f) for r in records], np.float64)
+                              for f in ("correct", "samples", "gen_tokens", "probe_tokens",
+                                        "wall_s")))
+
+
+def aggregate_arrays(correct, samples, gen_tokens, probe_tokens, wall_s=None) -> dict:
+    """`aggregate` of per-prompt arrays [G] (the records' fields)."""
+    n = len(correct)
+    acc = float(np.sum(correct)) / n
     se = math.sqrt(max(acc * (1 - acc), 0.0) / n)
     return {
         "n": n,
         "accuracy": acc,
         "accuracy_ci95": 1.96 * se,
-        "mean_samples": sum(r.samples for r in records) / n,
-        "mean_tokens": sum(r.tokens for r in records) / n,
-        "mean_gen_tokens": sum(r.gen_tokens for r in records) / n,
-        "mean_probe_tokens": sum(r.probe_tokens for r in records) / n,
-        "wall_s": sum(r.wall_s for r in records),
+        "mean_samples": float(np.sum(samples)) / n,
+        "mean_tokens": float(np.sum(gen_tokens) + np.sum(probe_tokens)) / n,
+        "mean_gen_tokens": float(np.sum(gen_tokens)) / n,
+        "mean_probe_tokens": float(np.sum(probe_tokens)) / n,
+        "wall_s": 0.0 if wall_s is None else float(np.sum(wall_s)),
     }
 
 
@@ -62,3 +71,10 @@ def gain_recovered(acc: float, baseline: float, best_of_n: float) -> float:
     `acc` recovers (nan if Best-of-N gains nothing over it)."""
     gain = best_of_n - baseline
     return (acc - baseline) / gain if gain > 0 else float("nan")
+
+
+def best_within(sweep: dict, budget: float = 1.2):
+    """(threshold, aggregate) of a threshold sweep {threshold: aggregate}: the most accurate
+    threshold using <= `budget` mean samples, or (None, None)."""
+    cheap = [(float(th), a) for th, a in sweep.items() if a["mean_samples"] <= budget]
+    return max(cheap, key=lambda x: x[1]["accuracy"]) if cheap else (None, None)

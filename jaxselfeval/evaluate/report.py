@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxselfeval.evaluate.records import best_within
+
 
 def plots(result: dict, out: Path):
     import matplotlib
@@ -348,18 +350,12 @@ def _read_off_lines(result: dict) -> list[str]:
                 f"both exist they agree on: {agree or 'nothing compared'} problems."]
 
 
-def _best_cheap(sweep: dict, budget: float = 1.2) -> float | None:
-    """The threshold of a sweep with the best accuracy at <= `budget` mean samples."""
-    cheap = [(float(k), a) for k, a in sweep.items() if a["mean_samples"] <= budget]
-    return max(cheap, key=lambda x: x[1]["accuracy"])[0] if cheap else None
-
-
 def _rows(sweep: dict, per_signal: int = 12) -> list[tuple[float, dict]]:
     """A sweep's rows worth a table: about `per_signal` thresholds spread over its range, and
     the most accurate one within 1.2 mean samples."""
     items = sorted(((float(k), v) for k, v in sweep.items()), key=lambda x: x[0])
     step = max(1, len(items) // per_signal)
-    keep = {th for th, _ in items[::step]} | {items[-1][0], _best_cheap(sweep)}
+    keep = {th for th, _ in items[::step]} | {items[-1][0], best_within(sweep)[0]}
     return [(th, a) for th, a in items if th in keep]
 
 
@@ -378,7 +374,7 @@ def sweep_tables(result: dict) -> list[str]:
     for kind, title in titles.items():
         if not sw.get(kind):
             continue
-        cheap = _best_cheap(sw[kind])
+        cheap = best_within(sw[kind])[0]
         lines += ["", f"## Threshold sweep: adaptive sampling {title}", "",
                   "| threshold | accuracy | mean samples | mean tokens |", "| --- | --- | --- | --- |"]
         for th, a in _rows(sw[kind]):

@@ -28,12 +28,19 @@ def check_signal(signal: str) -> str:
     return signal
 
 
+def combined_score(score, likelihood):
+    """Self-evaluation x likelihood in log space, the `bon_combined` ranking: log score + the
+    policy's mean token log-probability (arrays of one shape; scores floored at 1e-9)."""
+    return np.log(np.maximum(score, 1e-9)) + likelihood
+
+
 def signal_value(signal: str, score, mean_logprob) -> np.ndarray:
-    """The signal from the token's score and the mean token log-probability (same shapes)."""
+    """The signal from the token's score and the mean token log-probability (same shapes), as a
+    probability: "combined" is exp(`combined_score`), the product of the two."""
     if signal == "self":
         return np.asarray(score, np.float64)
-    lik = np.exp(np.asarray(mean_logprob, np.float64))
-    return lik if signal == "likelihood" else lik * np.asarray(score, np.float64)
+    lp = np.asarray(mean_logprob, np.float64)
+    return np.exp(lp if signal == "likelihood" else combined_score(score, lp))
 
 
 @dataclasses.dataclass
@@ -67,9 +74,6 @@ class LiveDriver:
         self.run, self.examples, self.signal = run, list(examples), check_signal(signal)
         self.probe_len = 0 if signal == "likelihood" else run.probe_len
         self.P = run.prompts(self.examples, offset)
-
-    def replays(self, cfg) -> bool:
-        return True
 
     def score(self, P, C) -> np.ndarray:
         """The signal of every candidate row at its current length, [B]."""

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from jaxselfeval.evaluate.records import PromptRecord
+from jaxselfeval.evaluate.records import PromptRecord, aggregate_arrays
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig
 
 
@@ -66,28 +66,34 @@ def adaptive(driver, cfg: AdaptiveConfig, *, trace=False):
     return (recs, rounds) if trace else recs
 
 
-def threshold_sweep(rounds, examples, thresholds):
-    """Records for each threshold from a trace: a prompt stops after the first round whose best
-    signal reaches the threshold (identical to running `adaptive` with that threshold)."""
-    out = {}
-    for th in thresholds:
-        recs = []
-        for g, e in enumerate(examples):
-            k = next((i for i, r in enumerate(rounds) if r["best"][g] >= th), len(rounds) - 1)
-            r = rounds[k]
-            recs.append(PromptRecord(e.id, float(r["ok"][g]), int(r["samples"][g]), int(r["gen"][g]),
-                                     int(r["probes"][g]), difficulty=e.difficulty,
-                                     chosen_score=float(r["best"][g])))
-        out[float(th)] = recs
-    return out
-
-
 TRACE_FIELDS = ("best", "ok", "samples", "gen", "probes")
 
 
 def stack_trace(rounds) -> dict:
     """A trace (`adaptive(..., trace=True)`'s rounds) as arrays {field: [G, R]}."""
     return {f: np.stack([np.asarray(r[f], np.float64) for r in rounds], 1) for f in TRACE_FIELDS}
+
+
+def stopped(trace: dict, threshold: float) -> dict:
+    """Each prompt's figures {field: [G]} where `adaptive` with this threshold stops it: after
+    the first round whose best signal reaches the threshold, else after the last round."""
+    best = trace["best"]
+    hit = best >= threshold
+    k = np.where(hit.any(1), hit.argmax(1), best.shape[1] - 1)
+    return {f: trace[f][np.arange(best.shape[0]), k] for f in TRACE_FIELDS}
+
+
+def threshold_sweep(rounds, examples, thresholds):
+    """Records for each threshold from a trace (identical to running `adaptive` with that
+    threshold; `trace_sweep` gives their aggregates)."""
+    trace, out = stack_trace(rounds), {}
+    for th in thresholds:
+        at = stopped(trace, th)
+        out[float(th)] = [PromptRecord(e.id, float(at["ok"][g]), int(at["samples"][g]),
+                                       int(at["gen"][g]), int(at["probes"][g]),
+                                       difficulty=e.difficulty, chosen_score=float(at["best"][g]))
+                          for g, e in enumerate(examples)]
+    return out
 
 
 def sweep_thresholds(trace: dict, base=(), levels: int = 99) -> list[float]:
@@ -99,22 +105,11 @@ def sweep_thresholds(trace: dict, base=(), levels: int = 99) -> list[float]:
 
 
 def trace_sweep(trace: dict, thresholds) -> dict:
-    """{threshold: aggregate} of a stacked trace: a prompt stops after the first round whose best
-    signal reaches the threshold (identical to running `adaptive` with it; `threshold_sweep`
-    gives the records)."""
-    best, G = trace["best"], trace["best"].shape[0]
+    """{threshold: aggregate} of a stacked trace, each prompt `stopped` at that threshold."""
     out = {}
     for th in thresholds:
-        hit = best >= th
-        k = np.where(hit.any(1), hit.argmax(1), best.shape[1] - 1)
-        take = {f: trace[f][np.arange(G), k] for f in TRACE_FIELDS}
-        acc = float(take["ok"].mean())
-        out[float(th)] = {"n": G, "accuracy": acc,
-                          "accuracy_ci95": 1.96 * float(np.sqrt(max(acc * (1 - acc), 0.0) / G)),
-                          "mean_samples": float(take["samples"].mean()),
-                          "mean_tokens": float((take["gen"] + take["probes"]).mean()),
-                          "mean_gen_tokens": float(take["gen"].mean()),
-                          "mean_probe_tokens": float(take["probes"].mean()), "wall_s": 0.0}
+        at = stopped(trace, th)
+        out[float(th)] = aggregate_arrays(at["ok"], at["samples"], at["gen"], at["probes"])
     return out
 
 

@@ -1,7 +1,7 @@
 """The Runner (model + tokenizer + task on one sampling engine), the pool of samples every
 pooled strategy reads, and Best-of-N / majority over it. Adaptive sampling and pruning are in
-`strategies.adaptive`, over the drivers of `strategies.driver`. Candidate randomness is keyed by (prompt, candidate, step), so the same
-candidate draws the same tokens under every strategy: pooled statistics (Best-of-N for N < 16,
+`strategies.rounds`, over the drivers of `strategies.driver`. Candidate randomness is keyed by
+(prompt, candidate, step), so the same candidate draws the same tokens under every strategy: pooled statistics (Best-of-N for N < 16,
 threshold and prune sweeps) are exact, not estimates.
 """
 
@@ -16,6 +16,7 @@ from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.records import PromptRecord
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.selfeval.reward_model import score_responses
+from jaxselfeval.strategies.driver import combined_score
 from jaxselfeval.tokenizer import encode_chat
 
 
@@ -43,12 +44,6 @@ class Runner:
 
     def correct(self, example, ids) -> float:
         return self.task.verify(example, self.tok.decode(ids))
-
-
-def combined_score(score, likelihood):
-    """Self-evaluation x likelihood, the `bon_combined` ranking: log score + the policy's mean
-    token log-probability (arrays of one shape; scores floored at 1e-9)."""
-    return np.log(np.maximum(score, 1e-9)) + likelihood
 
 
 def sample_pool(run: Runner, examples, *, n=16, temperature=1.0, probe_at=(16,), offset=0):
