@@ -1,6 +1,7 @@
 """Eval rough edges: adaptive round sizes derived from n when the default schedule would draw
 more; an explicit schedule that draws more than n stays an error naming both."""
 
+import numpy as np
 import pytest
 
 import jaxselfeval as jse
@@ -64,3 +65,14 @@ def test_headline_counts_the_candidates_really_pruned(n, pruned):
     sw = {"threshold": {0.8: agg}, "prune": {"8:0.125": agg}}
     h = _headline(summary, sw, {"bon_full": 2.0, "pruned": 1.0}, EvalConfig(n=n))
     assert h["prune_fraction_pruned"] == pruned
+
+
+def test_pool_ece_is_against_the_target_the_token_was_trained_on():
+    """A token trained on the reward (P(right)) is calibrated against correctness, not against
+    the capability targets: a score equal to correctness has ECE 0 there, not under the other."""
+    from jaxselfeval.evaluate.harness import pool_stats
+
+    correct = np.array([[1, 0, 0, 1], [0, 0, 1, 0]], float)
+    by_reward = pool_stats(correct, correct.copy(), target="reward")
+    assert by_reward["ece"] == pytest.approx(0.0) and by_reward["ece_target"] == "reward"
+    assert pool_stats(correct, correct.copy())["ece"] > 0.2  # the wrong ones' targets are 1/3, 2/3

@@ -61,3 +61,20 @@ def test_capability_rows_full_and_truncated_copies_share_the_target():
     assert all(r["prompt_ids"] == [5, 6] and r["example"] == "e7" for r in rows)
     with pytest.raises(JSEError, match="2 responses but 1 rewards"):
         capability_rows([1], [[1], [2]], [1])
+
+
+def test_reward_targets_are_the_rewards_and_retarget_swaps_only_the_target():
+    from jaxselfeval.selfeval.labels import token_targets
+    from jaxselfeval.selfeval.train import retarget
+
+    r = [1.0, 0.0, 0.0, 1.0]
+    np.testing.assert_array_equal(token_targets(r, "reward"), r)
+    np.testing.assert_allclose(token_targets(r, "capability"), capability_targets(r))
+    with pytest.raises(JSEError, match="target=reward needs rewards in"):
+        token_targets([0.5, 2.0], "reward")
+    with pytest.raises(JSEError, match="target must be one of capability, reward"):
+        token_targets(r, "correct")
+    rows = [{"target": 0.75, "reward": 0.0, "example": 3}, {"target": 1.0, "reward": 1.0,
+                                                            "example": 3}]
+    assert [x["target"] for x in retarget(rows, "reward")] == [0.0, 1.0]
+    assert retarget(rows, "capability") is rows and rows[0]["target"] == 0.75

@@ -435,8 +435,37 @@ def test_later_chunks_read_adaptive_and_pruning_off_their_pool(setup, tmp_path):
     assert ("ran for real on 2 of the 6 problems (real_runs: first)" in
             (tmp_path / "first" / "report.md").read_text())
     assert "ran for real on" not in (tmp_path / "all" / "report.md").read_text()
-    with pytest.raises(jse.JSEError, match="real_runs must be 'first' or 'all'"):
+    # "none": the same records, read off the pool everywhere; nothing timed
+    none = evaluate(model, run.tok, run.task, dataclasses.replace(cfg, real_runs="none"),
+                    tmp_path / "none", progress=False)
+    for k in ("adaptive", "adaptive_pruned", "pruned_run"):
+        assert none["summary"][k]["accuracy"] == every["summary"][k]["accuracy"], k
+        assert none["summary"][k]["mean_samples"] == every["summary"][k]["mean_samples"], k
+    assert "real_problems" not in none["wall_s"] and "bon_full" not in none["wall_s"]
+    assert none["headline"]["prune_wall_speedup"] is None
+    report = (tmp_path / "none" / "report.md").read_text()
+    assert "real_runs: none" in report and "not timed" in report
+    with pytest.raises(jse.JSEError, match="real_runs must be 'first', 'all' or 'none'"):
         dataclasses.replace(cfg, real_runs="some").validate()
+
+
+def test_base_model_check_draws_the_pools_first_candidates(setup, tmp_path):
+    """The demo's policy-damage check samples the base model with `sample_accuracy`; on the
+    evaluated model itself it must draw the pool's first candidates under the same keys (a
+    paired comparison): equal sample@1, up to a token flipped by a batch-shape float difference."""
+    from jaxselfeval.evaluate.accuracy import sample_accuracy
+    from jaxselfeval.evaluate.harness import EvalConfig, evaluate
+
+    run, _ = setup
+    cfg = EvalConfig(limit=6, n=4, batch_prompts=3, max_new_tokens=12, rounds=(1, 1, 2),
+                     round_temperatures=(0.0, 1.0, 1.0), thresholds=(0.5,), prune_at=(4,),
+                     keep_fractions=(0.25,), real_runs="none", temperature=1.0)
+    model = nnx.merge(run.eng.graphdef, run.eng.state)
+    res = evaluate(model, run.tok, run.task, cfg, tmp_path, progress=False)
+    base = sample_accuracy(model, run.tok, run.task, limit=6, n=2, temperature=1.0,
+                           max_new_tokens=12, seed=cfg.seed, progress=False)
+    pool = float(np.mean(res["pool"]["sample_at_1_by_candidate"][:2]))
+    assert abs(base["sample@1"] - pool) <= 1 / 12 + 1e-9, (base["sample@1"], pool)
 
 
 def test_eval_killed_midway_resumes_to_the_uninterrupted_result(setup, tmp_path, caplog, monkeypatch):

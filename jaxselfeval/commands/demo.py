@@ -22,6 +22,10 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
+from jaxselfeval.commands.evaluate import token_target
+
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +44,9 @@ class DemoConfig:
     reward_model: bool = True  # train and evaluate the external reward-model baseline
     reward_model_steps: int = 150
     reward_model_seq_len: int = 160
+    # the policy-damage check: the base model's sample@1 on the first this many candidates of
+    # each evaluated problem (the same keys as the trained model's: paired); 0: all n
+    base_samples: int = 0
 
 
 # --quick: a few prompts per stage (a smoke run of every stage)
@@ -130,14 +137,14 @@ def run(args) -> int:
         rm = load_reward_model(rm_dir / "hf")
 
     res = _evaluate(hf, ecfg, out / "eval", rm, prog, "stage 4/4")
-    base_acc = _base_accuracy(base, out, res["config"], prog)
+    base_acc = _base_accuracy(base, out, res["config"], dc.base_samples, prog)
     text = _report(res, out / "eval", se_dir, val, base_acc, out)
     if ecfg2 is not None:
         res2 = _evaluate(hf, ecfg2, out / "eval_2", rm, prog, "stage 4/4, second held-out set")
         text += _second_set(res2, ecfg2)
     (out / "report.md").write_text(text)
     h = res["headline"]
-    trained = res["pool"]["sample_at_1"]
+    trained = _trained_sample_at_1(res, base_acc)
     print(f"sample@1 base {100 * base_acc['sample@1']:.1f}% -> trained {100 * trained:.1f}%")
     print(f"demo done in {time.time() - t0:.0f}s: one sample {100 * h['one_sample']:.1f}%, "
           f"Best-of-N self-eval {100 * h['bon16_self']:.1f}%, by RM {100 * (h['bon16_rm'] or 0):.1f}%, "
@@ -163,7 +170,8 @@ def _evaluate(hf: Path, ecfg, ev_dir: Path, rm, prog: bool, stage: str) -> dict:
         return res
     log.info("%s: evaluating every strategy -> %s", stage, ev_dir)
     return evaluate(jse.load_pretrained(hf), load_tokenizer(hf),
-                    get_task(ecfg.task, **ecfg.task_args), ecfg, ev_dir, progress=prog, rm=rm)
+                    get_task(ecfg.task, **ecfg.task_args), ecfg, ev_dir, progress=prog, rm=rm,
+                    target=token_target(hf))
 
 
 def _report(res: dict, ev_dir: Path, se_dir: Path, val: dict, base_acc: dict, out: Path) -> str:
@@ -174,13 +182,13 @@ def _report(res: dict, ev_dir: Path, se_dir: Path, val: dict, base_acc: dict, ou
     for f in ("accuracy_vs_samples.png", "accuracy_vs_tokens.png"):
         shutil.copy2(ev_dir / f, out / f)
     shutil.copy2(se_dir / "reliability.png", out / "reliability.png")
-    trained = res["pool"]["sample_at_1"]
+    trained = _trained_sample_at_1(res, base_acc)
     cal = "\n".join(f"| {k} | {v:.3f} |" for k, v in val.items() if isinstance(v, float))
     return ((ev_dir / "report.md").read_text() +
             "\n## Capability token (held-out prompts)\n\n| metric | value |\n| --- | --- |\n" + cal +
             "\n\n![reliability](reliability.png)\n\n## The policy after training\n\n"
-            f"sample@1 ({sampling_label(res['config'])}, {res['pool']['samples']} samples of the "
-            f"same problems): base model {100 * base_acc['sample@1']:.1f}%, after capability-token "
+            f"sample@1 ({sampling_label(res['config'])}, the first {base_acc['samples']} samples "
+            f"of each of the same {base_acc['problems']} problems, under the same keys): base model {100 * base_acc['sample@1']:.1f}%, after capability-token "
             f"training {100 * trained:.1f}% ({100 * (trained - base_acc['sample@1']):+.1f} points; "
             "goal: within 2).\n")
 
@@ -226,13 +234,20 @@ def _check_same_base(base: Path, out: Path):
         write_atomic(path, json.dumps({"model": str(base), "fingerprint": fp}, indent=2))
 
 
-def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
-    """sample@1 of the base model on the evaluated problems (cached in out/base_accuracy.json)."""
+def _trained_sample_at_1(res: dict, base_acc: dict) -> float:
+    """The trained policy's sample@1 on the candidates the base model's check drew."""
+    return float(np.mean(res["pool"]["sample_at_1_by_candidate"][:base_acc["samples"]]))
+
+
+def _base_accuracy(base, out: Path, ecfg: dict, samples: int, progress: bool) -> dict:
+    """sample@1 of the base model on the evaluated problems, the first `samples` candidates of
+    each (0: all; cached in out/base_accuracy.json)."""
     path = out / "base_accuracy.json"
+    n = min(samples or ecfg["n"], ecfg["n"])
     if path.exists():
         cached = json.loads(path.read_text())
         if ((cached["problems"], cached.get("skip", 0), cached["samples"], cached["temperature"],
-             cached.get("top_p", 1.0)) == (ecfg["limit"], ecfg.get("skip", 0), ecfg["n"],
+             cached.get("top_p", 1.0)) == (ecfg["limit"], ecfg.get("skip", 0), n,
                                            ecfg["temperature"], ecfg.get("top_p", 1.0))):
             return cached
     import jaxselfeval as jse
@@ -245,7 +260,7 @@ def _base_accuracy(base, out: Path, ecfg: dict, progress: bool) -> dict:
     res = sample_accuracy(jse.load_pretrained(base), load_tokenizer(base),
                           get_task(ecfg["task"], **ecfg.get("task_args", {})),
                           split=ecfg["split"], limit=ecfg["limit"], skip=ecfg.get("skip", 0),
-                          n=ecfg["n"],
+                          n=n,
                           temperature=ecfg["temperature"], top_p=ecfg.get("top_p", 1.0),
                           max_new_tokens=ecfg["max_new_tokens"],
                           seed=ecfg["seed"], progress=progress)

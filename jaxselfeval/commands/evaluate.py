@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def check_selfeval_trained(model_dir) -> bool:
     return True
 
 
+def token_target(model_dir) -> str:
+    """What a model's token was trained to predict (its selfeval.json's "target")."""
+    f = Path(model_dir) / "selfeval.json"
+    return json.loads(f.read_text()).get("target", "capability") if f.exists() else "capability"
+
+
 def run(args) -> int:
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.commands.placement import load_model, load_rm
@@ -59,7 +66,7 @@ def run(args) -> int:
     rm = load_rm(args.reward_model, tok, args) if args.reward_model else None
     model = load_model(path, args)
     res = evaluate(model, tok, get_task(cfg.task, **cfg.task_args), cfg, args.out, progress=not args.no_progress,
-                   rm=rm)
+                   rm=rm, target=token_target(path))
     print((Path(args.out) / "report.md").read_text())
     del res
     return 0

@@ -20,7 +20,7 @@ from jaxselfeval.evaluate.report import GOALS, plots, write_report
 from jaxselfeval.fileio import write_atomic
 from jaxselfeval.sample import Engine
 from jaxselfeval.selfeval import metrics as M
-from jaxselfeval.selfeval.labels import capability_targets
+from jaxselfeval.selfeval.labels import token_targets
 from jaxselfeval.strategies import rounds as A
 from jaxselfeval.strategies import run as S
 from jaxselfeval.strategies.driver import SIGNALS, LiveDriver, PoolDriver, combined_score
@@ -54,7 +54,9 @@ class EvalConfig:
     seed: int = 0
     # "first": adaptive sampling and the pruned run run for real on the first chunk (timed there,
     # and checked against the same records read off its pool and greedy run: the same candidates
-    # under the same keys); later chunks read them off their pool. "all": real on every chunk
+    # under the same keys); later chunks read them off their pool. "all": real on every chunk.
+    # "none": read off the pool everywhere, nothing timed (no wall-time figures; saves the
+    # first chunk's real runs, ~2x its time)
     real_runs: str = "first"
     # the goals the report marks met / NOT met, over `evaluate.report.GOALS` (e.g. {auroc: 0.75})
     goals: dict = dataclasses.field(default_factory=dict)
@@ -78,8 +80,8 @@ class EvalConfig:
         if not 0.0 < self.combined_keep <= 1.0:
             raise JSEError(f"combined_keep must be in (0, 1] (the share of each adaptive round "
                            f"decoded past the prune point), got {self.combined_keep}")
-        if self.real_runs not in ("first", "all"):
-            raise JSEError(f"real_runs must be 'first' or 'all', got {self.real_runs!r}")
+        if self.real_runs not in ("first", "all", "none"):
+            raise JSEError(f"real_runs must be 'first', 'all' or 'none', got {self.real_runs!r}")
         for k in self.goals:
             if k not in GOALS:
                 raise JSEError(f"unknown goal '{k}'{closest(k, list(GOALS))}: the goals are "
@@ -89,9 +91,11 @@ class EvalConfig:
             PruneConfig(self.n, min(self.prune_at), f)
 
 
-def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True, rm=None) -> dict:
+def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True, rm=None,
+             target: str = "capability") -> dict:
     """Run every strategy on `cfg.limit` problems; write results.json, report.md and plots.
-    `rm`: an external reward model (`RewardModel`) for the Best-of-N-by-RM baseline.
+    `rm`: an external reward model (`RewardModel`) for the Best-of-N-by-RM baseline; `target`:
+    what the token was trained to predict (`selfeval.labels.TARGETS`), its ECE's reference.
 
     Work is done in chunks of `batch_prompts` problems, each saved under out_dir/chunks when
     done: a killed evaluation resumes at the first missing chunk, and on several hosts
@@ -127,7 +131,8 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True,
             store.write(s, _evaluate_chunk(run, rm, exs[s:s + cfg.batch_prompts], s, cfg, pc))
     barrier("jse_eval_chunks")
     if main:
-        result = _summarize(merge([store.read(s) for s in starts]), cfg, getattr(task, "kinds", ()))
+        result = _summarize(merge([store.read(s) for s in starts]), cfg,
+                            getattr(task, "kinds", ()), target)
         write_atomic(out / "results.json", json.dumps(result, indent=2, default=float))
         plots(result, out)
         write_report(result, out)
@@ -166,7 +171,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     lap("pool strategies")
     recs["greedy"], greedy = _greedy(run, ch, s)
     lap("greedy")
-    real = s == 0 or cfg.real_runs == "all"
+    real = cfg.real_runs == "all" or (s == 0 and cfg.real_runs == "first")
     agree: dict[str, int] = {}  # prompts where the real run equals its reading off the pool
     acfg, both = cfg.adaptive_configs()
     for signal in SIGNALS:  # the token, and the free signals it must beat, on the same samples
@@ -205,7 +210,8 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
         agree["pruned_run"] = _agreement("pruned_run", s, recs["pruned_run"], read)
     else:
         recs["pruned_run"] = read
-    if s == 0:  # side by side on the first chunk, both paths compiled already (the pool's
+    timed = s == 0 and cfg.real_runs != "none"
+    if timed:  # side by side on the first chunk, both paths compiled already (the pool's
         # programs are Best-of-n's; the pruned run above compiled its own): full vs pruned
         wall["bon_full"] = S.full_run_wall(run, ch, cfg.n, cfg.temperature, offset=s)
         wall["pruned"] = sum(r.wall_s for r in A.prune(LiveDriver(run, ch, offset=s), pc))
@@ -214,7 +220,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
         wall["real_problems"] = len(ch)
         wall.update({f"agree_{k}": v for k, v in agree.items()})
     lap(("pruned run" if real else "pruned, read off the pool")
-        + (", timed against Best-of-n" if s == 0 else ""))
+        + (", timed against Best-of-n" if timed else ""))
     log.info("chunk at %d: %s", s, ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
     pooled = {k: pool[k] for k in ("correct", "strict", "score", "likelihood", "length", "kind")}
     pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
@@ -242,9 +248,9 @@ def _agreement(name: str, s: int, real, read) -> int:
     return same
 
 
-def _summarize(part: dict, cfg: EvalConfig, kinds=()) -> dict:
+def _summarize(part: dict, cfg: EvalConfig, kinds=(), target: str = "capability") -> dict:
     """Merged chunks -> results.json's content (aggregates, sweeps, headline, pool statistics;
-    `kinds`: the task's names of the ways a response can go)."""
+    `kinds`: the task's names of the ways a response can go; `target`: the token's)."""
     summary = {k: aggregate(v) for k, v in part["recs"].items()}
     sw = {kind: {k: aggregate(v) for k, v in d.items()} for kind, d in part["sweeps"].items()}
     p = part["pooled"]
@@ -256,16 +262,18 @@ def _summarize(part: dict, cfg: EvalConfig, kinds=()) -> dict:
             "pool": pool_stats(p["correct"], p["score"], p["likelihood"], length=p["length"],
                                score_at={t: p[f"score_at{t}"] for t in cfg.prune_at},
                                likelihood_at={t: p[f"likelihood_at{t}"] for t in cfg.prune_at},
-                               strict=p.get("strict"), kind=p.get("kind"), kinds=kinds)}
+                               strict=p.get("strict"), kind=p.get("kind"), kinds=kinds,
+                               target=target)}
 
 
 def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None,
-               likelihood_at=None, strict=None, kind=None, kinds=()) -> dict:
+               likelihood_at=None, strict=None, kind=None, kinds=(),
+               target: str = "capability") -> dict:
     """Of the pooled samples (correct, score, likelihood, length: [P, n]): sample@1 (mean
     correctness of all samples, the policy's accuracy), and how the final self-evaluation score
     (and the policy's own mean token log-probability) separates right from wrong, pooled over
     prompts and within each prompt (what Best-of-N uses), and the score's ECE against the
-    capability targets of the pooled samples.
+    token's targets (`target`: capability or reward) of the pooled samples.
 
     score_at {t: [P, n]}: the score after t tokens, a response that finished sooner scored as its
     complete self (what pruning at t sees): "auroc_at{t}" over every sample, and
@@ -280,11 +288,12 @@ def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None,
     prompt)}."""
     groups = np.repeat(np.arange(correct.shape[0]), correct.shape[1])
     c = correct.ravel()
-    targets = np.concatenate([capability_targets(r) for r in correct])
+    targets = np.concatenate([token_targets(r, target) for r in correct])
     out = {"sample_at_1": float(correct.mean()), "samples": int(correct.size),
+           "sample_at_1_by_candidate": correct.mean(0).tolist(),  # [n]: candidate c's accuracy
            "auroc": M.auroc(score.ravel(), c),
            "auroc_within": M.auroc_within(score.ravel(), c, groups),
-           "ece": M.ece(score.ravel(), targets)}
+           "ece": M.ece(score.ravel(), targets), "ece_target": target}
     if likelihood is not None:
         both = combined_score(score, likelihood)
         out.update({"likelihood_auroc": M.auroc(likelihood.ravel(), c),
@@ -389,7 +398,8 @@ def _headline(summary, sw, wall, cfg) -> dict:
         "prune_fraction_pruned": 1 - PruneConfig(cfg.n, t0, min(cfg.keep_fractions)).keep / cfg.n,
         "prune_at": t0,
         "prune_acc": pr["accuracy"], "prune_acc_loss_points": 100 * (bon - pr["accuracy"]),
-        "prune_wall_speedup": wall["bon_full"] / max(wall["pruned"], 1e-9),
+        "prune_wall_speedup": (wall["bon_full"] / max(wall["pruned"], 1e-9)
+                               if "bon_full" in wall else None),  # None: nothing timed
         **({"adaptive_pruned_acc": summary["adaptive_pruned"]["accuracy"],
             "adaptive_pruned_mean_samples": summary["adaptive_pruned"]["mean_samples"],
             "adaptive_pruned_tokens_vs_adaptive": summary["adaptive_pruned"]["mean_tokens"]

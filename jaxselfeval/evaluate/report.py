@@ -143,7 +143,9 @@ def verdict(result: dict) -> list[str]:
                if f"auroc_trunc{t0}" in pool else "."),
         ]
         if "ece" in pool:
-            lines.append(f"- Calibration: ECE {pool['ece']:.3f} against the capability targets "
+            ref = {"reward": "the answers' correctness"}.get(pool.get("ece_target"),
+                                                              "the capability targets")
+            lines.append(f"- Calibration: ECE {pool['ece']:.3f} against {ref} "
                          f"(goal <= {TOKEN_GOALS['ece']}): {_mark(pool['ece'] <= TOKEN_GOALS['ece'])}.")
     bon, one, greedy = h["bon16_self"], h["one_sample"], h["greedy"]
     why_chance = (f" (the token ranks a prompt's samples at chance, within-prompt AUROC "
@@ -167,8 +169,9 @@ def verdict(result: dict) -> list[str]:
     for name, row, _ in signal_rows(h, n):
         lines.append(f"- {name}, the token against the best free signal: "
                      f"{_winner(row, (h.get('signals') or {}).get('problems'))}.")
+    speedup = h["prune_wall_speedup"]  # None: nothing was timed (real_runs: none)
     prune_ok = (pg["pruned"] >= g["prune_pruned"] - 1e-9 and pg["loss"] <= PRUNE_LOSS
-                and h["prune_wall_speedup"] >= PRUNE_SPEEDUP)
+                and (speedup or 0.0) >= PRUNE_SPEEDUP)
     weak = bon < max(one, greedy)
     speed = (f" and >= {PRUNE_SPEEDUP:.0f}x less wall time" if PRUNE_SPEEDUP else "")
     lines.append(f"- Pruning >= {100 * g['prune_pruned']:.0f}% at {t0} tokens within "
@@ -176,7 +179,8 @@ def verdict(result: dict) -> list[str]:
                  f"{_mark(prune_ok and not chance and not weak)} "
                  f"({100 * pg['pruned']:.0f}% pruned, accuracy "
                  f"{-pg['loss']:+.1f} points vs Best-of-{n}; wall time "
-                 f"{h['prune_wall_speedup']:.2f}x less at {h['prune_at']} tokens, "
+                 + (f"{speedup:.2f}x less" if speedup is not None else "not timed")
+                 + f" at {h['prune_at']} tokens, "
                  f"{100 * h['prune_fraction_pruned']:.0f}% pruned)" + (
                      f"; not met although the figures hold, because Best-of-{n} itself picks worse "
                      "than greedy or one sample here: being close to it is no evidence for the "
@@ -337,6 +341,10 @@ def _read_off_lines(result: dict) -> list[str]:
     """Which problems adaptive sampling and the pruned run ran on for real, and how well the
     records read off the pool (the same candidates under the same keys) matched them there."""
     w, total = result["wall_s"], result["summary"]["one"]["n"]
+    if result["config"].get("real_runs") == "none":
+        return ["", "Adaptive sampling and the pruned run are read off the pool and greedy run on "
+                    "every problem (real_runs: none): the candidates they would draw, under the "
+                    "same keys. Nothing was run for real or timed."]
     real = int(w.get("real_problems", total))
     if real >= total:
         return []
@@ -416,11 +424,12 @@ def write_report(result: dict, out: Path) -> str:
               f"{_pct(h['adaptive_acc_at_1.2'])} with {h['adaptive_mean_samples'] or float('nan'):.2f} "
               f"samples: {_adaptive_gain(h, n)} (goal >= 74% of the gain, the paper's figure).",
               f"- Pruning {100 * h['prune_fraction_pruned']:.0f}% of candidates at {h['prune_at']} tokens: "
-              f"{_pct(h['prune_acc'])} ({-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n}), "
-              f"{h['prune_wall_speedup']:.2f}x less wall time measured side by side "
-              f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s"
-              + (f" on the first {result['wall_s']['timed_problems']:.0f} problems"
-                 if "timed_problems" in result["wall_s"] else "") + ").",
+              f"{_pct(h['prune_acc'])} ({-h['prune_acc_loss_points']:+.1f} points vs Best-of-{n})"
+              + (", not timed (real_runs: none)." if h["prune_wall_speedup"] is None else
+                 f", {h['prune_wall_speedup']:.2f}x less wall time measured side by side "
+                 f"({result['wall_s']['bon_full']:.1f}s vs {result['wall_s']['pruned']:.1f}s"
+                 + (f" on the first {result['wall_s']['timed_problems']:.0f} problems"
+                    if "timed_problems" in result["wall_s"] else "") + ")."),
               *_combined_line(result),
               "", *verdict(result), *signal_lines(h, n), *kind_lines(result.get("pool") or {}),
               ""]

@@ -40,6 +40,26 @@ def capability_targets(rewards: Sequence[float], margin: float = 0.0) -> np.ndar
     return (not_beaten.sum(1) / (n - 1)).astype(np.float32)
 
 
+# What the token is trained to predict: "capability" (the paper's, above: the share of the other
+# samples that do not beat this one) or "reward" (the 0/1 verifier's reward itself: the
+# probability that this answer is right).
+TARGETS = ("capability", "reward")
+
+
+def token_targets(rewards: Sequence[float], target: str = "capability",
+                  margin: float = 0.0) -> np.ndarray:
+    """rewards [n] of one prompt's samples -> the token's targets f32 [n] under `target`."""
+    if target == "capability":
+        return capability_targets(rewards, margin)
+    if target != "reward":
+        raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    r = np.asarray(rewards, np.float32).reshape(-1)
+    if np.any(~np.isfinite(r) | (r < 0) | (r > 1)):
+        raise JSEError("target=reward needs rewards in [0, 1] (a verifier's 0/1): use "
+                       "target=capability with a reward model's scalar rewards")
+    return r
+
+
 def truncation_points(response_len: int, points: Sequence[int]) -> list[int]:
     """The token counts (sorted, unique) of `points` strictly shorter than the response.
 

@@ -23,6 +23,7 @@ from flax import nnx
 from jaxselfeval.errors import JSEError
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
+from jaxselfeval.selfeval.labels import TARGETS, token_targets
 from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
                                        forward_rows, prompt_batches)
 from jaxselfeval.sharding import make_mesh
@@ -122,6 +123,15 @@ def shared_scores(model, d: dict, yes: int, no: int, rows: int = 256) -> np.ndar
     return out
 
 
+def retarget(rows: list[dict], target: str) -> list[dict]:
+    """The rows with their "target" under `target` (the data holds the capability targets; a
+    "reward" target is each row's own reward): the token's targets are a training choice."""
+    if target == "capability":
+        return rows
+    return [{**r, "target": float(t)} for r, t in
+            zip(rows, token_targets([r["reward"] for r in rows], target))]
+
+
 def validate(model, val, spec) -> dict:
     """AUROC (win vs lose; pooled over prompts and within each prompt) of full responses and of
     each truncation point, Brier and ECE against the soft targets.
@@ -165,6 +175,9 @@ class SelfEvalConfig:
     lm_weight: float = 0.1
     kl_weight: float = 0.0  # KL(frozen base || model) on the samples' tokens (needs lora)
     mass_weight: float = 1.0  # weight of -log(P(Yes) + P(No)) (1: plain cross-entropy)
+    # what the token predicts (selfeval.labels.TARGETS): "capability" (the paper's: the share of
+    # a prompt's other samples that do not beat this one) or "reward" (P(this answer is right))
+    target: str = "capability"
     seed: int = 0
     # each batch holds batch_size / rows_per_prompt prompts and rows_per_prompt of each one's rows
     # (responses and truncations): a prompt's keys and values are computed once for its rows
@@ -202,7 +215,9 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         add_lora(model, cfg.lora, seed=cfg.seed)
         log.info("LoRA: training %d adapter parameters, the base is frozen",
                  count_lora_params(model))
-    tr_rows = load_rows(data, "train")
+    if cfg.target not in TARGETS:
+        raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
+    tr_rows = retarget(load_rows(data, "train"), cfg.target)
     if cfg.rows_per_prompt:
         shared = encode_shared(tr_rows, spec.after, cfg.seq_len)
         batches = SharedPromptBatches(shared, cfg.batch_size, cfg.rows_per_prompt, cfg.seed)
@@ -212,7 +227,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
         batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
         n_train = len(tk)
-    va_rows = load_rows(data, "validation")
+    va_rows = retarget(load_rows(data, "validation"), cfg.target)
     if cfg.rows_per_prompt:
         val = encode_shared(va_rows, spec.after, cfg.seq_len)
         keep = val["keep"]
@@ -256,6 +271,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
 
         model = merge_lora(model)
     jse.save_pretrained(model, export, tokenizer_dir=model_dir)
-    (export / "selfeval.json").write_text(json.dumps({"trained": True, "validation": final,
+    (export / "selfeval.json").write_text(json.dumps({"trained": True, "target": cfg.target,
+                                                      "validation": final,
                                                       "base_model": str(model_dir)}, indent=2))
     return export, final
