@@ -25,6 +25,7 @@ from jaxselfeval.strategies import rounds as A
 from jaxselfeval.strategies import run as S
 from jaxselfeval.strategies.driver import SIGNALS, LiveDriver, PoolDriver, combined_score
 from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
+from jaxselfeval.strategies.registry import EVAL_POOLED
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                          offset=s)
     lap("pool")
-    names = ["one", "bon_self", "bon_likelihood", "bon_combined", "majority", "oracle"]
+    names = list(EVAL_POOLED)
     if rm is not None:
         S.add_rm_scores(pool, rm)
         names.append("bon_rm")
