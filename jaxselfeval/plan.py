@@ -178,20 +178,14 @@ def abstract_state(state, mesh):
 
 def abstract_opt_state(tx, params, mesh):
     """tx.init(params) as sharded ShapeDtypeStructs, placed as `train.step.init_opt_state`
-    places them (a moment takes its parameter's sharding, step counts are replicated)."""
+    places them (`opt_state_shardings`)."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    flat = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: x.sharding, params))[0]
-    by_path = {tuple(map(str, k)): v for k, v in flat}
-    rep = NamedSharding(mesh, PartitionSpec())
+    from jaxselfeval.train.step import opt_state_shardings
 
-    def place(path, x):
-        keys = tuple(map(str, path))
-        s = next((by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path), rep)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-
-    return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
+    sh = opt_state_shardings(tx, params, jax.tree.map(lambda x: x.sharding, params), mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        jax.eval_shape(tx.init, params), sh)
 
 
 def abstract_cache(cfg, batch, length, dtype, mesh):

@@ -90,22 +90,23 @@ def make_train_step(graphdef, loss_fn, tx, *, accum: int = 1):
     return step
 
 
-def init_opt_state(tx, params, mesh):
-    """Optimizer state on `mesh`: a moment takes its parameter's sharding (matched by key-path
-    suffix), everything else (step counts) is replicated."""
-    p_sh = state_shardings(params, mesh)
-    by_path = {tuple(map(str, k)): v for k, v in jax.tree_util.tree_flatten_with_path(p_sh)[0]}
+def opt_state_shardings(tx, params, param_shardings, mesh):
+    """The shardings of tx.init(params): a moment takes its parameter's (matched by key-path
+    suffix in `param_shardings`), everything else (step counts) is replicated."""
+    flat = jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    by_path = {tuple(map(str, k)): v for k, v in flat}
     rep = NamedSharding(mesh, PartitionSpec())
 
     def pick(path, _):
         keys = tuple(map(str, path))
-        for i in range(len(keys)):
-            if keys[i:] in by_path:
-                return by_path[keys[i:]]
-        return rep
+        return next((by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path), rep)
 
-    abstract = jax.eval_shape(tx.init, params)
-    o_sh = jax.tree_util.tree_map_with_path(pick, abstract)
+    return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(tx.init, params))
+
+
+def init_opt_state(tx, params, mesh):
+    """Optimizer state on `mesh`, placed by `opt_state_shardings`."""
+    o_sh = opt_state_shardings(tx, params, state_shardings(params, mesh), mesh)
     return jax.jit(tx.init, out_shardings=o_sh)(params)
 
 
