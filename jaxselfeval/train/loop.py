@@ -119,11 +119,11 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
         _check_data(saved, data_meta, out_dir)
         start = int(saved.get("step", latest))
         log.info("resumed from step %d in %s", start, out_dir)
-    step = jit_train_step(make_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
-                          params, frozen, opt_state, mesh)
+    train_step = jit_train_step(make_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
+                                params, frozen, opt_state, mesh)
 
     def step_fn(p, o, b):
-        return step(p, frozen, o, b)
+        return train_step(p, frozen, o, b)
 
     def merged(p):
         return nnx.merge(graphdef, p, frozen)
