@@ -2,8 +2,8 @@
 
     model = jse.load_pretrained(path)
     add_lora(model, LoRAConfig(rank=16, alpha=32, targets=("wq", "wv")))
-    graphdef, lora, frozen = split_trainable(model)      # only LoRAParam leaves are trained
-    step = make_lora_train_step(graphdef, loss_fn, tx)   # step(lora, frozen, opt, batch)
+    graphdef, lora, frozen = split_trainable(model)      # train.step: LoRAParam leaves train
+    step = make_train_step(graphdef, loss_fn, tx)        # step(lora, frozen, opt, batch)
     jse.save_pretrained(merge_lora(model), out)          # a plain Llama, merged weights
 
 `add_lora` attaches a `LoRA` module (a `jaxselfeval.model.adapter.Adapter`) as `model.lora`;
@@ -21,25 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from jaxselfeval.configs import apply_overrides, find_config, load_yaml
 from jaxselfeval.errors import JSEError, closest
 from jaxselfeval.model.adapter import Adapter
 from jaxselfeval.model.llama import Llama, abstract_model, param_shapes
-from jaxselfeval.sharding import batch_sharding, shard_model, state_shardings
+from jaxselfeval.sharding import shard_model
 
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 N_IN = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}  # input dims
 
 
-class LoRAParam(nnx.Param):
-    """A LoRA factor. A subclass of nnx.Param: filter by type to train adapters only."""
+LoRAParam = nnx.LoRAParam  # a LoRA factor: the trainer's filter (`train.step.split_trainable`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,56 +208,6 @@ def merge_lora(model: Llama) -> Llama:
     if hasattr(model, "source_dir"):
         out.source_dir = model.source_dir
     return out
-
-
-def split_trainable(model: Llama):
-    """(graphdef, lora State, frozen State): merge back with nnx.merge(graphdef, lora, frozen)."""
-    if model.lora is None:
-        raise JSEError("the model has no LoRA adapters: call add_lora(model, config) first")
-    return nnx.split(model, LoRAParam, ...)
-
-
-def make_lora_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, *,
-                         accum: int = 1):
-    """step(lora, frozen, opt_state, batch) -> (lora, opt_state, metrics). Gradients and
-    optimizer state exist for the LoRAParam leaves only; `frozen` (the base) is read-only.
-    loss_fn(model, batch) -> (loss, metrics) as for `jaxselfeval.train.step.make_train_step`;
-    batch leaves [B, ...] are split into `accum` micro-batches whose gradients are averaged."""
-
-    def grad_fn(lora, frozen, mb):
-        def lf(p):
-            return loss_fn(nnx.merge(graphdef, p, frozen), mb)
-
-        (_, metrics), g = jax.value_and_grad(lf, has_aux=True)(lora)
-        return g, metrics
-
-    def step(lora, frozen, opt_state, batch):
-        if accum == 1:
-            grads, metrics = grad_fn(lora, frozen, batch)
-        else:
-            mbs = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
-
-            def body(acc, mb):
-                g, m = grad_fn(lora, frozen, mb)
-                return jax.tree.map(jnp.add, acc, g), m
-
-            grads, ms = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, lora), mbs)
-            grads = jax.tree.map(lambda g: g / accum, grads)
-            metrics = jax.tree.map(jnp.mean, ms)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, opt_state, lora)
-        return optax.apply_updates(lora, updates), opt_state, metrics
-
-    return step
-
-
-def jit_lora_step(step, lora, frozen, opt_state, mesh):
-    """jax.jit with explicit shardings (by logical axes; batch over data axes); the adapters and
-    optimizer state are donated, the frozen base is not."""
-    l_sh, f_sh = state_shardings(lora, mesh), state_shardings(frozen, mesh)
-    o_sh = jax.tree.map(lambda x: x.sharding, opt_state)
-    return jax.jit(step, in_shardings=(l_sh, f_sh, o_sh, batch_sharding(mesh)),
-                   out_shardings=(l_sh, o_sh, None), donate_argnums=(0, 2))
 
 
 def count_lora_params(model: Llama) -> int:

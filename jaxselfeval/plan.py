@@ -178,20 +178,14 @@ def abstract_state(state, mesh):
 
 def abstract_opt_state(tx, params, mesh):
     """tx.init(params) as sharded ShapeDtypeStructs, placed as `train.step.init_opt_state`
-    places them (a moment takes its parameter's sharding, step counts are replicated)."""
+    places them (`opt_state_shardings`)."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    flat = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: x.sharding, params))[0]
-    by_path = {tuple(map(str, k)): v for k, v in flat}
-    rep = NamedSharding(mesh, PartitionSpec())
+    from jaxselfeval.train.step import opt_state_shardings
 
-    def place(path, x):
-        keys = tuple(map(str, path))
-        s = next((by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path), rep)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-
-    return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
+    sh = opt_state_shardings(tx, params, jax.tree.map(lambda x: x.sharding, params), mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        jax.eval_shape(tx.init, params), sh)
 
 
 def abstract_cache(cfg, batch, length, dtype, mesh):
@@ -233,7 +227,8 @@ def compile_train(cfg, pc: PlanConfig, mesh):
     from jaxselfeval import lora as lora_mod
     from jaxselfeval.model.llama import abstract_model
     from jaxselfeval.train import TrainConfig, lm_loss
-    from jaxselfeval.train.step import jit_train_step, make_optimizer, make_train_step
+    from jaxselfeval.train.step import (jit_train_step, make_optimizer, make_train_step,
+                                        split_trainable)
 
     data = mesh.shape["data"] * mesh.shape["fsdp"]
     if pc.batch % pc.grad_accum or (pc.batch // pc.grad_accum) % data:
@@ -248,18 +243,12 @@ def compile_train(cfg, pc: PlanConfig, mesh):
     if pc.lora is not None:
         lcfg = lora_mod.load_lora_config(pc.lora)
         model.lora = nnx.eval_shape(lambda: lora_mod.LoRA(cfg, lcfg, rngs=nnx.Rngs(0)))
-        graphdef, lora, frozen = lora_mod.split_trainable(model)
-        lora, frozen = abstract_state(lora, mesh), abstract_state(frozen, mesh)
-        opt = abstract_opt_state(tx, lora, mesh)
-        step = lora_mod.make_lora_train_step(graphdef, lm_loss, tx, accum=pc.grad_accum)
-        fn = lora_mod.jit_lora_step(step, lora, frozen, opt, mesh)
-        return _compile(fn, pc, mesh, lora, frozen, opt, batch)
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = abstract_state(params, mesh)
+    graphdef, params, frozen = split_trainable(model)
+    params, frozen = abstract_state(params, mesh), abstract_state(frozen, mesh)
     opt = abstract_opt_state(tx, params, mesh)
-    fn = jit_train_step(make_train_step(graphdef, lm_loss, tx, accum=pc.grad_accum), params, opt,
-                        mesh)
-    return _compile(fn, pc, mesh, params, opt, batch)
+    fn = jit_train_step(make_train_step(graphdef, lm_loss, tx, accum=pc.grad_accum), params,
+                        frozen, opt, mesh)
+    return _compile(fn, pc, mesh, params, frozen, opt, batch)
 
 
 def _engine(cfg, pc: PlanConfig, mesh):

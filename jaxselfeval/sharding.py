@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.model.axes import MESH_AXES, RULES, logical_spec  # noqa: F401 (public here too)
+from jaxselfeval.model.axes import MESH_AXES, RULES, batch_axis, logical_spec  # noqa: F401 (public here too)
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ def shard_model(model, mesh: Mesh, rules: Mapping = RULES):
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Shard the leading (batch) axis over data x fsdp (any rank >= 1)."""
-    axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
-    lead = axes if len(axes) > 1 else (axes[0] if axes else None)
-    return NamedSharding(mesh, PartitionSpec(lead))
+    return NamedSharding(mesh, PartitionSpec(batch_axis(mesh)))
 
 
 def local_mesh(spec: str | Mapping[str, int] | None) -> Mesh | None:

@@ -113,6 +113,8 @@ def test_two_process_eval_equals_one_process(tmp_path):
             for kind, stats in v.items():
                 assert two["pool"][k][kind] == pytest.approx(stats, rel=1e-6, abs=1e-7,
                                                              nan_ok=True), (k, kind)
+        elif isinstance(v, str):  # ece_target
+            assert two["pool"][k] == v, k
         else:
             assert two["pool"][k] == pytest.approx(v, rel=1e-6, abs=1e-7, nan_ok=True), k
 

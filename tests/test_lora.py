@@ -9,11 +9,11 @@ from flax import nnx
 
 import jaxselfeval as jse
 from jaxselfeval.lora import (TARGETS, LoRAConfig, LoRAParam, add_lora, count_lora_params,
-                              jit_lora_step, load_lora_config, make_lora_train_step, merge_lora,
-                              split_trainable)
+                              load_lora_config, merge_lora)
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.sharding import make_mesh, shard_model
-from jaxselfeval.train.step import init_opt_state
+from jaxselfeval.train.step import (init_opt_state, jit_train_step, make_train_step,
+                                    split_trainable)
 
 CFG = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -84,7 +84,7 @@ def test_grad_step_changes_only_lora_params():
         lora, is_leaf=lambda x: isinstance(x, nnx.Variable)))
     tx = optax.adamw(1e-2, weight_decay=0.0)
     opt = tx.init(lora)
-    step = jax.jit(make_lora_train_step(graphdef, _loss, tx))
+    step = jax.jit(make_train_step(graphdef, _loss, tx))
     before_f = jax.tree.map(np.asarray, frozen)
     before_l = jax.tree.map(np.asarray, lora)
     new_lora, opt, m = step(lora, frozen, opt, {"tokens": TOKS})
@@ -115,8 +115,8 @@ def test_sharded_lora_step_equals_single_device():
         tx = optax.adamw(1e-2)
         mm = m if m is not None else make_mesh("data=1", jax.devices()[:1])
         opt = init_opt_state(tx, lora, mm)
-        step = jit_lora_step(make_lora_train_step(graphdef, _loss, tx, accum=2), lora, frozen,
-                             opt, mm)
+        step = jit_train_step(make_train_step(graphdef, _loss, tx, accum=2), lora, frozen,
+                              opt, mm)
         with jax.set_mesh(mm):
             lora, opt, met = step(lora, frozen, opt, {"tokens": TOKS})
         results.append((float(met["loss"]), np.asarray(lora["lora"]["wo_b"].value)))
@@ -139,8 +139,8 @@ def test_lora_config_from_yaml_and_errors(tmp_path):
     model = add_lora(jse.create_model(CFG), {"rank": 2})
     with pytest.raises(jse.JSEError, match="already has LoRA"):
         add_lora(model)
-    with pytest.raises(jse.JSEError, match="no LoRA adapters"):
-        split_trainable(jse.create_model(CFG))
+    _, params, frozen = split_trainable(jse.create_model(CFG))  # no adapters: every Param trains
+    assert jax.tree.leaves(params) and not jax.tree.leaves(frozen)
 
 
 def _dot_output_shapes(fn, *args):

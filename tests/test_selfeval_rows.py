@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 import jaxselfeval as jse
-from jaxselfeval.lora import add_lora, split_trainable
+from jaxselfeval.lora import add_lora
+from jaxselfeval.train.step import split_trainable
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.sample.probe import ProbeSpec
 from jaxselfeval.selfeval.reward_model import init_reward_model, score_responses, score_sequences

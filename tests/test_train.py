@@ -201,7 +201,7 @@ def test_weight_decay_hits_matrices_not_norms_or_the_embedding_table():
     opt = tx.init(params)
     batch = {"tokens": np.zeros((2, 4), np.int32)}
     for _ in range(2):  # the schedule's lr is 0 at step 0, lr at step 1
-        params, opt, _ = step(params, opt, batch)
+        params, opt, _ = step(params, nnx.State({}), opt, batch)
     kept = {"embed", "attn_norm", "mlp_norm", "final_norm"}
     assert kept | {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "lm_head"} == set(before)
     for k, v in params.items():

@@ -61,13 +61,11 @@ def _time(fn, n):
 
 def _step(model, mode, lora_spec, mesh):
     """A jitted step(state) -> state for full fine-tuning or LoRA; returns (fn, state)."""
-    from flax import nnx
-
     from jaxselfeval import lora as lora_mod
     from jaxselfeval.sharding import shard_model
     from jaxselfeval.train import TrainConfig, lm_loss
     from jaxselfeval.train.step import (init_opt_state, jit_train_step, make_optimizer,
-                                        make_train_step)
+                                        make_train_step, split_trainable)
 
     tx = make_optimizer(TrainConfig())
     if mode == "lora":
@@ -75,23 +73,12 @@ def _step(model, mode, lora_spec, mesh):
     # placed on the mesh before the first call, as the trainer does: unplaced parameters have
     # another type than the step's outputs, and the second step would compile again
     shard_model(model, mesh)
-    if mode == "lora":
-        graphdef, lora, frozen = lora_mod.split_trainable(model)
-        opt = init_opt_state(tx, lora, mesh)
-        step = lora_mod.jit_lora_step(lora_mod.make_lora_train_step(graphdef, lm_loss, tx),
-                                      lora, frozen, opt, mesh)
-
-        def run(state, batch):
-            state["p"], state["o"], m = step(state["p"], frozen, state["o"], batch)
-            return m
-
-        return run, {"p": lora, "o": opt}
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, params, frozen = split_trainable(model)
     opt = init_opt_state(tx, params, mesh)
-    step = jit_train_step(make_train_step(graphdef, lm_loss, tx), params, opt, mesh)
+    step = jit_train_step(make_train_step(graphdef, lm_loss, tx), params, frozen, opt, mesh)
 
     def run(state, batch):
-        state["p"], state["o"], m = step(state["p"], state["o"], batch)
+        state["p"], state["o"], m = step(state["p"], frozen, state["o"], batch)
         return m
 
     return run, {"p": params, "o": opt}

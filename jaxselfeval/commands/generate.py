@@ -19,10 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from jaxselfeval.strategies.registry import BY_CLI, CLI_NAMES
+
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("greedy", "sample", "bon", "bon_rm", "bon_likelihood", "majority", "adaptive",
-              "prune", "adaptive_prune")
 
 
 @dataclasses.dataclass
@@ -52,11 +52,12 @@ def add_arguments(p):
                         "the shipped tiny base)")
     p.add_argument("--prompt", action="append", default=[], help="a user turn (repeatable)")
     p.add_argument("--prompts", default=None, help="JSONL file of user turns")
-    p.add_argument("--strategy", default="adaptive", choices=STRATEGIES,
+    p.add_argument("--strategy", default="adaptive", choices=CLI_NAMES,
                    help="greedy | sample (one at temperature) | bon (Best-of-n by the capability "
                         "score) | bon_rm (Best-of-n by an external reward model: "
                         "--reward-model) | bon_likelihood (Best-of-n by the model's own mean token "
-                        "log-probability: no training needed) | majority (vote on the final "
+                        "log-probability: no training needed) | bon_combined (Best-of-n by "
+                        "the capability score x that probability) | majority (vote on the final "
                         "answer) | adaptive | prune | adaptive_prune (adaptive rounds, each "
                         "pruned early)")
     p.add_argument("--out", default=None,
@@ -125,14 +126,13 @@ def _records(run, items, strategy: str, cfg: GenerateConfig, scfg, offset: int, 
 
     from jaxselfeval import strategies as S
 
-    if strategy in ("adaptive", "adaptive_prune", "prune"):
+    if not BY_CLI[strategy].pooled:
         drv = S.LiveDriver(run, items, signal=cfg.signal, offset=offset)
         return (S.prune(drv, scfg) if strategy == "prune" else S.adaptive(drv, scfg)), None
     n = 1 if strategy in ("greedy", "sample") else cfg.n
     temp = 0.0 if strategy == "greedy" else cfg.temperature
     pool = S.sample_pool(run, items, n=n, temperature=temp, probe_at=(), offset=offset)
-    name = {"greedy": "one", "sample": "one", "bon": "bon_self", "bon_rm": "bon_rm",
-            "bon_likelihood": "bon_likelihood", "majority": "majority"}[strategy]
+    name = "one" if strategy == "greedy" else BY_CLI[strategy].record
     if strategy == "bon_rm":
         S.add_rm_scores(pool, rm)
     recs = S.pool_records(pool, items, name, probe_len=run.probe_len)
@@ -168,7 +168,7 @@ def run(args) -> int:
                        else "--reward-model is used by --strategy bon_rm only: pick that strategy "
                             "or leave the reward model out")
     path = args.model or str(default_model_dir())
-    if args.strategy in ("bon", "adaptive", "prune", "adaptive_prune"):
+    if BY_CLI[args.strategy].token:
         check_selfeval_trained(path)
     tok = load_tokenizer(path)
     require_chat_template(tok, path)

@@ -1,4 +1,6 @@
-"""The evaluation harness: every strategy on a task split, sweeps, JSON + Markdown + PNG plots."""
+"""The evaluation harness: every strategy on a task split, chunk by chunk (resumable, split over
+hosts), then the sweeps, the headline, results.json, the report and its plots. Its settings are
+`evaluate.config.EvalConfig`, the pooled samples' statistics `evaluate.stats.pool_stats`."""
 
 from __future__ import annotations
 
@@ -13,82 +15,21 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxselfeval.distributed import barrier, host_shard
-from jaxselfeval.errors import JSEError, closest
+from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
+from jaxselfeval.evaluate.config import EvalConfig
 from jaxselfeval.evaluate.records import PromptRecord, aggregate, best_within, gain_recovered
-from jaxselfeval.evaluate.report import GOALS, plots, write_report
+from jaxselfeval.evaluate.report import plots, write_report
+from jaxselfeval.evaluate.stats import pool_stats
 from jaxselfeval.fileio import write_atomic
 from jaxselfeval.sample import Engine
-from jaxselfeval.selfeval import metrics as M
-from jaxselfeval.selfeval.labels import token_targets
 from jaxselfeval.strategies import rounds as A
 from jaxselfeval.strategies import run as S
-from jaxselfeval.strategies.driver import SIGNALS, LiveDriver, PoolDriver, combined_score
-from jaxselfeval.strategies.config import AdaptiveConfig, PruneConfig, check_threshold, rounds_for_n
+from jaxselfeval.strategies.driver import SIGNALS, LiveDriver, PoolDriver
+from jaxselfeval.strategies.config import PruneConfig
+from jaxselfeval.strategies.registry import EVAL_POOLED
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    task: str = "arithmetic"
-    task_args: dict = dataclasses.field(default_factory=dict)  # e.g. {seed: 1}: other problems
-    split: str = "test"
-    limit: int = 300
-    skip: int = 0  # problems skipped at the split's start (a second held-out set: skip=300)
-    n: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0  # nucleus of every sampled draw (pool and adaptive rounds); 1 = none
-    max_new_tokens: int = 96
-    batch_prompts: int = 100
-    rounds: tuple = (1, 1, 2, 4, 8)  # the default is cut to n when it draws more (rounds_for_n)
-    round_temperatures: tuple = (0.0, 0.7, 1.0, 1.0, 1.0)
-    threshold: float = 0.8
-    # swept for every signal (each a probability: the token's score, the likelihood's
-    # geometric-mean token probability, their product); dense near 1, where they crowd
-    thresholds: tuple = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96,
-                         0.97, 0.98, 0.99, 0.995)
-    prune_at: tuple = (8, 16)
-    keep_fractions: tuple = (0.125, 0.25, 0.5)
-    combined_keep: float = 0.25  # adaptive + pruning: each round pruned at min(prune_at) to this
-    seed: int = 0
-    # "first": adaptive sampling and the pruned run run for real on the first chunk (timed there,
-    # and checked against the same records read off its pool and greedy run: the same candidates
-    # under the same keys); later chunks read them off their pool. "all": real on every chunk.
-    # "none": read off the pool everywhere, nothing timed (no wall-time figures; saves the
-    # first chunk's real runs, ~2x its time)
-    real_runs: str = "first"
-    # the goals the report marks met / NOT met, over `evaluate.report.GOALS` (e.g. {auroc: 0.75})
-    goals: dict = dataclasses.field(default_factory=dict)
-
-    def adaptive_configs(self) -> tuple[AdaptiveConfig, AdaptiveConfig]:
-        """(adaptive sampling, adaptive + pruning: rounds pruned at min(prune_at) to
-        combined_keep), validated."""
-        rounds, temps = rounds_for_n(self.n, self.rounds, self.round_temperatures)
-        plain = AdaptiveConfig(rounds, self.threshold, temps, self.n)
-        return plain, dataclasses.replace(plain, prune_at=min(self.prune_at),
-                                          keep_fraction=self.combined_keep)
-
-    def validate(self):
-        for key, low in (("limit", 1), ("skip", 0), ("n", 1), ("batch_prompts", 1),
-                         ("max_new_tokens", 1)):
-            if getattr(self, key) < low:
-                raise JSEError(f"{key} must be >= {low}, got {getattr(self, key)}")
-        check_threshold(self.threshold)
-        for t in self.thresholds:
-            check_threshold(t)
-        if not 0.0 < self.combined_keep <= 1.0:
-            raise JSEError(f"combined_keep must be in (0, 1] (the share of each adaptive round "
-                           f"decoded past the prune point), got {self.combined_keep}")
-        if self.real_runs not in ("first", "all", "none"):
-            raise JSEError(f"real_runs must be 'first', 'all' or 'none', got {self.real_runs!r}")
-        for k in self.goals:
-            if k not in GOALS:
-                raise JSEError(f"unknown goal '{k}'{closest(k, list(GOALS))}: the goals are "
-                               f"{', '.join(GOALS)}")
-        self.adaptive_configs()
-        for f in self.keep_fractions:
-            PruneConfig(self.n, min(self.prune_at), f)
 
 
 def evaluate(model, tokenizer, task, cfg: EvalConfig, out_dir, *, progress=True, rm=None,
@@ -158,7 +99,7 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
     pool = S.sample_pool(run, ch, n=cfg.n, temperature=cfg.temperature, probe_at=cfg.prune_at,
                          offset=s)
     lap("pool")
-    names = ["one", "bon_self", "bon_likelihood", "bon_combined", "majority", "oracle"]
+    names = list(EVAL_POOLED)
     if rm is not None:
         S.add_rm_scores(pool, rm)
         names.append("bon_rm")
@@ -264,80 +205,6 @@ def _summarize(part: dict, cfg: EvalConfig, kinds=(), target: str = "capability"
                                likelihood_at={t: p[f"likelihood_at{t}"] for t in cfg.prune_at},
                                strict=p.get("strict"), kind=p.get("kind"), kinds=kinds,
                                target=target)}
-
-
-def pool_stats(correct, score, likelihood=None, *, length=None, score_at=None,
-               likelihood_at=None, strict=None, kind=None, kinds=(),
-               target: str = "capability") -> dict:
-    """Of the pooled samples (correct, score, likelihood, length: [P, n]): sample@1 (mean
-    correctness of all samples, the policy's accuracy), and how the final self-evaluation score
-    (and the policy's own mean token log-probability) separates right from wrong, pooled over
-    prompts and within each prompt (what Best-of-N uses), and the score's ECE against the
-    token's targets (`target`: capability or reward) of the pooled samples.
-
-    score_at {t: [P, n]}: the score after t tokens, a response that finished sooner scored as its
-    complete self (what pruning at t sees): "auroc_at{t}" over every sample, and
-    "auroc_trunc{t}" over the samples still running at t only; likelihood_at {t: [P, n]}: the
-    mean token log-probability of those t tokens, "likelihood_auroc_at{t}" likewise.
-    strict [P, n]: correctness read strictly (after '####'): "sample_at_1_strict".
-
-    kind [P, n] (index into `kinds`, the ways a response went): "by_kind" {name: share, accuracy,
-    mean score; the AUROC of this kind's wrong samples against every right sample ("vs_right",
-    pooled and within a prompt: how well the token sees this kind of mistake) and of right vs
-    wrong among this kind only ("in_kind", and the mean token log-probability's within a
-    prompt)}."""
-    groups = np.repeat(np.arange(correct.shape[0]), correct.shape[1])
-    c = correct.ravel()
-    targets = np.concatenate([token_targets(r, target) for r in correct])
-    out = {"sample_at_1": float(correct.mean()), "samples": int(correct.size),
-           "sample_at_1_by_candidate": correct.mean(0).tolist(),  # [n]: candidate c's accuracy
-           "auroc": M.auroc(score.ravel(), c),
-           "auroc_within": M.auroc_within(score.ravel(), c, groups),
-           "ece": M.ece(score.ravel(), targets), "ece_target": target}
-    if likelihood is not None:
-        both = combined_score(score, likelihood)
-        out.update({"likelihood_auroc": M.auroc(likelihood.ravel(), c),
-                    "likelihood_auroc_within": M.auroc_within(likelihood.ravel(), c, groups),
-                    "combined_auroc": M.auroc(both.ravel(), c),
-                    "combined_auroc_within": M.auroc_within(both.ravel(), c, groups)})
-    if kind is not None and len(kinds):
-        out["by_kind"] = _by_kind(c, score.ravel(), groups, np.asarray(kind).ravel(), kinds,
-                                  None if likelihood is None else likelihood.ravel())
-    if strict is not None:
-        out["sample_at_1_strict"] = float(np.mean(strict))
-    for t, lk in (likelihood_at or {}).items():
-        out[f"likelihood_auroc_at{t}"] = M.auroc(lk.ravel(), c)
-        out[f"likelihood_auroc_within_at{t}"] = M.auroc_within(lk.ravel(), c, groups)
-    for t, s in (score_at or {}).items():
-        s = s.ravel()
-        out[f"auroc_at{t}"] = M.auroc(s, c)
-        out[f"auroc_within_at{t}"] = M.auroc_within(s, c, groups)
-        if length is not None:
-            live = length.ravel() > t
-            out[f"auroc_trunc{t}"] = M.auroc(s[live], c[live])
-            out[f"running_at{t}"] = float(live.mean())
-    return out
-
-
-def _by_kind(c, s, groups, kind, kinds, lik) -> dict:
-    """`pool_stats`' "by_kind" from flat [N] arrays (see there)."""
-    out = {}
-    right = c > 0.5
-    for i, name in enumerate(kinds):
-        k = kind == i
-        if not k.any():
-            continue
-        vs = right | (k & ~right)  # every right sample, and this kind's wrong ones
-        d = {"share": float(k.mean()), "accuracy": float(c[k].mean()),
-             "mean_score": float(s[k].mean()), "wrong": int((k & ~right).sum()),
-             "auroc_vs_right": M.auroc(s[vs], c[vs]),
-             "auroc_within_vs_right": M.auroc_within(s[vs], c[vs], groups[vs]),
-             "auroc_in_kind": M.auroc(s[k], c[k]),
-             "auroc_within_in_kind": M.auroc_within(s[k], c[k], groups[k])}
-        if lik is not None:
-            d["likelihood_auroc_within_in_kind"] = M.auroc_within(lik[k], c[k], groups[k])
-        out[name] = d
-    return out
 
 
 def _greedy(run, ch, offset):

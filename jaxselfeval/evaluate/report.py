@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxselfeval.evaluate.records import best_within
+from jaxselfeval.strategies.registry import STRATEGIES
 
 
 def plots(result: dict, out: Path):
@@ -27,8 +28,7 @@ def plots(result: dict, out: Path):
             pts = sorted(sw[kind].values(), key=lambda v: v["mean_samples"])
             ax.plot([v["mean_samples"] for v in pts], [100 * v["accuracy"] for v in pts], mk,
                     label=label)
-    for name, mk in (("one", "x"), ("majority", "^"), ("bon_rm", "D"), ("bon_likelihood", "v"),
-                     ("oracle", "*")):
+    for name, mk in ((st.record, st.marker) for st in STRATEGIES if st.marker):
         if name not in sm:
             continue
         ax.plot([sm[name]["mean_samples"]], [100 * sm[name]["accuracy"]], mk, ms=9, label=name)
@@ -398,16 +398,10 @@ def write_report(result: dict, out: Path) -> str:
     lines = [f"# jaxselfeval evaluation: {cfg['task']} / {cfg['split']} ({sm['one']['n']} problems)", "",
              "| strategy | accuracy | ±95% | mean samples | mean tokens (incl. probes) |",
              "| --- | --- | --- | --- | --- |"]
-    names = {"greedy": "greedy", "one": f"one sample ({sampling_label(cfg)})", "majority": f"majority vote of {n}",
-             "bon_self": f"Best-of-{n} by self-evaluation",
-             "bon_rm": f"Best-of-{n} by external reward model",
-             "bon_likelihood": f"Best-of-{n} by the policy's own likelihood (no training)",
-             "bon_combined": f"Best-of-{n} by self-evaluation x likelihood",
-             "oracle": f"oracle Best-of-{n} (pass@{n})",
-             "adaptive": f"adaptive (threshold {cfg['threshold']})",
-             "adaptive_pruned": f"adaptive + pruning (threshold {cfg['threshold']}, rounds pruned at "
-                                f"{min(cfg['prune_at'])} tokens, keep {cfg.get('combined_keep')})",
-             "pruned_run": f"pruned at {min(cfg['prune_at'])} tokens, keep {min(cfg['keep_fractions'])}"}
+    fields = {"n": n, "sampling": sampling_label(cfg), "threshold": cfg["threshold"],
+              "prune_at": min(cfg["prune_at"]), "keep": min(cfg["keep_fractions"]),
+              "combined_keep": cfg.get("combined_keep")}
+    names = {st.record: st.label.format(**fields) for st in STRATEGIES}
     for k, label in names.items():
         if k in sm:
             a = sm[k]

@@ -33,6 +33,16 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
+def batch_axis(mesh, size: int | None = None):
+    """The PartitionSpec entry of a leading batch dim of `size` on `mesh` (concrete or abstract):
+    the axes of RULES["batch"] (data x fsdp) larger than 1; None when there are none or they do
+    not divide `size` (None: any size)."""
+    axes = tuple(a for a in RULES["batch"] if mesh.shape.get(a, 1) > 1)
+    if not axes or (size is not None and size % math.prod(mesh.shape[a] for a in axes)):
+        return None
+    return axes if len(axes) > 1 else axes[0]
+
+
 def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                  rules: Mapping = RULES) -> PartitionSpec:
     """PartitionSpec for a tensor of `shape` with logical `axes`; undividable dims replicate."""

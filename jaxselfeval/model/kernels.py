@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from jaxselfeval.model.axes import batch_axis
+
 SPLASH_BLOCKS = (512, 256, 128)
 
 
@@ -62,11 +64,7 @@ def _mesh_specs(q, k):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or all(s == 1 for s in mesh.shape.values()):
         return None
-    batch = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
-    n = 1
-    for a in batch:
-        n *= mesh.shape[a]
-    b = (batch if len(batch) > 1 else batch[0]) if batch and q.shape[0] % n == 0 else None
+    b = batch_axis(mesh, q.shape[0])
     t = mesh.shape.get("tensor", 1)
     h = "tensor" if t > 1 and q.shape[2] % t == 0 and k.shape[2] % t == 0 else None
     return P(b, None, h, None), P(b, None)

@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from jaxselfeval.model.adapter import Adapter
+from jaxselfeval.model.axes import batch_axis
 from jaxselfeval.model.attention import IMPLS, Segment, attention, platform
 from jaxselfeval.model.cache import KVCache
 from jaxselfeval.model.config import LlamaConfig
@@ -60,15 +61,8 @@ def shard_batch(x):
     with `jax.set_mesh` (FSDP then gathers weights, not activations). No-op without a mesh or
     when B does not divide."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
-    size = 1
-    for a in axes:
-        size *= mesh.shape[a]
-    if not axes or x.shape[0] % size:
-        return x
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes if len(axes) > 1 else axes[0]))
+    axis = None if mesh.empty else batch_axis(mesh, x.shape[0])
+    return x if axis is None else jax.lax.with_sharding_constraint(x, PartitionSpec(axis))
 
 
 def rms_norm(x, w, eps):

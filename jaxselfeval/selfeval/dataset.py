@@ -11,7 +11,6 @@ Finally a TFDS builder turns the shards into array_record files read with `tfds.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.fileio import write_atomic
+from jaxselfeval.selfeval.capability_builder import load_rows, write_tfds  # noqa: F401 (public here)
 from jaxselfeval.selfeval.labels import capability_targets, truncation_points
 from jaxselfeval.selfeval.reward_model import check_rm_tokenizer, load_reward_model, score_sequences
 
@@ -245,73 +245,3 @@ def check_build_config(cfg: BuildConfig):
         raise JSEError(f"batch_prompts must be >= 1 (or null: a whole shard), got {cfg.batch_prompts}")
     if cfg.dtype not in ("float32", "bfloat16"):
         raise JSEError(f"dtype={cfg.dtype!r}: use float32 or bfloat16")
-
-
-def _builder(out: Path):
-    return _builder_cls()(shards=str(out / "shards"), data_dir=str(out / "tfds"),
-                          file_format="array_record")
-
-
-@functools.lru_cache(maxsize=None)  # tfds registers builder classes by name: define it once
-def _builder_cls():
-    import tensorflow_datasets as tfds
-
-    class JseCapability(tfds.core.GeneratorBasedBuilder):
-        """Capability-token training rows (prompt, response or its prefix, target)."""
-
-        VERSION = tfds.core.Version("1.0.0")
-        name = "jse_capability"
-
-        def __init__(self, *, shards, **kw):
-            self._shards = Path(shards)
-            super().__init__(**kw)
-
-        def _info(self):
-            ids = tfds.features.Sequence(np.int32)
-            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(), "example": tfds.features.Text(), "prompt_ids": ids,
-                "response_ids": ids, "truncation": np.int32, "target": np.float32,
-                "reward": np.float32, "difficulty": np.int32}))
-
-        def _split_generators(self, dl_manager):
-            splits = sorted({p.name.split("-")[0] for p in self._shards.glob("*.jsonl")})
-            return {s: self._generate_examples(sorted(self._shards.glob(f"{s}-*.jsonl")))
-                    for s in splits}
-
-        def _generate_examples(self, files):
-            for f in files:
-                for line in f.read_text().splitlines():
-                    r = json.loads(line)
-                    yield r["id"], r
-
-    return JseCapability
-
-
-def write_tfds(out: Path, *, progress: bool = True):
-    """(Re)write the array_record dataset from the shards."""
-    import shutil
-
-    import tensorflow_datasets as tfds
-
-    if not progress:
-        tfds.disable_progress_bar()
-
-    tf_dir = Path(out) / "tfds"
-    if tf_dir.exists():
-        shutil.rmtree(tf_dir)
-    _builder(Path(out)).download_and_prepare()
-
-
-def load_rows(out_dir, split: str) -> list[dict]:
-    """Rows of one split from the array_record files (random access, no TensorFlow)."""
-    b = _builder(Path(out_dir))
-    if split not in b.info.splits:
-        raise JSEError(f"split '{split}' not in the dataset at {out_dir}: built splits are "
-                       f"{', '.join(b.info.splits)}")
-    rows = []
-    for r in b.as_data_source(split=split):
-        r = dict(r)
-        for k in ("id", "example"):
-            r[k] = r[k].decode() if isinstance(r[k], bytes) else r[k]
-        rows.append(r)
-    return rows

@@ -17,6 +17,7 @@ from jaxselfeval.evaluate.records import PromptRecord
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.selfeval.reward_model import score_responses
 from jaxselfeval.strategies.driver import combined_score
+from jaxselfeval.strategies.registry import BY_RECORD
 from jaxselfeval.tokenizer import encode_chat
 
 
@@ -93,43 +94,35 @@ def add_rm_scores(pool, rm, batch: int = 64):
 
 
 def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_len: int = 0):
-    """Records of pooled strategies over the first `n` candidates:
-    one / bon_self / bon_rm / bon_likelihood / bon_combined / majority / oracle.
-
-    bon_combined ranks by log(score) + the mean token log-probability: the capability token's
-    estimate and the policy's own surprise at its tokens, both log-probabilities."""
+    """Records of a pooled strategy (`registry.STRATEGIES`, by record name) over each prompt's
+    first `n` candidates: "one" takes the first, majority the first candidate that gave the most
+    common answer, the others the argmax of their `ranks_by` field ("combined": log(score) + the
+    mean token log-probability, the capability token's estimate and the policy's own surprise at
+    its tokens, both log-probabilities; "correct": the oracle)."""
+    st = BY_RECORD[strategy]
+    if not st.pooled or st.record == "greedy":
+        raise ValueError(f"{strategy} is not read off a pool")
     n = n or pool["n"]
     recs = []
     for g, e in enumerate(examples):
         c, s, L = pool["correct"][g, :n], pool["score"][g, :n], pool["length"][g, :n]
-        probes = 0
-        if strategy == "one":
+        ok = None
+        if st.record == "one":
             j, n_used, toks = 0, 1, L[0]
-        elif strategy == "bon_self":
-            j, n_used, toks, probes = int(np.argmax(s)), n, L.sum(), n * probe_len
-        elif strategy == "bon_rm":  # an external RM reads every candidate once more
-            j, n_used, toks = int(np.argmax(pool["rm_score"][g, :n])), n, L.sum()
-        elif strategy == "bon_likelihood":  # the policy's own log-probability, free with decoding
-            j, n_used, toks = int(np.argmax(pool["likelihood"][g, :n])), n, L.sum()
-        elif strategy == "bon_combined":
-            both = combined_score(s, pool["likelihood"][g, :n])
-            j, n_used, toks, probes = int(np.argmax(both)), n, L.sum(), n * probe_len
-        elif strategy == "majority":  # the first candidate that gave the most common answer
+        elif st.record == "majority":
             answers = pool["answers"][g][:n]
             votes = collections.Counter(a for a in answers if a is not None)
             top = votes.most_common(1)[0][0] if votes else None
-            j = answers.index(top) if votes else 0
-            n_used, toks = n, L.sum()
-        elif strategy == "oracle":
-            j, n_used, toks = int(np.argmax(c)), n, L.sum()
+            j, n_used, toks = answers.index(top) if votes else 0, n, L.sum()
+            ok = float(top == e.answer)
         else:
-            raise ValueError(strategy)
-        ok = float(top == e.answer) if strategy == "majority" else c[j]
-        recs.append(PromptRecord(e.id, float(ok), int(n_used), int(toks), int(probes),
-                                 difficulty=e.difficulty,
-                                 chosen_score=(float(s[j]) if strategy in ("bon_self", "bon_likelihood",
-                                                                           "bon_combined")
-                                               else None),
+            rank = (combined_score(s, pool["likelihood"][g, :n]) if st.ranks_by == "combined"
+                    else pool[st.ranks_by][g, :n])
+            j, n_used, toks = int(np.argmax(rank)), n, L.sum()
+        recs.append(PromptRecord(e.id, float(c[j] if ok is None else ok), int(n_used), int(toks),
+                                 int(n * probe_len if st.token else 0), difficulty=e.difficulty,
+                                 chosen_score=(float(s[j]) if st.ranks_by in (
+                                     "score", "likelihood", "combined") else None),
                                  output=pool["outs"][g * pool["n"] + j] if "outs" in pool else None))
     return recs
 

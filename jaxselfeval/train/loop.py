@@ -24,7 +24,7 @@ from jaxselfeval.errors import JSEError
 from jaxselfeval.sharding import batch_sharding, make_mesh, shard_model
 from jaxselfeval.train.checkpoint import Checkpointer
 from jaxselfeval.train.step import (init_opt_state, jit_train_step, make_optimizer, make_schedule,
-                                    make_train_step)
+                                    make_train_step, split_trainable)
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,8 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
     if cfg.remat and hasattr(model, "remat"):
         model.remat = True
     shard_model(model, mesh)
-    adapters = getattr(model, "lora", None) is not None
-    if adapters:  # LoRA: only the adapters are trained (and checkpointed); the base is frozen
-        from jaxselfeval.lora import LoRAParam, jit_lora_step, make_lora_train_step
-
-        graphdef, params, frozen = nnx.split(model, LoRAParam, ...)
-    else:
-        graphdef, params = nnx.split(model, nnx.Param)
-        frozen = None
+    # LoRA: only the adapters are trained (and checkpointed); the base is frozen
+    graphdef, params, frozen = split_trainable(model)
     tx = make_optimizer(cfg)
     sched = make_schedule(cfg)
     opt_state = init_opt_state(tx, params, mesh)
@@ -125,21 +119,15 @@ def run_training(model, batches, loss_fn, cfg, *, out_dir, progress: bool = True
         _check_data(saved, data_meta, out_dir)
         start = int(saved.get("step", latest))
         log.info("resumed from step %d in %s", start, out_dir)
-    if adapters:
-        lora_step = jit_lora_step(make_lora_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
-                                  params, frozen, opt_state, mesh)
+    train_step = jit_train_step(make_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
+                                params, frozen, opt_state, mesh)
 
-        def step_fn(p, o, b):
-            return lora_step(p, frozen, o, b)
+    def step_fn(p, o, b):
+        return train_step(p, frozen, o, b)
 
-        def merged(p):
-            return nnx.merge(graphdef, p, frozen)
-    else:
-        step_fn = jit_train_step(make_train_step(graphdef, loss_fn, tx, accum=cfg.grad_accum),
-                                 params, opt_state, mesh)
+    def merged(p):
+        return nnx.merge(graphdef, p, frozen)
 
-        def merged(p):
-            return nnx.merge(graphdef, p)
     b_sh = batch_sharding(mesh)
     main = jax.process_index() == 0
     metrics_path = out_dir / "metrics.jsonl"

@@ -52,67 +52,76 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
                                    mask=decay_mask))
 
 
-def make_train_step(graphdef, loss_fn, tx, *, accum: int = 1):
-    """step(params, opt_state, batch) -> (params, opt_state, metrics).
+def split_trainable(model):
+    """(graphdef, trainable State, frozen State); nnx.merge(graphdef, trainable, frozen) is the
+    model again. With LoRA adapters (`model.lora`) their factors (nnx.LoRAParam) train and the
+    base is frozen; without, every nnx.Param trains and the frozen State is empty."""
+    trainable = nnx.LoRAParam if getattr(model, "lora", None) is not None else nnx.Param
+    return nnx.split(model, trainable, ...)
 
-    params: nnx.State of f32 master weights; batch leaves [B, ...] split into `accum`
-    micro-batches (a `lax.scan`) whose gradients and metrics are averaged (equal to one big
-    batch when the micro-batches weigh the same, e.g. the same number of loss tokens).
+
+def make_train_step(graphdef, loss_fn, tx, *, accum: int = 1):
+    """step(params, frozen, opt_state, batch) -> (params, opt_state, metrics), for full and
+    LoRA training alike (`split_trainable`).
+
+    params: the trainable nnx.State (f32 master weights; gradients and optimizer state exist for
+    these only); frozen: the rest of the model, read-only. Batch leaves [B, ...] are split into
+    `accum` micro-batches (a `lax.scan`) whose gradients and metrics are averaged (equal to one
+    big batch when the micro-batches weigh the same, e.g. the same number of loss tokens).
     `loss_fn(model, batch) -> (loss, metrics)`; the model computes in its compute_dtype.
     """
 
-    def grad_fn(params, mb):
+    def grad_fn(params, frozen, mb):
         def lf(p):
-            return loss_fn(nnx.merge(graphdef, p), mb)
+            return loss_fn(nnx.merge(graphdef, p, frozen), mb)
 
-        (loss, metrics), g = jax.value_and_grad(lf, has_aux=True)(params)
+        (_, metrics), g = jax.value_and_grad(lf, has_aux=True)(params)
         return g, metrics
 
-    def step(params, opt_state, batch):
+    def step(params, frozen, opt_state, batch):
         if accum == 1:
-            grads, metrics = grad_fn(params, batch)
+            grads, metrics = grad_fn(params, frozen, batch)
         else:
             mbs = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
             def body(acc, mb):
-                g, m = grad_fn(params, mb)
+                g, m = grad_fn(params, frozen, mb)
                 return jax.tree.map(jnp.add, acc, g), m
 
-            zero = jax.tree.map(jnp.zeros_like, params)
-            grads, ms = jax.lax.scan(body, zero, mbs)
+            grads, ms = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), mbs)
             grads = jax.tree.map(lambda g: g / accum, grads)
             metrics = jax.tree.map(jnp.mean, ms)
         metrics["grad_norm"] = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, metrics
+        return optax.apply_updates(params, updates), opt_state, metrics
 
     return step
 
 
-def init_opt_state(tx, params, mesh):
-    """Optimizer state on `mesh`: a moment takes its parameter's sharding (matched by key-path
-    suffix), everything else (step counts) is replicated."""
-    p_sh = state_shardings(params, mesh)
-    by_path = {tuple(map(str, k)): v for k, v in jax.tree_util.tree_flatten_with_path(p_sh)[0]}
+def opt_state_shardings(tx, params, param_shardings, mesh):
+    """The shardings of tx.init(params): a moment takes its parameter's (matched by key-path
+    suffix in `param_shardings`), everything else (step counts) is replicated."""
+    flat = jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    by_path = {tuple(map(str, k)): v for k, v in flat}
     rep = NamedSharding(mesh, PartitionSpec())
 
     def pick(path, _):
         keys = tuple(map(str, path))
-        for i in range(len(keys)):
-            if keys[i:] in by_path:
-                return by_path[keys[i:]]
-        return rep
+        return next((by_path[keys[i:]] for i in range(len(keys)) if keys[i:] in by_path), rep)
 
-    abstract = jax.eval_shape(tx.init, params)
-    o_sh = jax.tree_util.tree_map_with_path(pick, abstract)
+    return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(tx.init, params))
+
+
+def init_opt_state(tx, params, mesh):
+    """Optimizer state on `mesh`, placed by `opt_state_shardings`."""
+    o_sh = opt_state_shardings(tx, params, state_shardings(params, mesh), mesh)
     return jax.jit(tx.init, out_shardings=o_sh)(params)
 
 
-def jit_train_step(step, params, opt_state, mesh):
-    """jax.jit with explicit in/out shardings (params by logical axes, batch over data axes)."""
-    p_sh = state_shardings(params, mesh)
+def jit_train_step(step, params, frozen, opt_state, mesh):
+    """jax.jit with explicit shardings (the model's by logical axes, the batch over the data
+    axes); the trainable params and the optimizer state are donated, the frozen rest is not."""
+    p_sh, f_sh = state_shardings(params, mesh), state_shardings(frozen, mesh)
     o_sh = jax.tree.map(lambda x: x.sharding, opt_state)
-    b_sh = batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(p_sh, o_sh, b_sh), out_shardings=(p_sh, o_sh, None),
-                   donate_argnums=(0, 1))
+    return jax.jit(step, in_shardings=(p_sh, f_sh, o_sh, batch_sharding(mesh)),
+                   out_shardings=(p_sh, o_sh, None), donate_argnums=(0, 2))
