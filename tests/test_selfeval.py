@@ -29,20 +29,22 @@ def tiny_dir(tmp_path_factory):
 
 def _cfg(model, out, **kw):
     kw = {"splits": {"train": 12, "validation": 6}, "n": 4} | kw
-    return BuildConfig(model=str(model), max_new_tokens=24, truncations=[4, 8], shard_prompts=3,
-                       out_dir=str(out), **kw)
+    kw = {"shard_prompts": 3} | kw
+    return BuildConfig(model=str(model), max_new_tokens=24, truncations=[4, 8], out_dir=str(out),
+                       **kw)
 
 
 BUILD = """
 import sys
 from jaxselfeval.selfeval.dataset import BuildConfig, build_dataset
 build_dataset(BuildConfig(model={model!r}, splits={{"train": 12, "validation": 6}}, n=4,
-              max_new_tokens=24, truncations=[4, 8], shard_prompts=3, out_dir={out!r}), progress=False)
+              max_new_tokens=24, truncations=[4, 8], shard_prompts=1, out_dir={out!r}), progress=False)
 """
 
 
 def test_killed_build_resumes_with_no_row_lost_or_duplicated(tiny_dir, tmp_path):
-    ref = build_dataset(_cfg(tiny_dir, tmp_path / "ref"), progress=False)
+    # one prompt a shard: 18 shards, so the kill lands mid-build even when the poller is slow
+    ref = build_dataset(_cfg(tiny_dir, tmp_path / "ref", shard_prompts=1), progress=False)
     out = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-c", BUILD.format(model=str(tiny_dir), out=str(out))])
     shards = out / "shards"
@@ -53,8 +55,8 @@ def test_killed_build_resumes_with_no_row_lost_or_duplicated(tiny_dir, tmp_path)
     p.send_signal(signal.SIGKILL)
     p.wait()
     done_before = len(list(shards.glob("*.jsonl")))
-    assert done_before < 6  # killed mid-build
-    build_dataset(_cfg(tiny_dir, out), progress=False)
+    assert done_before < 18  # killed mid-build
+    build_dataset(_cfg(tiny_dir, out, shard_prompts=1), progress=False)
     for split in ("train", "validation"):
         a = sorted((r["id"], r["target"], list(r["response_ids"])) for r in load_rows(ref, split))
         b = sorted((r["id"], r["target"], list(r["response_ids"])) for r in load_rows(out, split))
