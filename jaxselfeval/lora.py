@@ -41,11 +41,15 @@ LoRAParam = nnx.LoRAParam  # a LoRA factor: the trainer's filter (`train.step.sp
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
-    """rank r, alpha (delta scale alpha / r), targets: any of TARGETS."""
+    """rank r, alpha (delta scale alpha / r), targets: any of TARGETS. probe_rows: also train
+    the LM head's rows of the tokens the trainer names (`add_lora(rows=...)`: the probe's Yes /
+    No), a full-rank f32 delta per row, added to the embedding rows too when the head is tied:
+    a linear read of the final state that the adapted layers learn beside."""
 
     rank: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = ("wq", "wk", "wv", "wo")
+    probe_rows: bool = False
 
     def __post_init__(self):
         t = self.targets
@@ -147,8 +151,15 @@ def low_rank(x, a, b, scale: float, compute_dtype):
 class LoRA(Adapter):
     """Stacked adapters for `config.targets`: `{t}_a` [L, in..., r], `{t}_b` [L, r, out...]."""
 
-    def __init__(self, model_config, config: LoRAConfig, *, rngs: nnx.Rngs):
+    def __init__(self, model_config, config: LoRAConfig, *, rngs: nnx.Rngs, rows=None):
         self.targets = tuple(config.targets)
+        self.row_ids = tuple(int(i) for i in rows) if config.probe_rows and rows else None
+        if config.probe_rows:
+            if not rows:
+                raise JSEError("lora probe_rows needs the rows' token ids: add_lora(rows=[...])")
+            self.row_delta = LoRAParam(jnp.zeros((len(rows), model_config.hidden_size),
+                                                 jnp.float32),
+                                       logical_axes=("vocab_rows", "embed"))
         self.rank, self.scale = int(config.rank), config.scale
         shapes = param_shapes(model_config)
         L, r = model_config.num_hidden_layers, self.rank
@@ -166,6 +177,12 @@ class LoRA(Adapter):
         return {t: (getattr(self, f"{t}_a")[...], getattr(self, f"{t}_b")[...])
                 for t in self.targets}
 
+    def vocab_rows(self):
+        """(ids int32 [K], delta f32 [K, D]) when probe_rows, else None."""
+        if self.row_ids is None:
+            return None
+        return jnp.asarray(self.row_ids, jnp.int32), self.row_delta[...]
+
     def delta(self, name, x, params, compute_dtype, in_dims):
         """This layer's scale * B(A x) for target `name`: x [B, S, in...] -> f32 [B, S, out...]."""
         a, b = params
@@ -173,13 +190,14 @@ class LoRA(Adapter):
 
 
 def add_lora(model: Llama, config: LoRAConfig | dict | None = None, *, seed: int = 0,
-             mesh=None) -> Llama:
+             mesh=None, rows=None) -> Llama:
     """Attach fresh adapters as `model.lora` (in place; B = 0, so logits are unchanged).
-    With `mesh`, the adapters are placed by their logical axes. Returns the model."""
+    With `mesh`, the adapters are placed by their logical axes. rows: the token ids whose LM-head
+    rows `probe_rows` trains. Returns the model."""
     cfg = config if isinstance(config, LoRAConfig) else load_lora_config(config)
     if model.lora is not None:
         raise JSEError("the model already has LoRA adapters: merge_lora(model) first")
-    model.lora = LoRA(model.config, cfg, rngs=nnx.Rngs(seed))
+    model.lora = LoRA(model.config, cfg, rngs=nnx.Rngs(seed), rows=rows)
     if mesh is not None:
         shard_model(model.lora, mesh)
     return model
@@ -201,6 +219,16 @@ def merge_lora(model: Llama) -> Llama:
             a, b = getattr(lora, f"{name}_a")[...], getattr(lora, f"{name}_b")[...]
             w = jax.jit(merge_stack, static_argnums=3, out_shardings=w.sharding)(w, a, b,
                                                                                 lora.scale)
+        state[name] = state[name].replace(w)
+    rows = lora.vocab_rows()
+    if rows is not None:  # the head's rows: the tied embedding's, or the untied head's columns
+        ids, d = rows
+        name = "embed" if model.config.tie_word_embeddings else "lm_head"
+        w = state[name][...]
+        if name == "embed":
+            w = w.at[ids].set((w[ids].astype(jnp.float32) + d).astype(w.dtype))
+        else:
+            w = w.at[:, ids].set((w[:, ids].astype(jnp.float32) + d.T).astype(w.dtype))
         state[name] = state[name].replace(w)
     out = nnx.merge(graphdef, state)
     out.remat = model.remat

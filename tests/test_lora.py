@@ -270,3 +270,39 @@ def test_kl_weight_without_lora_is_a_clear_error(tmp_path):
     with pytest.raises(jse.JSEError, match="kl_weight needs lora"):
         train_selfeval(SelfEvalConfig(data_dir=str(tmp_path / "data"), kl_weight=1.0, lora=None),
                        progress=False)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_probe_rows_adapter_merges_to_the_same_logits_and_scores(tied):
+    """probe_rows: the LM head's rows of two token ids train as an f32 delta (tied: the input
+    embedding rows move too). A fresh one changes nothing; a trained one gives the same logits,
+    and the same two-column probe logits, as the merged plain model."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, tie_word_embeddings=tied)
+    model = jse.create_model(cfg, seed=0)
+    ids = [5, 9]
+    toks = TOKS.copy()
+    toks[:, 3] = 5  # a row token in the input: the tied embedding's row is read there
+    ref = np.asarray(model(toks))
+    add_lora(model, LoRAConfig(rank=4, alpha=8, targets=("wq",), probe_rows=True), rows=ids)
+    assert np.array_equal(np.asarray(model(toks)), ref)
+    _randomize_b(model)
+    d = np.random.default_rng(3).normal(0, 0.5, (2, cfg.hidden_size)).astype(np.float32)
+    model.lora.row_delta.value = jax.numpy.asarray(d)
+    adapted = np.asarray(model(toks))
+    moved = np.abs(adapted - ref).max(axis=(0, 1))
+    assert moved[ids].min() > 1e-2  # the rows' own logits moved most
+    merged = merge_lora(model)
+    assert np.abs(np.asarray(merged(toks)) - adapted).max() <= 1e-4
+    h, _ = model.forward(toks, return_hidden=True)
+    two = np.asarray(model.token_logits(h, jax.numpy.asarray([9, 5, 7], jax.numpy.int32)))
+    assert np.abs(two - adapted[..., [9, 5, 7]]).max() <= 1e-4
+    base = np.asarray(model.forward(toks, use_adapter=False)[0])
+    assert np.array_equal(base, ref)  # the frozen base (the KL term's) has no rows either
+
+
+def test_probe_rows_without_ids_is_a_clear_error():
+    model = jse.create_model(CFG, seed=0)
+    with pytest.raises(jse.JSEError, match="probe_rows needs"):
+        add_lora(model, LoRAConfig(rank=4, probe_rows=True))

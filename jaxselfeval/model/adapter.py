@@ -20,6 +20,10 @@ class Adapter(nnx.Module):
         """target -> pytree of arrays with a leading [layers] axis."""
         raise NotImplementedError
 
+    def vocab_rows(self):
+        """None, or (ids int32 [K], delta f32 [K, D]): added to those K rows of the LM head."""
+        return None
+
     def delta(self, name: str, x, params, compute_dtype, in_dims: int):
         """x: [B, S, *in] (compute dtype); params: this layer's slice of stacked()[name].
         Returns f32 [B, S, *out], added to the output of x @ W."""

@@ -30,6 +30,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "norm": None,
     "seq": None,
     "lora_rank": None,
+    "vocab_rows": None,  # an adapter's few vocabulary rows (`Adapter.vocab_rows`)
 }
 
 

@@ -179,9 +179,13 @@ class Llama(nnx.Module):
         positions = positions.astype(jnp.int32)
         cos, sin = rope_tables(inv_frequencies(cfg), jnp.maximum(positions, 0))
         cd = self.compute_dtype
-        x = shard_batch(jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32))
-
         adapter = self.lora if use_adapter else None
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
+        rows = adapter.vocab_rows() if adapter is not None else None
+        if rows is not None and self.config.tie_word_embeddings:  # tied: the input rows move too
+            x = x + jnp.einsum("bsk,kd->bsd", (tokens[..., None] == rows[0]).astype(jnp.float32),
+                               rows[1])
+        x = shard_batch(x)
         if layers is not None and (adapter is not None or exit_layer):
             raise ValueError("layers= runs the plain model: no adapter, no exit_layer")
         xs = {} if layers is not None else {"p": self._layer_params(adapter)}
@@ -242,9 +246,11 @@ class Llama(nnx.Module):
             scanned = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
         if exit_layer:
             x, _ = jax.lax.scan(scanned, x, jax.tree.map(lambda a: a[:exit_layer], xs))
-            early = self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps))
+            early = self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps),
+                                use_adapter=use_adapter)
             x, _ = jax.lax.scan(scanned, x, jax.tree.map(lambda a: a[exit_layer:], xs))
-            return (self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)), early), None
+            return (self.logits(rms_norm(x, self.final_norm[...], cfg.rms_norm_eps),
+                                use_adapter=use_adapter), early), None
         if layers is not None:
             kvs = []
             L = len(layers["blocks"])  # unrolled: the last layer skips what last_only drops
@@ -273,7 +279,8 @@ class Llama(nnx.Module):
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         if return_hidden:
             return x, new_cache
-        return self.logits(x, None if layers is None else layers.get("head_t")), new_cache
+        return self.logits(x, None if layers is None else layers.get("head_t"),
+                           use_adapter=use_adapter), new_cache
 
     def _layer_params(self, adapter: Adapter | None):
         """Stacked [L, ...] arrays the layer scan slices; the adapter (if given) adds its own
@@ -283,26 +290,47 @@ class Llama(nnx.Module):
             p["lora"] = adapter.stacked()
         return p
 
-    def token_logits(self, h, ids):
+    def _rows_delta(self, h, use_adapter: bool):
+        """The adapter's vocabulary rows (`Adapter.vocab_rows`): (ids [K], h @ delta.T f32
+        [..., K]), or None."""
+        rows = self.lora.vocab_rows() if use_adapter and self.lora is not None else None
+        if rows is None:
+            return None
+        return rows[0], jnp.einsum("...d,kd->...k", h.astype(jnp.float32), rows[1],
+                                   precision=jax.lax.Precision.HIGHEST)
+
+    def token_logits(self, h, ids, *, use_adapter: bool = True):
         """h: f32 [..., D] final-normed hidden, ids: int32 [K] -> f32 logits [..., K] of those
         tokens only (the LM head's K columns: a probe reads two of the vocabulary's logits)."""
         cd = self.compute_dtype
         if self.config.tie_word_embeddings:
             w = jnp.take(self.embed[...], ids, axis=0)  # [K, D]
-            return jnp.einsum("...d,kd->...k", h.astype(cd), w.astype(cd),
-                              preferred_element_type=jnp.float32)
-        w = jnp.take(self.lm_head[...], ids, axis=1)  # [D, K]
-        return jnp.einsum("...d,dk->...k", h.astype(cd), w.astype(cd),
-                          preferred_element_type=jnp.float32)
+            out = jnp.einsum("...d,kd->...k", h.astype(cd), w.astype(cd),
+                             preferred_element_type=jnp.float32)
+        else:
+            w = jnp.take(self.lm_head[...], ids, axis=1)  # [D, K]
+            out = jnp.einsum("...d,dk->...k", h.astype(cd), w.astype(cd),
+                             preferred_element_type=jnp.float32)
+        rows = self._rows_delta(h, use_adapter)
+        if rows is not None:  # each asked id that is an adapted row gets that row's term
+            out = out + jnp.einsum("...r,kr->...k", rows[1],
+                                   (ids[:, None] == rows[0][None]).astype(jnp.float32))
+        return out
 
-    def logits(self, h, head_t=None):
+    def logits(self, h, head_t=None, *, use_adapter: bool = True):
         """h: f32 [..., D] final-normed hidden -> f32 logits [..., V]. head_t: the LM head
-        transposed, [V, D] (`split_layers(transposed=True)` of an untied model), if at hand."""
+        transposed, [V, D] (`split_layers(transposed=True)` of an untied model), if at hand.
+        The adapter's vocabulary rows (if any) are added unless use_adapter is False."""
         cd = self.compute_dtype
         if self.config.tie_word_embeddings or head_t is not None:  # a [V, D] head
-            return _matmul_t(h, self.embed[...] if head_t is None else head_t, cd)
-        return jnp.einsum("...d,dv->...v", h.astype(cd), self.lm_head[...].astype(cd),
-                          preferred_element_type=jnp.float32)
+            out = _matmul_t(h, self.embed[...] if head_t is None else head_t, cd)
+        else:
+            out = jnp.einsum("...d,dv->...v", h.astype(cd), self.lm_head[...].astype(cd),
+                             preferred_element_type=jnp.float32)
+        rows = self._rows_delta(h, use_adapter)
+        if rows is not None:
+            out = out.at[..., rows[0]].add(rows[1])
+        return out
 
 
 FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gu": ("w_gate", "w_up")}

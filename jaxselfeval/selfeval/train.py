@@ -212,7 +212,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     if cfg.lora is not None:
         from jaxselfeval.lora import add_lora, count_lora_params
 
-        add_lora(model, cfg.lora, seed=cfg.seed)
+        add_lora(model, cfg.lora, seed=cfg.seed, rows=(spec.yes, spec.no))
         log.info("LoRA: training %d adapter parameters, the base is frozen",
                  count_lora_params(model))
     if cfg.target not in TARGETS:
