@@ -8,10 +8,10 @@
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.hf_io import load_pretrained, save_pretrained
-from jaxselfeval.model import (KVCache, Llama, LlamaConfig, abstract_model, count_params,
-                               create_model, init_cache)
+from jaxselfeval.model import (AttentionContext, KVCache, Llama, LlamaConfig, abstract_model,
+                               count_params, create_model, init_cache)
 
-__all__ = ["JSEError", "load_pretrained", "save_pretrained", "KVCache", "Llama", "LlamaConfig",
+__all__ = ["JSEError", "load_pretrained", "save_pretrained", "AttentionContext", "KVCache", "Llama", "LlamaConfig",
            "abstract_model", "count_params", "create_model", "init_cache"]
 
 

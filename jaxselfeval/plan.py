@@ -208,11 +208,10 @@ def _compile(fn, pc: PlanConfig, mesh, *args):
 
     import jax
 
-    from jaxselfeval.model.attention import record_impls, target_platform
+    from jaxselfeval.model.attention import record_impls
 
     ctx = jax.set_mesh(mesh) if pc.activation_sharding else contextlib.nullcontext()
-    platform = mesh.devices.flat[0].platform  # auto attention picks the kernel for this chip
-    with ctx, record_impls() as used, target_platform(platform):
+    with ctx, record_impls() as used:
         compiled = fn.lower(*args).compile()
     compiled.attention = sorted({u[0] for u in used})  # the kernels traced into the program
     return compiled
@@ -237,6 +236,7 @@ def compile_train(cfg, pc: PlanConfig, mesh):
     model = abstract_model(cfg, param_dtype=pc.param_dtype, compute_dtype=pc.compute_dtype,
                            attention_impl=pc.attention)
     model.remat = pc.remat
+    model.platform = mesh.devices.flat[0].platform  # auto attention picks this chip's kernel
     tx = make_optimizer(TrainConfig(steps=1000, warmup_steps=10))
     batch = {"tokens": _sds((pc.batch, pc.seq), "int32", mesh, ("batch", None)),
              "mask": _sds((pc.batch, pc.seq), "float32", mesh, ("batch", None))}
@@ -257,7 +257,9 @@ def _engine(cfg, pc: PlanConfig, mesh):
 
     model = abstract_model(cfg, param_dtype=pc.weights_dtype, compute_dtype=pc.compute_dtype,
                            attention_impl=pc.attention)
-    eng = Engine(model, stop_ids=cfg.eos_ids, per_layer=False)  # the scan, as accelerators run
+    # traced for the mesh's chip (TPU: splash attention), the scan over stacked layers
+    eng = Engine(model, stop_ids=cfg.eos_ids, platform=mesh.devices.flat[0].platform,
+                 per_layer=False)
     return eng, abstract_state(eng.state, mesh)
 
 
@@ -283,7 +285,7 @@ def compile_prefill(cfg, pc: PlanConfig, mesh):
     G = _groups(pc)
     toks = _sds((G, pc.prompt_len), "int32", mesh, ("batch", None))
     cache = abstract_cache(cfg, G, pc.prompt_len, pc.compute_dtype, mesh)
-    return _compile(eng._prefill, pc, mesh, state, toks, toks, cache, None)
+    return _compile(eng.programs.prefill, pc, mesh, state, toks, toks, cache, None)
 
 
 def compile_decode(cfg, pc: PlanConfig, mesh):
@@ -297,13 +299,15 @@ def compile_decode(cfg, pc: PlanConfig, mesh):
     def vec(dtype):
         return _sds((B,), dtype, mesh, ("batch",))
 
-    cands = Candidates(abstract_cache(cfg, B, T, pc.compute_dtype, mesh),
-                       _sds((B, T), "int32", mesh, ("batch", None)), vec("int32"), vec("int32"),
-                       vec("bool"), vec("float32"), vec("float32"), vec("int32"), vec("int32"),
-                       vec("int32"), vec("float32"), vec("float32"))
+    cands = Candidates(cache=abstract_cache(cfg, B, T, pc.compute_dtype, mesh),
+                       tokens=_sds((B, T), "int32", mesh, ("batch", None)),
+                       next_token=vec("int32"), length=vec("int32"), done=vec("bool"),
+                       temperature=vec("float32"), top_p=vec("float32"), prompt_id=vec("int32"),
+                       cand_id=vec("int32"), start=vec("int32"), next_logprob=vec("float32"),
+                       logprob=vec("float32"))
     until = _sds((), "int32", mesh, ())
-    return _compile(eng._decode, pc, mesh, state, _prompts(cfg, pc, mesh, G), cands, until,
-                    eng.key, None)
+    return _compile(eng.programs.decode, pc, mesh, state, _prompts(cfg, pc, mesh, G), cands,
+                    until, eng.key, None)
 
 
 COMPILERS = {"train": compile_train, "prefill": compile_prefill, "decode": compile_decode}

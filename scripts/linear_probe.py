@@ -24,7 +24,7 @@ import jaxselfeval as jse
 from jaxselfeval.sample.probe import no_share, probe_spec
 from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.dataset import load_rows
-from jaxselfeval.selfeval.rows import encode_shared, forward_rows, prompt_batches
+from jaxselfeval.selfeval.rows import encode_shared, hidden_rows, prompt_batches
 from jaxselfeval.tokenizer import load_tokenizer
 
 
@@ -36,7 +36,7 @@ def features(model, spec, rows, seq_len: int) -> dict:
     @jax.jit
     def at_probe(st, b):
         m = nnx.merge(g, st)
-        h = forward_rows(m, b, use_adapter=False, hidden=True)
+        h = hidden_rows(m, b)
         h = h[jnp.arange(h.shape[0]), b["last"]]
         return h, no_share(m, h, ids)
 

@@ -104,8 +104,9 @@ def test_probe_flops_count_what_xla_counts_for_the_unrolled_probe():
     suffix = jnp.arange(2, 2 + turn, dtype=jnp.int32)
     window = next(w for w in windows(C.cache.max_len) if w >= C.step)
     assert window == gen  # every slot read is visible: XLA's count has no masked keys
-    compiled = eng._probe.lower(eng.state, P, C, suffix, jnp.asarray([30, 31], jnp.int32),
-                                window=window, layers=eng.layers).compile()
+    compiled = eng.programs.probe.lower(eng.state, P, C, suffix,
+                                        jnp.asarray([30, 31], jnp.int32), window=window,
+                                        weights=eng.weights).compile()
     xla = compiled.cost_analysis()["flops"]
     ours = probe_flops(cfg, n, turn, 24 + gen)
     assert 0.9 * xla <= ours <= xla, (ours, xla)

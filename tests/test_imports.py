@@ -104,14 +104,18 @@ def test_the_package_has_no_import_cycle():
 
 
 def test_data_flows_one_way():
-    """model <- sharding / io <- sample <- strategies <- evaluate <- commands: the model imports
-    only itself and errors; sharding does not load models; the sampler does not import the
-    strategies, the harness or the commands."""
+    """backends <- model <- sharding / io <- sample <- strategies <- evaluate <- commands: a
+    backend imports nothing of the package; the model imports only itself, the backends and
+    errors; sharding does not load models; the sampler does not import the strategies, the
+    harness or the commands."""
     graph = import_graph()
     for name, deps in graph.items():
+        if name.startswith("jaxselfeval.backends"):
+            assert deps <= {"jaxselfeval.backends"}, (name, deps)
         if name.startswith("jaxselfeval.model"):
-            assert deps <= {"jaxselfeval.errors", "jaxselfeval.model"} | {
-                d for d in deps if d.startswith("jaxselfeval.model.")}, (name, deps)
+            assert deps <= {"jaxselfeval.errors", "jaxselfeval.model", "jaxselfeval.backends"} | {
+                d for d in deps if d.startswith(("jaxselfeval.model.", "jaxselfeval.backends.")
+                                                )}, (name, deps)
     assert "jaxselfeval.hf_io" not in graph["jaxselfeval.sharding"]
     above = ("jaxselfeval.strategies", "jaxselfeval.evaluate", "jaxselfeval.commands",
              "jaxselfeval.cli")

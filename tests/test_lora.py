@@ -10,6 +10,7 @@ from flax import nnx
 import jaxselfeval as jse
 from jaxselfeval.lora import (TARGETS, LoRAConfig, LoRAParam, add_lora, count_lora_params,
                               load_lora_config, merge_lora)
+from jaxselfeval.model.adapter import without_adapter
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.sharding import make_mesh, shard_model
 from jaxselfeval.train.step import (init_opt_state, jit_train_step, make_train_step,
@@ -227,7 +228,7 @@ def test_model_declares_its_adapter_slot():
 
 def test_kl_term_is_kl_to_the_model_with_its_adapter_off():
     """make_loss's KL term: zero for a fresh adapter; for a trained one, KL(base || adapted) on
-    the masked positions, base = a plain model with the same weights (use_adapter=False), and
+    the masked positions, base = a plain model with the same weights (`without_adapter`), and
     its gradient reaches only the adapter."""
     from jaxselfeval.selfeval.train import make_loss
 
@@ -235,7 +236,7 @@ def test_kl_term_is_kl_to_the_model_with_its_adapter_off():
     base_logits = np.asarray(base(TOKS), np.float64)
     model = add_lora(jse.create_model(CFG, seed=0), {"rank": 4, "alpha": 8,
                                                       "targets": ["wq", "wv", "w_up"]})
-    np.testing.assert_array_equal(np.asarray(model.forward(TOKS, use_adapter=False)[0]),
+    np.testing.assert_array_equal(np.asarray(without_adapter(model)(TOKS)),
                                   base_logits.astype(np.float32))
     mask = np.zeros(TOKS.shape, np.float32)
     mask[:2, 3:9] = 1.0
@@ -245,7 +246,7 @@ def test_kl_term_is_kl_to_the_model_with_its_adapter_off():
     assert float(loss(model, batch)[1]["kl"]) == 0.0  # fresh adapter: the base itself
     _randomize_b(model)
     adapted = np.asarray(model(TOKS), np.float64)
-    np.testing.assert_allclose(np.asarray(model.forward(TOKS, use_adapter=False)[0]),
+    np.testing.assert_allclose(np.asarray(without_adapter(model)(TOKS)),
                                base_logits, atol=1e-6)
 
     def log_softmax(x):
@@ -295,10 +296,10 @@ def test_probe_rows_adapter_merges_to_the_same_logits_and_scores(tied):
     assert moved[ids].min() > 1e-2  # the rows' own logits moved most
     merged = merge_lora(model)
     assert np.abs(np.asarray(merged(toks)) - adapted).max() <= 1e-4
-    h, _ = model.forward(toks, return_hidden=True)
+    h, _ = model.forward(toks)
     two = np.asarray(model.token_logits(h, jax.numpy.asarray([9, 5, 7], jax.numpy.int32)))
     assert np.abs(two - adapted[..., [9, 5, 7]]).max() <= 1e-4
-    base = np.asarray(model.forward(toks, use_adapter=False)[0])
+    base = np.asarray(without_adapter(model)(toks))
     assert np.array_equal(base, ref)  # the frozen base (the KL term's) has no rows either
 
 

@@ -1,6 +1,8 @@
 """Sampler: greedy parity with transformers, branching == independent runs, probes leave
 continuations unchanged, pruning keeps survivors' tokens, self_evaluate == a full forward."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,9 @@ import torch
 
 import jaxselfeval as jse
 from jaxselfeval.model.attention import record_impls
-from jaxselfeval.model.llama import split_layers
+from jaxselfeval.backends import cpu
+from jaxselfeval.model.context import AttentionContext
+from jaxselfeval.model.llama import LAYER_PARAMS
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.sample.engine import _probe_fn
 
@@ -141,8 +145,9 @@ def test_probe_reads_only_the_written_cache_window(model, tokenizer):
     suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
     yes_no = jnp.asarray([spec.yes, spec.no], jnp.int32)
     C = eng.branch(P, 2, 80)
-    jitted, seen = eng._probe, []
-    eng._probe = lambda *a, **k: (seen.append(k.get("window")), jitted(*a, **k))[1]
+    jitted, seen = eng.programs.probe, []
+    eng.programs = SimpleNamespace(**{**vars(eng.programs), "probe": lambda *a, **k: (
+        seen.append(k.get("window")), jitted(*a, **k))[1]})
     for until, window in ((6, 32), (40, 64)):
         C = eng.decode(P, C, until=until)
         assert C.step == until
@@ -161,32 +166,29 @@ def test_probe_reads_only_the_written_cache_window(model, tokenizer):
 
 
 def test_separate_layer_arrays_sample_what_the_layer_scan_samples(model, tokenizer):
-    """`Engine(per_layer=True)` (the layers unrolled over separate weight arrays, chosen on one
-    CPU device for large models) prefills, decodes and probes as the scan over the stacked
-    weights does: the same tokens, log-probabilities and scores (to float tolerance)."""
+    """`Engine(per_layer=True)` (the CPU backend's decode weights: the layers unrolled over
+    separate, fused, transposed arrays, chosen on one CPU device for large models) prefills,
+    decodes and probes as the scan over the stacked weights does: the same tokens,
+    log-probabilities and scores (to float tolerance)."""
     spec = probe_spec(tokenizer)
     m = jse.create_model(model.config.replace(vocab_size=len(tokenizer)), seed=6)
-    assert Engine(m).layers is None  # a small model keeps the scan
+    assert Engine(m).weights is None  # a small model keeps the scan
     out = {}
-    for per_layer in (False, True, "transposed"):
-        eng = Engine(m, seed=2, per_layer=bool(per_layer))
-        if per_layer:  # both layouts of the copies, whatever the platform
-            eng.layers = split_layers(m, transposed=per_layer == "transposed")
-            assert ("wqkv_t" in eng.layers["blocks"][0]) == (per_layer == "transposed")
-        assert (eng.layers is not None) == bool(per_layer)
+    for per_layer in (False, True):
+        eng = Engine(m, seed=2, per_layer=per_layer, platform="cpu")
+        assert (eng.weights is not None) == per_layer
         P = eng.prefill(PROMPTS)
         C = eng.decode(P, eng.branch(P, 3, 40, temperature=0.0))
         S = eng.decode(P, eng.branch(P, 3, 40, temperature=0.0), until=10)
         out[per_layer] = (np.asarray(P.last_logits), Engine.outputs(C), np.asarray(C.logprob),
                           np.asarray(eng.probe(P, S, spec)))
-    l0, o0, lp0, s0 = out[False]
-    for l1, o1, lp1, s1 in (out[True], out["transposed"]):
-        np.testing.assert_allclose(l1, l0, atol=1e-4)
-        assert o1 == o0
-        np.testing.assert_allclose(lp1, lp0, atol=1e-3)
-        np.testing.assert_allclose(s1, s0, atol=1e-4)
-    with pytest.raises(ValueError, match="no adapter"):
-        m.forward(jnp.asarray([PROMPTS[0]]), exit_layer=1, layers=split_layers(m))
+    (l0, o0, lp0, s0), (l1, o1, lp1, s1) = out[False], out[True]
+    np.testing.assert_allclose(l1, l0, atol=1e-4)
+    assert o1 == o0
+    np.testing.assert_allclose(lp1, lp0, atol=1e-3)
+    np.testing.assert_allclose(s1, s0, atol=1e-4)
+    with pytest.raises(jse.JSEError, match="CPU layout"):
+        Engine(m, per_layer=True, platform="tpu")
 
 
 def test_completed_responses_probe(model, tokenizer):
@@ -241,10 +243,10 @@ def test_token_logits_are_those_columns_of_the_logits(model, tied):
 @pytest.mark.parametrize("rows", [1, 16, 64, 65, 200])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_transposed_weights_give_the_product_and_small_rows_put_the_weight_left(rows, dtype):
-    """`_matmul_t(x, w^T)` equals x @ w (f32 accumulation, both dtypes). On a CPU, up to
+    """`backends.cpu.matmul_t(x, w^T)` equals x @ w (f32 accumulation, both dtypes). Up to
     SMALL_ROWS rows the product is computed as w^T @ x^T (the weight the left operand, about twice
-    as fast there) and transposed back after a barrier; more rows multiply x by w^T directly."""
-    from jaxselfeval.model.llama import SMALL_ROWS, _matmul_t
+    as fast on a CPU) and transposed back after a barrier; more rows multiply x by w^T directly."""
+    SMALL_ROWS, _matmul_t = cpu.SMALL_ROWS, cpu.matmul_t
 
     dt = jnp.dtype(dtype)
     x = jax.random.normal(jax.random.PRNGKey(0), (rows, 1, 48)).astype(dt)
@@ -255,7 +257,7 @@ def test_transposed_weights_give_the_product_and_small_rows_put_the_weight_left(
     np.testing.assert_allclose(np.asarray(got)[:, 0], want, rtol=1e-5, atol=1e-4)
     text = str(jax.make_jaxpr(lambda x, wt: _matmul_t(x, wt, dt))(x, w.T))
     left = "optimization_barrier" in text
-    assert left == (rows <= SMALL_ROWS and jax.default_backend() == "cpu"), text
+    assert left == (rows <= SMALL_ROWS), text
 
 
 def test_last_only_runs_the_last_layer_for_the_last_position_alone(model):
@@ -266,14 +268,19 @@ def test_last_only_runs_the_last_layer_for_the_last_position_alone(model):
     m = model
     F = m.config.intermediate_size
     toks = jnp.asarray([PROMPTS[0], PROMPTS[0][::-1]])  # [2, 5]
-    want, _ = m.forward(toks, return_hidden=True)
-    for transposed in (False, True):
-        layers = split_layers(m, transposed=transposed)
-        got, _ = m.forward(toks, last_only=True, return_hidden=True, layers=layers)
-        assert got.shape == (2, 1, m.config.hidden_size)
-        np.testing.assert_allclose(np.asarray(got)[:, 0], np.asarray(want)[:, -1], atol=2e-5)
-    jaxpr = jax.make_jaxpr(lambda t: m.forward(t, last_only=True, return_hidden=True,
-                                               layers=split_layers(m)))(toks)
-    rows = [e.invars[0].aval.shape[0] for e in jaxpr.jaxpr.eqns
-            if e.primitive.name == "dot_general" and e.invars[0].aval.shape[-1] == F]
+    want, _ = m.forward(toks)
+    blocks = cpu.decode_weights({n: getattr(m, n)[...] for n in LAYER_PARAMS}, m.head_t()).blocks
+    last = AttentionContext(last_only=True)
+    got, _ = m.forward_unrolled(blocks, toks, last)
+    assert got.shape == (2, 1, m.config.hidden_size)
+    np.testing.assert_allclose(np.asarray(got)[:, 0], np.asarray(want)[:, -1], atol=2e-5)
+    scan, _ = m.forward(toks, last)  # the scan: the same state
+    np.testing.assert_allclose(np.asarray(scan)[:, 0], np.asarray(want)[:, -1], atol=2e-5)
+    jaxpr = jax.make_jaxpr(lambda t: m.forward_unrolled(blocks, t, last))(toks)
+    # the down projection's weight, stored [out, in] = [D, F]; the other operand holds the
+    # B x S (or B) activation rows, on either side by matmul_t's choice
+    down = (m.config.hidden_size, F)
+    rows = [b[0] if a == down else a[0] for a, b in
+            ((e.invars[0].aval.shape, e.invars[1].aval.shape) for e in jaxpr.jaxpr.eqns
+             if e.primitive.name == "dot_general") if down in (a, b)]
     assert sorted(rows) == [2] + [10] * (m.config.num_hidden_layers - 1), rows

@@ -10,13 +10,12 @@ from jaxselfeval.sample.sampling import row_keys, sample_tokens, sample_tokens_s
 
 
 @pytest.fixture(params=["cpu", "tpu"])
-def fast(request, monkeypatch):
+def fast(request):
     """sample_tokens jitted for each nucleus implementation: lax.top_k prefixes (CPU) and the
     bisection with compaction (other platforms), both run here."""
-    monkeypatch.setattr(sampling, "platform", lambda: request.param)
 
     def f(x, keys, temp, tp, top_k=0):
-        return sample_tokens(x, keys, temp, tp, top_k)
+        return sample_tokens(x, keys, temp, tp, top_k, platform=request.param)
 
     return jax.jit(f, static_argnames="top_k")
 
@@ -130,5 +129,5 @@ def test_engines_share_compiled_pieces():
     cfg = load_model_config("tiny")
     a = Engine(jse.create_model(cfg, seed=0), seed=0, stop_ids=(3,))
     b = Engine(jse.create_model(cfg, seed=1), seed=5, stop_ids=(3,))
-    assert a._decode is b._decode and a._prefill is b._prefill and a._first is b._first
-    assert Engine(jse.create_model(cfg), stop_ids=(4,))._decode is not a._decode
+    assert a.programs is b.programs
+    assert Engine(jse.create_model(cfg), stop_ids=(4,)).programs is not a.programs

@@ -284,7 +284,7 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
            "(keep 0.25)" in report
     lik = res["summary"]["bon_likelihood"]
     assert lik["mean_samples"] == 4 and lik["mean_probe_tokens"] == 0
-    assert res["headline"]["bon16_likelihood"] == lik["accuracy"]
+    assert res["headline"]["bon_likelihood"] == lik["accuracy"]
     assert 0 <= res["pool"]["likelihood_auroc_within"] <= 1 or res["pool"]["likelihood_auroc_within"] != res["pool"]["likelihood_auroc_within"]
     # the free signals run every strategy the token runs, on the same samples, with no probe
     for kind in ("threshold_likelihood", "threshold_combined", "prune_likelihood",
@@ -301,8 +301,8 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
 def test_verdict_reads_each_goal_from_the_headline():
     from jaxselfeval.evaluate.report import verdict
 
-    h = {"one_sample": 0.70, "greedy": 0.85, "bon16_self": 0.90, "majority": 0.75,
-         "bon16_rm": 0.78, "oracle": 0.95, "adaptive_acc_at_1.2": 0.89,
+    h = {"one_sample": 0.70, "greedy": 0.85, "bon_self": 0.90, "majority": 0.75,
+         "bon_rm": 0.78, "oracle": 0.95, "adaptive_acc_at_1.2": 0.89,
          "adaptive_mean_samples": 1.15, "adaptive_gain_recovered": gain_recovered(0.89, 0.85, 0.90),
          "prune_at": 8, "prune_fraction_pruned": 0.75, "prune_acc_loss_points": 0.5,
          "prune_wall_speedup": 2.5}
@@ -338,7 +338,7 @@ def test_an_evaluations_goals_mark_its_report():
     Best-of-n + 5 points, pruning half at 16 tokens read off the sweep, no wall-time goal)."""
     from jaxselfeval.evaluate.report import verdict
 
-    h = {"one_sample": 0.50, "greedy": 0.60, "bon16_self": 0.66, "majority": 0.64, "bon16_rm": None,
+    h = {"one_sample": 0.50, "greedy": 0.60, "bon_self": 0.66, "majority": 0.64, "bon_rm": None,
          "oracle": 0.9, "adaptive_acc_at_1.2": 0.64, "adaptive_mean_samples": 1.2,
          "adaptive_gain_recovered": gain_recovered(0.64, 0.60, 0.66), "prune_at": 8,
          "prune_fraction_pruned": 0.75, "prune_acc_loss_points": 9.0, "prune_wall_speedup": 1.2}
@@ -362,7 +362,7 @@ def test_report_names_the_winner_of_each_strategy():
     log-probability or majority vote), said plainly, ties included."""
     from jaxselfeval.evaluate.report import signal_lines, verdict
 
-    h = {"one_sample": 0.5, "greedy": 0.6, "bon16_self": 0.70, "majority": 0.68, "bon16_rm": None,
+    h = {"one_sample": 0.5, "greedy": 0.6, "bon_self": 0.70, "majority": 0.68, "bon_rm": None,
          "oracle": 0.9, "adaptive_acc_at_1.2": 0.66, "adaptive_mean_samples": 1.2,
          "adaptive_gain_recovered": 0.6, "prune_at": 8, "prune_fraction_pruned": 0.75,
          "prune_acc_loss_points": 0.0, "prune_wall_speedup": 2.0,

@@ -130,8 +130,10 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
 
 
 def test_early_exit_reads_the_first_layers_and_its_loss_trains_them(tmp_path):
-    """forward(exit_layer=K): the final logits are the plain forward's, the exit logits are those
-    of the same model cut to its first K layers; lm_loss_with_exit adds that exit's loss."""
+    """The trainer's early exit (`fold` to layer K, then on): the final logits are the plain
+    forward's, the exit logits are those of the same model cut to its first K layers;
+    lm_loss_with_exit adds that exit's loss."""
+    from jaxselfeval.model.context import AttentionContext
     from jaxselfeval.train.losses import lm_loss_with_exit
 
     cfg3 = CFG.replace(num_hidden_layers=3)
@@ -141,7 +143,10 @@ def test_early_exit_reads_the_first_layers_and_its_loss_trains_them(tmp_path):
         full = getattr(model, name[0])[...]
         getattr(cut, name[0])[...] = full[:1] if name[0] in LAYER_PARAMS else full
     toks = _data().tokens[:4]
-    (final, early), _ = model.forward(toks, exit_layer=1)
+    x, _ = model.fold(model.embed_tokens(toks), AttentionContext(), stop=1)
+    early = model.logits(model.norm(x))
+    x, _ = model.fold(x, AttentionContext(), start=1)
+    final = model.logits(model.norm(x))
     np.testing.assert_allclose(final, model(toks), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(early, cut(toks), rtol=1e-5, atol=1e-5)
     assert not np.allclose(early, final, atol=1e-3)

@@ -282,14 +282,16 @@ def _copied_baseline(eng, prompt, n, steps):
     from flax import nnx
 
     from jaxselfeval.model.cache import init_cache
+    from jaxselfeval.model.context import AttentionContext
+    from jaxselfeval.sample.engine import vocab_logits
     from jaxselfeval.sample.sampling import row_keys, sample_tokens
 
     L = len(prompt)
     cfg = eng.config
     toks = jnp.asarray([prompt] * n, jnp.int32)
     cache = init_cache(cfg, n, L + steps, eng.cache_dtype)
-    _, cache = jax.jit(lambda st, t, c: nnx.merge(eng.graphdef, st).forward(t, cache=c, last_only=True))(
-        eng.state, toks, cache)
+    _, cache = jax.jit(lambda st, t, c: nnx.merge(eng.graphdef, st).forward(
+        t, AttentionContext(cache=c, last_only=True)))(eng.state, toks, cache)
 
     @jax.jit
     def loop(st, cache):
@@ -298,9 +300,11 @@ def _copied_baseline(eng, prompt, n, steps):
         def body(i, carry):
             cache, tok = carry
             pos = jnp.full((n, 1), L + i, jnp.int32)
-            logits, cache = model.forward(tok[:, None], pos, cache=cache, last_only=True)
+            h, cache = model.forward(tok[:, None], AttentionContext(pos, cache=cache,
+                                                                    last_only=True))
+            logits = vocab_logits(model, None, h[:, 0], eng.platform)
             keys = row_keys(eng.key, jnp.zeros(n, jnp.int32), jnp.arange(n), i)
-            return cache, sample_tokens(logits[:, 0], keys, jnp.ones(n), jnp.ones(n))
+            return cache, sample_tokens(logits, keys, jnp.ones(n), jnp.ones(n))
 
         return jax.lax.fori_loop(0, steps, body, (cache, jnp.zeros(n, jnp.int32)))[1]
 

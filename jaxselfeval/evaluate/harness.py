@@ -251,11 +251,11 @@ def _headline(summary, sw, wall, cfg) -> dict:
     t0 = min(cfg.prune_at)
     pr = sw["prune"][f"{t0}:{min(cfg.keep_fractions)}"]
     return {
-        "one_sample": one, "bon16_self": bon, "majority": summary["majority"]["accuracy"],
+        "one_sample": one, "bon_self": bon, "majority": summary["majority"]["accuracy"],
         "oracle": summary["oracle"]["accuracy"], "greedy": summary["greedy"]["accuracy"],
-        "bon16_rm": summary["bon_rm"]["accuracy"] if "bon_rm" in summary else None,
-        "bon16_likelihood": summary["bon_likelihood"]["accuracy"] if "bon_likelihood" in summary else None,
-        "bon16_combined": summary["bon_combined"]["accuracy"] if "bon_combined" in summary else None,
+        "bon_rm": summary["bon_rm"]["accuracy"] if "bon_rm" in summary else None,
+        "bon_likelihood": summary["bon_likelihood"]["accuracy"] if "bon_likelihood" in summary else None,
+        "bon_combined": summary["bon_combined"]["accuracy"] if "bon_combined" in summary else None,
         "adaptive_threshold_at_1.2": th,
         "adaptive_acc_at_1.2": a["accuracy"] if a else None,
         "adaptive_mean_samples": a["mean_samples"] if a else None,

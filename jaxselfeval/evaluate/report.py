@@ -110,7 +110,7 @@ def _prune_goal(result: dict, g: dict) -> dict:
     if a is None:
         return {"at": g["prune_at"], "pruned": g["prune_pruned"], "loss": float("nan")}
     return {"at": g["prune_at"], "pruned": 1 - max(1, round(n * keep)) / n,
-            "loss": 100 * (h["bon16_self"] - a["accuracy"])}
+            "loss": 100 * (h["bon_self"] - a["accuracy"])}
 
 
 def verdict(result: dict) -> list[str]:
@@ -147,7 +147,7 @@ def verdict(result: dict) -> list[str]:
                                                               "the capability targets")
             lines.append(f"- Calibration: ECE {pool['ece']:.3f} against {ref} "
                          f"(goal <= {TOKEN_GOALS['ece']}): {_mark(pool['ece'] <= TOKEN_GOALS['ece'])}.")
-    bon, one, greedy = h["bon16_self"], h["one_sample"], h["greedy"]
+    bon, one, greedy = h["bon_self"], h["one_sample"], h["greedy"]
     why_chance = (f" (the token ranks a prompt's samples at chance, within-prompt AUROC "
                   f"{within:.3f}, so nothing here is its doing)") if chance else ""
     ok = bon >= one + BON_MARGIN and bon >= greedy and not chance
@@ -156,8 +156,8 @@ def verdict(result: dict) -> list[str]:
                  f"{100 * (bon - one):+.1f} points; greedy {_pct(greedy)}, "
                  f"{100 * (bon - greedy):+.1f}){why_chance}.")
     others = {"majority vote": h["majority"]}
-    if h.get("bon16_rm") is not None:
-        others[f"external-RM Best-of-{n}"] = h["bon16_rm"]
+    if h.get("bon_rm") is not None:
+        others[f"external-RM Best-of-{n}"] = h["bon_rm"]
     for name, acc in others.items():
         lines.append(f"- Best-of-{n} by self-evaluation beats {name}: {_mark(bon > acc)} "
                      f"({100 * (bon - acc):+.1f} points).")
@@ -202,11 +202,11 @@ def verdict(result: dict) -> list[str]:
                          f"training, no probe) ranks a prompt's samples with AUROC "
                          f"{pool['likelihood_auroc_within']:.3f} (pooled "
                          f"{pool['likelihood_auroc']:.3f}) and picks Best-of-{n} at "
-                         f"{_pct(h.get('bon16_likelihood'))}"
+                         f"{_pct(h.get('bon_likelihood'))}"
                          + (f"; the token and the log-probability together (log score + mean "
                             f"token log-probability) rank at {pool['combined_auroc_within']:.3f} "
-                            f"within a prompt and pick Best-of-{n} at {_pct(h['bon16_combined'])}."
-                            if h.get("bon16_combined") is not None and "combined_auroc_within"
+                            f"within a prompt and pick Best-of-{n} at {_pct(h['bon_combined'])}."
+                            if h.get("bon_combined") is not None and "combined_auroc_within"
                             in pool else "."))
     return lines
 
@@ -286,11 +286,11 @@ def _adaptive_gain(h, n) -> str:
     if _recovered(h) is not None:
         return (f"{_pct(acc)} at {h['adaptive_mean_samples']:.2f} samples, recovering "
                 f"{_pct(h['adaptive_gain_recovered'])} of the Best-of-{n} gain over {name}: "
-                f"{_pct(base)} -> {_pct(h['bon16_self'])}")
+                f"{_pct(base)} -> {_pct(h['bon_self'])}")
     extra = "" if acc is None else (f"; adaptive itself is {100 * (acc - base):+.1f} "
                                     f"points over {name}")
     return (f"Best-of-{n} gains nothing over {name} here "
-            f"({100 * (h['bon16_self'] - base):+.1f} points), so there is no gain to "
+            f"({100 * (h['bon_self'] - base):+.1f} points), so there is no gain to "
             f"recover{extra}")
 
 
@@ -408,12 +408,12 @@ def write_report(result: dict, out: Path) -> str:
             lines.append(f"| {label} | {_pct(a['accuracy'])} | {100 * a['accuracy_ci95']:.1f} | "
                          f"{a['mean_samples']:.2f} | {a['mean_tokens']:.0f} |")
     lines += _read_off_lines(result)
-    gain = h["bon16_self"] - h["one_sample"]
+    gain = h["bon_self"] - h["one_sample"]
     lines += ["", "## Headline", "",
-              f"- Best-of-{n} by self-evaluation {_pct(h['bon16_self'])} vs one sample "
+              f"- Best-of-{n} by self-evaluation {_pct(h['bon_self'])} vs one sample "
               f"{_pct(h['one_sample'])} ({100 * gain:+.1f} points), majority vote {_pct(h['majority'])}, "
-              f"external-RM Best-of-{n} {_pct(h.get('bon16_rm'))}, Best-of-{n} by the policy's "
-              f"own likelihood {_pct(h.get('bon16_likelihood'))}, oracle {_pct(h['oracle'])}.",
+              f"external-RM Best-of-{n} {_pct(h.get('bon_rm'))}, Best-of-{n} by the policy's "
+              f"own likelihood {_pct(h.get('bon_likelihood'))}, oracle {_pct(h['oracle'])}.",
               f"- Adaptive sampling at <= 1.2 mean samples (threshold {h['adaptive_threshold_at_1.2']}): "
               f"{_pct(h['adaptive_acc_at_1.2'])} with {h['adaptive_mean_samples'] or float('nan'):.2f} "
               f"samples: {_adaptive_gain(h, n)} (goal >= 74% of the gain, the paper's figure).",

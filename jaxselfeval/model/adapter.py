@@ -28,3 +28,14 @@ class Adapter(nnx.Module):
         """x: [B, S, *in] (compute dtype); params: this layer's slice of stacked()[name].
         Returns f32 [B, S, *out], added to the output of x @ W."""
         raise NotImplementedError
+
+
+def without_adapter(model):
+    """The same model with its adapter left out, weights shared (nothing copied): the frozen base
+    a KL term compares with. A model without an adapter is returned as is."""
+    if getattr(model, "lora", None) is None:
+        return model
+    graphdef, state = nnx.split(model)
+    base = nnx.merge(graphdef, state)
+    base.lora = None
+    return base

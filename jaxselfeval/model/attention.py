@@ -22,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxselfeval.backends import cpu
 from jaxselfeval.model.blockwise import blockwise_attention
 from jaxselfeval.model.kernels import cudnn_attention, splash_attention, splash_block
 
@@ -31,7 +32,6 @@ IMPLS = ("auto", "exact", "blockwise", "splash", "cudnn")
 # measured on CPU, the exact path is as fast as blockwise up to S = T = 1024 (bench train)
 EXACT_MAX = 1024 * 1024
 _RECORD: list | None = None
-_PLATFORM: str | None = None
 
 
 class Segment(NamedTuple):
@@ -64,41 +64,25 @@ def _partial(q, seg: Segment, q_pos, compute_dtype):
     return m, l, o
 
 
-def _partial_rowwise(q, seg: Segment, q_pos):
-    """One query per row against the row's own keys (G == B, S == 1: a decode step's own cache
-    and current token): q [B, KVH, R, Dh] (pre-scaled), q_pos [B]. Products and sums in f32 in
-    the keys' own layout: on a CPU, XLA otherwise copies the cache transposed for a [R, T] dot
-    per row and head (a small_100m f32 decode step 79 -> 69 ms). Returns the partial softmax
-    (m, l [B, KVH, R, 1], o [B, 1, KVH, R, Dh])."""
-    k = seg.k.astype(jnp.float32)  # [B, T, KVH, Dh]
-    v = seg.v.astype(jnp.float32)
-    s = jnp.sum(q[:, None].astype(jnp.float32) * k[:, :, :, None, :], axis=-1)  # [B, T, KVH, R]
-    vis = ((seg.pos >= 0) & (seg.pos <= q_pos[:, None]))[:, :, None, None]  # [B, T, 1, 1]
-    s = jnp.where(vis, s, NEG)
-    m = jax.lax.stop_gradient(jnp.max(s, axis=1))  # [B, KVH, R]
-    p = jnp.where(vis, jnp.exp(s - m[:, None]), 0.0)
-    l = jnp.sum(p, axis=1)
-    o = jnp.sum(p[..., None] * v[:, :, :, None, :], axis=1)  # [B, KVH, R, Dh]
-    return m[..., None], l[..., None], o[:, None]
-
-
-def attend(q, q_pos, segments, *, compute_dtype=jnp.float32):
+def attend(q, q_pos, segments, *, compute_dtype=jnp.float32, platform: str | None = None):
     """Softmax attention of q over the union of `segments`.
 
     q: [B, S, H, Dh]; q_pos: [B, S] int32; each segment's group count must divide B.
+    platform "cpu": a decode step's own segment runs `backends.cpu.partial_rowwise`.
     Returns [B, S, H, Dh] float32.
     """
     B, S, H, Dh = q.shape
     KVH = segments[0].k.shape[2]
     R = H // KVH
     qs = (q.astype(jnp.float32) * (Dh ** -0.5)).astype(compute_dtype)
-    rowwise = platform() == "cpu"
+    rowwise = (platform or jax.default_backend()) == "cpu"
     parts = []
     for seg in segments:
         G = seg.k.shape[0]
         N = B // G
         if S == 1 and G == B and rowwise:
-            m, l, o = _partial_rowwise(qs.reshape(B, KVH, R, Dh), seg, q_pos[:, 0])
+            m, l, o = cpu.partial_rowwise(qs.reshape(B, KVH, R, Dh), seg.k, seg.v, seg.pos,
+                                          q_pos[:, 0])
             parts.append((m, l, o))
             continue
         qg = qs.reshape(G, N, S, KVH, R, Dh)
@@ -135,24 +119,6 @@ def record_impls():
         _RECORD = prev
 
 
-@contextlib.contextmanager
-def target_platform(platform: str | None):
-    """auto attention picks kernels for `platform` (e.g. "tpu") instead of JAX's default backend
-    while active: `jaxselfeval plan` compiles for TPU devices from a CPU process."""
-    global _PLATFORM
-    prev, _PLATFORM = _PLATFORM, platform
-    try:
-        yield
-    finally:
-        _PLATFORM = prev
-
-
-def platform() -> str:
-    """The platform programs are traced for: `target_platform`'s while active, else JAX's
-    default backend ("cpu", "gpu", "tpu")."""
-    return _PLATFORM or jax.default_backend()
-
-
 def choose_impl(impl: str, S: int, T: int, n_segments: int, contiguous: bool,
                 backend: str | None = None) -> str:
     """The implementation an `attention` call runs. S: queries per row; T: keys over all segments;
@@ -171,7 +137,7 @@ def choose_impl(impl: str, S: int, T: int, n_segments: int, contiguous: bool,
     if impl == "auto":
         if short:
             return "exact"
-        backend = backend or platform()
+        backend = backend or jax.default_backend()
         impl = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}.get(backend, "blockwise")
     if impl == "splash" and (n_segments != 1 or splash_block(S) is None):
         return "exact" if short else "blockwise"
@@ -203,16 +169,17 @@ def _blockwise(qs, q_pos, segments):
 
 
 def attention(q, q_pos, segments, *, compute_dtype=jnp.float32, impl: str = "auto",
-              contiguous: bool = False):
+              contiguous: bool = False, platform: str | None = None):
     """`attend`'s result (softmax of q over the union of `segments`) by the implementation
-    `choose_impl` picks. q: [B, S, H, Dh]; q_pos: [B, S] int32. Returns f32 [B, S, H, Dh]."""
+    `choose_impl` picks for `platform` (None: JAX's default backend). q: [B, S, H, Dh];
+    q_pos: [B, S] int32. Returns f32 [B, S, H, Dh]."""
     B, S, H, Dh = q.shape
     T = sum(seg.k.shape[1] for seg in segments)
-    used = choose_impl(impl, S, T, len(segments), contiguous)
+    used = choose_impl(impl, S, T, len(segments), contiguous, platform)
     if _RECORD is not None:
         _RECORD.append((used, S, T))
     if used == "exact":
-        return attend(q, q_pos, segments, compute_dtype=compute_dtype)
+        return attend(q, q_pos, segments, compute_dtype=compute_dtype, platform=platform)
     qs = (q.astype(jnp.float32) * (Dh ** -0.5)).astype(compute_dtype)
     if used == "splash":
         return splash_attention(qs, segments[0].k, segments[0].v, q_pos)

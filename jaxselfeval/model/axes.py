@@ -11,6 +11,7 @@ import logging
 import math
 from typing import Mapping, Sequence
 
+import jax
 from jax.sharding import Mesh, PartitionSpec
 
 log = logging.getLogger(__name__)
@@ -65,3 +66,12 @@ def logical_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
         used.update(targets)
         out.append(targets[0] if len(targets) == 1 else targets)
     return PartitionSpec(*out)
+
+
+def shard_batch(x):
+    """Constrain activations [B, ...] to be split on B over the (data, fsdp) axes of the mesh set
+    with `jax.set_mesh` (FSDP then gathers weights, not activations). No-op without a mesh or
+    when B does not divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axis = None if mesh.empty else batch_axis(mesh, x.shape[0])
+    return x if axis is None else jax.lax.with_sharding_constraint(x, PartitionSpec(axis))

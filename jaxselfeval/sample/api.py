@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.model.context import AttentionContext
 from jaxselfeval.sample.engine import Engine, bucket, left_pad
 from jaxselfeval.sample.probe import no_share, probe_spec
 
@@ -71,7 +72,7 @@ def _score_fn(graphdef):
 
     def score(state, toks, pos, yes_no):
         model = nnx.merge(graphdef, state)
-        h, _ = model.forward(toks, pos, last_only=True, return_hidden=True)
+        h, _ = model.forward(toks, AttentionContext(pos, last_only=True))
         return no_share(model, h[:, 0], yes_no)
 
     return jax.jit(score)

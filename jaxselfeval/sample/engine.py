@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxselfeval.backends import cpu
 from jaxselfeval.errors import JSEError
-from jaxselfeval.model.attention import platform
 from jaxselfeval.model.cache import KVCache, init_cache
-from jaxselfeval.model.llama import layer_bytes, split_layers
+from jaxselfeval.model.context import AttentionContext
+from jaxselfeval.model.llama import LAYER_PARAMS, layer_bytes
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.sample.sampling import row_keys, sample_tokens, token_logprob
 
@@ -105,15 +106,27 @@ def model_mesh(model):
     return sh.mesh if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh.size > 1 else None
 
 
-# On one CPU device, models whose layer weights are at least this large sample with the layers
-# as separate arrays (`Llama.forward(layers=...)`): XLA:CPU copies each layer's slice out of the
-# stacked arrays in the scan, a quarter of small_100m's decode step (179 -> 131 ms in f32, 181 ->
-# 137 ms in bf16); the tiny model's step is bound by op count instead, and unrolled it compiled
-# twice as long and ran slower (11 -> 15 ms)
-PER_LAYER_MIN_BYTES = 64 << 20
+def hidden(model, weights, tokens, ctx: AttentionContext):
+    """The model's forward in `ctx`: over the stacked layers, or unrolled over a backend's
+    decode weights (`backends.cpu.DecodeWeights`) when the Engine made some."""
+    if weights is None:
+        return model.forward(tokens, ctx)
+    return model.forward_unrolled(weights.blocks, tokens, ctx)
 
 
-def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=None, layers=None):
+def vocab_logits(model, weights, h, platform: str):
+    """f32 logits [..., V] of final hidden states h: on a CPU a plain model's [V, D] head (tied,
+    or the decode weights' transposed copy) by `backends.cpu.matmul_t`; else `model.logits`."""
+    if platform == "cpu" and model.lora is None:
+        if model.config.tie_word_embeddings:
+            return cpu.matmul_t(h, model.embed[...], model.compute_dtype)
+        if weights is not None:
+            return cpu.matmul_t(h, weights.head_t, model.compute_dtype)
+    return model.logits(h)
+
+
+def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=None, weights=None,
+              platform=None):
     """The probe turn (`Engine.probe`) against each candidate's cache; nothing written.
     `window` (static): attend only the cache's first `window` slots, which hold every slot
     written (the rest are empty: position -1, invisible), as decode does."""
@@ -127,25 +140,28 @@ def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=Non
     ar = jnp.arange(K, dtype=jnp.int32)[None]
     pos = jnp.where(c.done[:, None], base[:, None] + ar - 1, base[:, None] + ar)
     pos = pos.at[:, 0].set(jnp.where(c.done, -1, pos[:, 0]))
-    h, _ = model.forward(toks, pos, cache=c.cache, prefix=prefix.cache, write=False,
-                         last_only=True, return_hidden=True, layers=layers)
+    h, _ = hidden(model, weights, toks, AttentionContext(pos, prefix.cache, c.cache, write=False,
+                                                         last_only=True, platform=platform))
     return no_share(model, h[:, 0], yes_no)
 
 
 @functools.lru_cache(maxsize=8)
-def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> SimpleNamespace:
-    """The jitted pieces for one model structure (`graphdef`) on one mesh, shared by every Engine
-    of it: a new Engine (e.g. each `generate()` call) or new weights of the same shapes compile
-    nothing. The sampling key is an argument (a new seed compiles nothing either). Programs of
-    another mesh get their own (and at most 8 sets are kept alive)."""
+def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None,
+             platform: str = "cpu") -> SimpleNamespace:
+    """The jitted pieces for one model structure (`graphdef`) on one mesh, traced for `platform`,
+    shared by every Engine of it: a new Engine (e.g. each `generate()` call) or new weights of
+    the same shapes compile nothing. The sampling key is an argument (a new seed compiles
+    nothing either). Programs of another mesh get their own (and at most 8 sets are kept
+    alive)."""
     stops = tuple(stop_ids) or (-2,)
 
-    def prefill(state, tokens, positions, cache, layers):
+    def prefill(state, tokens, positions, cache, weights):
         # the cache is empty: written, not attended (no [S, T] scores against empty slots)
         model = nnx.merge(graphdef, state)
-        logits, cache = model.forward(tokens, positions, cache=cache, last_only=True,
-                                      attend_cache=False, layers=layers)
-        return logits[:, 0], cache
+        h, cache = hidden(model, weights, tokens,
+                          AttentionContext(positions, cache=cache, read_cache=False,
+                                           last_only=True, platform=platform))
+        return vocab_logits(model, weights, h[:, 0], platform), cache
 
     def first(key, last_logits, length, prompt_id, temp, top_p, cand_offset, n, slots, cfg,
               cache_dtype):
@@ -155,13 +171,13 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
         pid = jnp.repeat(prompt_id, n)
         cid = jnp.tile(jnp.arange(n, dtype=jnp.int32), G) + cand_offset
         logits = jnp.repeat(last_logits, n, axis=0)
-        tok = sample_tokens(logits, row_keys(key, pid, cid, 0), temp, top_p, top_k)
+        tok = sample_tokens(logits, row_keys(key, pid, cid, 0), temp, top_p, top_k, platform)
         return Candidates(init_cache(cfg, B, slots, cache_dtype, mesh),
                           jnp.full((B, slots), -1, jnp.int32), tok, jnp.zeros((B,), jnp.int32),
                           jnp.zeros((B,), bool), temp, top_p, pid, cid, jnp.repeat(length, n),
                           token_logprob(logits, tok), jnp.zeros((B,), jnp.float32))
 
-    def decode(state, prefix, c: Candidates, until, key, layers):
+    def decode(state, prefix, c: Candidates, until, key, weights):
         model = nnx.merge(graphdef, state)
         stop = jnp.asarray(stops, jnp.int32)
         until = jnp.minimum(until, c.tokens.shape[1])
@@ -176,11 +192,12 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
             tokens = jax.lax.dynamic_update_slice(
                 c.tokens, jnp.where(live, tok, -1)[:, None], (jnp.zeros((), jnp.int32), t))
             pos = jnp.where(live, c.start + t, -1)[:, None]
-            logits, cache = model.forward(tok[:, None], pos, cache=c.cache, prefix=prefix.cache,
-                                          last_only=True, layers=layers)
-            logits = logits[:, 0]
+            h, cache = hidden(model, weights, tok[:, None],
+                              AttentionContext(pos, prefix.cache, c.cache, last_only=True,
+                                               platform=platform))
+            logits = vocab_logits(model, weights, h[:, 0], platform)
             keys = row_keys(key, c.prompt_id, c.cand_id, t + 1)
-            nxt = sample_tokens(logits, keys, c.temperature, c.top_p, top_k)
+            nxt = sample_tokens(logits, keys, c.temperature, c.top_p, top_k, platform)
             done = c.done | (live & jnp.isin(tok, stop))
             return c._replace(cache=cache, tokens=tokens, next_token=nxt,
                               length=c.length + live.astype(jnp.int32), done=done,
@@ -203,7 +220,8 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None) -> Simp
                            first=jax.jit(first, static_argnames=("n", "slots", "cfg",
                                                                   "cache_dtype")),
                            decode=jax.jit(decode, donate_argnums=(2,)),
-                           probe=jax.jit(functools.partial(_probe_fn, graphdef),
+                           probe=jax.jit(functools.partial(_probe_fn, graphdef,
+                                                           platform=platform),
                                          static_argnames="window"))
 
 
@@ -211,25 +229,33 @@ class Engine:
     """Holds (graphdef, state) of a model and the jitted pieces. `stop_ids`: end tokens.
     `mesh`: where to sample (default: the mesh the model's parameters are sharded over).
     Cheap to build: the compiled pieces are shared by model structure (`compiled`).
-    `per_layer`: run the layers as separate arrays (a copy of the layer weights; default: on one
-    CPU device, for a model without adapter whose layer weights reach PER_LAYER_MIN_BYTES)."""
+    `platform`: what the programs are traced for (default: JAX's default backend; `plan` names
+    "tpu" to compile for TPU devices from a CPU process), chosen here once.
+    `per_layer`: on a CPU, decode with the layers as separate arrays (`backends.cpu.
+    decode_weights`, a copy of the layer weights; default: on one CPU device, for a model
+    without adapter whose layer weights reach `backends.cpu.PER_LAYER_MIN_BYTES`)."""
 
     def __init__(self, model, *, stop_ids: Sequence[int] = (), seed: int = 0, top_k: int = 0,
-                 cache_dtype=None, mesh=None, per_layer: bool | None = None):
+                 cache_dtype=None, mesh=None, per_layer: bool | None = None,
+                 platform: str | None = None):
         self.mesh = mesh if mesh is not None else model_mesh(model)
+        self.platform = platform or jax.default_backend()
         if per_layer is None:
-            per_layer = (self.mesh is None and jax.default_backend() == "cpu"
-                         and model.lora is None and layer_bytes(model) >= PER_LAYER_MIN_BYTES)
-        self.layers = split_layers(model, transposed=platform() == "cpu") if per_layer else None
+            per_layer = self.platform == "cpu" and cpu.wants_decode_weights(
+                layer_bytes(model), model.lora is not None, self.mesh is not None)
+        if per_layer and self.platform != "cpu":
+            raise JSEError(f"per_layer decode weights are a CPU layout; this Engine traces for "
+                           f"{self.platform}: leave per_layer unset")
+        self.weights = (cpu.decode_weights({n: getattr(model, n)[...] for n in LAYER_PARAMS},
+                                           model.head_t()) if per_layer else None)
         self.graphdef, self.state = nnx.split(model)
         self.config = model.config
         self.stop_ids = tuple(int(s) for s in stop_ids)
         self.key = jax.random.PRNGKey(seed)
         self.top_k = int(top_k)
         self.cache_dtype = cache_dtype or model.compute_dtype
-        fns = compiled(self.graphdef, self.stop_ids, self.top_k, self.mesh)
-        self._prefill, self._first, self._decode, self._probe = (
-            fns.prefill, fns.first, fns.decode, fns.probe)
+        self.programs = compiled(self.graphdef, self.stop_ids, self.top_k, self.mesh,
+                                 self.platform)
 
     def _on_mesh(self):
         """Trace and run under the model's mesh (the model then splits activations by batch)."""
@@ -252,7 +278,7 @@ class Engine:
         toks, pos = left_pad(prompt_ids, T)
         with self._on_mesh():
             cache = init_cache(self.config, G, T, self.cache_dtype, self.mesh)
-            logits, cache = self._prefill(self.state, toks, pos, cache, self.layers)
+            logits, cache = self.programs.prefill(self.state, toks, pos, cache, self.weights)
         return Prompts(cache, jnp.asarray(np.asarray(lens, np.int32)), logits,
                        jnp.asarray(np.arange(G, dtype=np.int32) + prompt_offset))
 
@@ -281,7 +307,7 @@ class Engine:
         if np.any(temp < 0):
             raise JSEError("temperature must be >= 0 (0 = greedy)")
         with self._on_mesh():  # the buffer ends decoding: exactly max_new_tokens per candidate
-            return self._first(self.key, prompts.last_logits, prompts.length, prompts.prompt_id,
+            return self.programs.first(self.key, prompts.last_logits, prompts.length, prompts.prompt_id,
                                np.ascontiguousarray(temp), np.ascontiguousarray(tp),
                                np.int32(cand_offset), n=n, slots=max_new_tokens,
                                cfg=self.config, cache_dtype=jnp.dtype(self.cache_dtype))
@@ -292,8 +318,8 @@ class Engine:
         The candidates' cache is donated (updated in place)."""
         until = cands.tokens.shape[1] if until is None else until
         with self._on_mesh():
-            return self._decode(self.state, prompts, cands, jnp.asarray(until, jnp.int32),
-                                self.key, self.layers)
+            return self.programs.decode(self.state, prompts, cands,
+                                        jnp.asarray(until, jnp.int32), self.key, self.weights)
 
     # ------------------------------------------------------------------ probe
     def probe(self, prompts: Prompts, cands: Candidates, spec) -> jax.Array:
@@ -304,9 +330,9 @@ class Engine:
         suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
         window = next(w for w in windows(cands.cache.max_len) if w >= cands.step)
         with self._on_mesh():
-            return self._probe(self.state, prompts, cands, suffix,
-                               jnp.asarray([spec.yes, spec.no], jnp.int32), window=window,
-                               layers=self.layers)
+            return self.programs.probe(self.state, prompts, cands, suffix,
+                                       jnp.asarray([spec.yes, spec.no], jnp.int32),
+                                       window=window, weights=self.weights)
 
     # ------------------------------------------------------------------ select
     @staticmethod

@@ -30,7 +30,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxselfeval.model.attention import platform
 
 # candidate counts tried before the full sort; the covered-mass check carries a margin far above
 # the rounding of a float32 tree sum (|error| <= log2(V) * 2**-24 of the mass)
@@ -177,13 +176,15 @@ def _nucleus_topk(p, top_p, u, need):
     return _tiers(p, top_p, u, need, lambda k: _top_k(p, k))
 
 
-def _nucleus(p, top_p, u, need):
-    """The nucleus draw of this platform: `lax.top_k` prefixes on a CPU, else the bisection."""
-    return (_nucleus_topk if platform() == "cpu" else _nucleus_fast)(p, top_p, u, need)
+def _nucleus(p, top_p, u, need, platform):
+    """The nucleus draw for `platform`: `lax.top_k` prefixes on a CPU, else the bisection."""
+    cpu = (platform or jax.default_backend()) == "cpu"
+    return (_nucleus_topk if cpu else _nucleus_fast)(p, top_p, u, need)
 
 
-def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0):
+def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0, platform: str | None = None):
     """logits f32 [B, V]; keys [B]; temperature [B] (0 = greedy); top_p [B] in (0, 1] -> int32 [B].
+    platform: what the program is traced for (None: JAX's default backend).
 
     Draws exactly what `sample_tokens_sorted` draws under the same keys, without sorting V."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -197,7 +198,7 @@ def sample_tokens(logits, keys, temperature, top_p, top_k: int = 0):
         nucleus = sampling & (top_p < 1)
         full = jax.lax.cond(jnp.any(sampling & ~nucleus), lambda: _inverse_cdf(p, u),
                             lambda: greedy)
-        nuc = jax.lax.cond(jnp.any(nucleus), lambda: _nucleus(p, top_p, u, nucleus),
+        nuc = jax.lax.cond(jnp.any(nucleus), lambda: _nucleus(p, top_p, u, nucleus, platform),
                            lambda: greedy)
         return jnp.where(nucleus, nuc, full)
 

@@ -24,7 +24,8 @@ from flax import nnx
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.hf_io import _Reader, load_pretrained
-from jaxselfeval.selfeval.rows import encode_shared, forward_rows, prompt_batches
+from jaxselfeval.model.context import AttentionContext
+from jaxselfeval.selfeval.rows import encode_shared, hidden_rows, prompt_batches
 from jaxselfeval.selfeval.reward_export import save_reward_model  # noqa: F401 (public here too)
 from jaxselfeval.tokenizer import load_tokenizer
 from jaxselfeval.train.data import padded_len
@@ -77,7 +78,7 @@ class RewardModel(nnx.Module):
         if attention_mask is not None:
             positions = jnp.where(jnp.asarray(attention_mask) > 0,
                                   jnp.arange(S, dtype=jnp.int32)[None], -1)
-        h, _ = self.backbone.forward(tokens, positions, return_hidden=True)  # [B, S, D]
+        h, _ = self.backbone.forward(tokens, AttentionContext(positions))  # [B, S, D]
         pooled = h[jnp.arange(B), last].astype(jnp.float32)  # [B, D]
         return jnp.einsum("bd,dl->bl", pooled, self.head[...].astype(jnp.float32),
                           precision=jax.lax.Precision.HIGHEST)
@@ -91,7 +92,7 @@ class RewardModel(nnx.Module):
         (`selfeval.rows.encode_shared` with nothing after the response): each prompt's keys and
         values computed once, the head read at each row's last token (batch["last"]). Equal to
         `score` on the whole right-padded rows."""
-        h = forward_rows(self.backbone, batch, hidden=True)  # [B, W, D]
+        h = hidden_rows(self.backbone, batch)  # [B, W, D]
         pooled = h[jnp.arange(h.shape[0]), batch["last"]].astype(jnp.float32)
         return jnp.einsum("bd,d->b", pooled, self.head[...][:, 0].astype(jnp.float32),
                           precision=jax.lax.Precision.HIGHEST)

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxselfeval.errors import JSEError
 from jaxselfeval.model.cache import init_cache
+from jaxselfeval.model.context import AttentionContext
 from jaxselfeval.train.data import padded_len
 
 
@@ -197,19 +198,22 @@ def prompt_batches(d: dict, rows: int):
         yield idx.ravel(), batch
 
 
-def forward_rows(model, batch: dict, *, use_adapter: bool = True, hidden: bool = False):
-    """Logits f32 [B, S, V] (or with hidden=True the final-normed hidden states [B, S, D]) of a
-    batch in either layout: flat ({"tokens": [B, S]}, positions 0..S-1) or shared prompts
-    ({"prompt": [G, P], "prompt_pos", "tokens": [B, W], "positions"}: the G prompts' keys and
-    values are computed once and each of their B / G consecutive rows attends to them; the
-    outputs are those of the rows' own tokens)."""
+def hidden_rows(model, batch: dict):
+    """The final-normed hidden states f32 [B, S, D] of a batch in either layout: flat
+    ({"tokens": [B, S]}, positions 0..S-1) or shared prompts ({"prompt": [G, P], "prompt_pos",
+    "tokens": [B, W], "positions"}: the G prompts' keys and values are computed once and each of
+    their B / G consecutive rows attends to them; the outputs are those of the rows' own
+    tokens)."""
     if "prompt" not in batch:
-        return model.forward(batch["tokens"], use_adapter=use_adapter, return_hidden=hidden)[0]
+        return model.forward(batch["tokens"])[0]
     prompt = batch["prompt"]
     cache = init_cache(model.config, prompt.shape[0], prompt.shape[1],
                        dtype=jnp.dtype(model.compute_dtype))
-    _, prefix = model.forward(prompt, batch["prompt_pos"], cache=cache, attend_cache=False,
-                              last_only=True, use_adapter=use_adapter, return_hidden=True)
-    out, _ = model.forward(batch["tokens"], batch["positions"], prefix=prefix,
-                           use_adapter=use_adapter, return_hidden=hidden)
-    return out
+    _, prefix = model.forward(prompt, AttentionContext(batch["prompt_pos"], cache=cache,
+                                                       read_cache=False, last_only=True))
+    return model.forward(batch["tokens"], AttentionContext(batch["positions"], prefix))[0]
+
+
+def forward_rows(model, batch: dict):
+    """Logits f32 [B, S, V] of a batch in either layout (`hidden_rows`)."""
+    return model.logits(hidden_rows(model, batch))

@@ -24,8 +24,9 @@ from jaxselfeval.errors import JSEError
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.labels import TARGETS, token_targets
+from jaxselfeval.model.adapter import without_adapter
 from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
-                                       forward_rows, prompt_batches)
+                                       forward_rows, hidden_rows, prompt_batches)
 from jaxselfeval.sharding import make_mesh
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def make_loss(yes: int, no: int, lm_weight: float, mass_weight: float = 1.0,
             loss = loss + lm_weight * lm
             out["lm_loss"] = lm
         if kl_weight:
-            base = forward_rows(model, batch, use_adapter=False)
+            base = forward_rows(without_adapter(model), batch)
             base = jax.nn.log_softmax(jax.lax.stop_gradient(base[:, :-1]), -1)
             kl = (jnp.exp(base) * (base - jax.nn.log_softmax(logits[:, :-1], -1))).sum(-1)
             kl = (kl * m).sum() / n
@@ -87,13 +88,13 @@ def _score_at(model, h, last, ids):
 @functools.partial(jax.jit, static_argnums=0)
 def _probe_scores(graphdef, state, tokens, last, ids):
     model = nnx.merge(graphdef, state)
-    return _score_at(model, model.forward(tokens, return_hidden=True)[0], last, ids)
+    return _score_at(model, model.forward(tokens)[0], last, ids)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _shared_probe_scores(graphdef, state, batch, ids):
     model = nnx.merge(graphdef, state)
-    return _score_at(model, forward_rows(model, batch, hidden=True), batch["last"], ids)
+    return _score_at(model, hidden_rows(model, batch), batch["last"], ids)
 
 
 def scores(model, tokens, last, yes: int, no: int, batch: int = 64) -> np.ndarray:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxselfeval.model.context import AttentionContext
+
 # lm_loss computes the LM head and cross-entropy over this many positions at a time (each chunk
 # rematerialised in the backward pass): the [batch, seq, vocab] f32 logits are never all held
 # (Llama 3's 128k vocabulary at seq 8192 is 4 GiB a sequence)
@@ -63,7 +65,7 @@ def lm_loss(model, batch):
     Sequences longer than LOSS_CHUNK compute the LM head chunk by chunk (same loss).
     """
     if batch["tokens"].shape[1] > LOSS_CHUNK:
-        h, _ = model.forward(batch["tokens"], return_hidden=True)
+        h, _ = model.forward(batch["tokens"])
         loss, acc, count = _chunked_next_token(model, h, batch, LOSS_CHUNK)
     else:
         loss, acc, count = _next_token(model(batch["tokens"]), batch)
@@ -78,7 +80,12 @@ def lm_loss_with_exit(exit_layer: int, weight: float = 1.0):
     the final layer's)."""
 
     def loss_fn(model, batch):
-        (logits, early), _ = model.forward(batch["tokens"], exit_layer=exit_layer)
+        x = model.embed_tokens(batch["tokens"])
+        ctx = AttentionContext()
+        x, _ = model.fold(x, ctx, stop=exit_layer)
+        early = model.logits(model.norm(x))  # the early exit: after layer `exit_layer`
+        x, _ = model.fold(x, ctx, start=exit_layer)
+        logits = model.logits(model.norm(x))
         loss, acc, count = _next_token(logits, batch)
         exit_loss = _next_token(early, batch)[0]
         return loss + weight * exit_loss, {"loss": loss, "exit_loss": exit_loss,
