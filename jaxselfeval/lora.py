@@ -157,6 +157,9 @@ class LoRA(Adapter):
         if config.probe_rows:
             if not rows:
                 raise JSEError("lora probe_rows needs the rows' token ids: add_lora(rows=[...])")
+            # the parameter is the delta x sqrt(D): an optimiser step of lr per entry then moves
+            # a row's logit by about lr x the mean |entry| of the final state, not D times that
+            self.row_scale = 1.0 / math.sqrt(model_config.hidden_size)
             self.row_delta = LoRAParam(jnp.zeros((len(rows), model_config.hidden_size),
                                                  jnp.float32),
                                        logical_axes=("vocab_rows", "embed"))
@@ -181,7 +184,11 @@ class LoRA(Adapter):
         """(ids int32 [K], delta f32 [K, D]) when probe_rows, else None."""
         if self.row_ids is None:
             return None
-        return jnp.asarray(self.row_ids, jnp.int32), self.row_delta[...]
+        return jnp.asarray(self.row_ids, jnp.int32), self.row_scale * self.row_delta[...]
+
+    def set_vocab_rows(self, delta):
+        """Set the rows' delta f32 [K, D] (e.g. `selfeval.probe_fit`'s starting point)."""
+        self.row_delta.value = jnp.asarray(delta, jnp.float32) / self.row_scale
 
     def delta(self, name, x, params, compute_dtype, in_dims):
         """This layer's scale * B(A x) for target `name`: x [B, S, in...] -> f32 [B, S, out...]."""

@@ -261,3 +261,44 @@ def test_validation_reads_each_truncation_point_two_ways(monkeypatch):
     s[0] = 0.55  # the finished wrong answer now outranks a's running right one (0.5)
     res = T.validate(None, val, types.SimpleNamespace(yes=0, no=1))
     assert res["auroc_trunc8"] == 1.0 and res["auroc_at8"] == pytest.approx(3 / 4)
+
+
+def test_probe_fit_recovers_a_planted_direction():
+    """fit_direction: targets drawn from sigmoid(offset + H w*) give back about w* (no
+    intercept; the penalty is on standardised features)."""
+    from jaxselfeval.selfeval.probe_fit import fit_direction
+
+    rng = np.random.default_rng(0)
+    H = rng.normal(0, 1, (4000, 6)) * np.array([1, 2, 0.5, 1, 3, 1]) + 0.5
+    w = np.array([1.0, -0.5, 2.0, 0.0, 0.3, -1.0])
+    off = rng.normal(0, 0.5, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(off + H @ w)))).astype(float)
+    got = fit_direction(H, off, y, lam=1e-6)
+    np.testing.assert_allclose(got, w, atol=0.15)
+
+
+def test_probe_rows_start_from_the_fit_and_export_with_the_model(tiny_dir, tmp_path):
+    """lora.probe_rows: the rows start at the logistic fit on the frozen states (validated at
+    step 0), train, and the export carries them: its scores are the trained model's."""
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
+    cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=2, batch_size=8,
+                         eval_every=2, seq_len=192, lm_weight=0.0, kl_weight=1.0,
+                         rows_per_prompt=1,
+                         lora={"rank": 4, "alpha": 8, "targets": ["wq"], "probe_rows": True})
+    out, final = train_selfeval(cfg, progress=False)
+    start = np.load(tmp_path / "se" / "probe_rows_start.npy")
+    assert start.shape[0] == 2 and np.abs(start).max() > 0
+    np.testing.assert_allclose(start[0], -start[1])
+    hist = json.loads((tmp_path / "se" / "validation.json").read_text())["history"]
+    assert hist[0]["step"] == 0  # the fitted start, validated before any step
+    base, merged = jse.load_pretrained(tiny_dir), jse.load_pretrained(out)
+    spec = probe_spec(load_tokenizer(out))
+    assert not base.config.tie_word_embeddings  # the untied head's two columns moved, alone
+    np.testing.assert_array_equal(np.asarray(base.embed[...]), np.asarray(merged.embed[...]))
+    moved = np.abs(np.asarray(base.lm_head[...]) - np.asarray(merged.lm_head[...])).max(0)
+    assert set(np.flatnonzero(moved)) == {spec.yes, spec.no}
+    toks, _, last, _, _ = encode_rows(load_rows(data, "validation"), spec, 192)
+    assert abs(final["mean_score"] - float(scores(merged, toks, last, spec.yes,
+                                                  spec.no).mean())) < 1e-3

@@ -21,10 +21,11 @@ import optax
 from flax import nnx
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.model.adapter import without_adapter
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.labels import TARGETS, token_targets
-from jaxselfeval.model.adapter import without_adapter
+from jaxselfeval.selfeval.probe_fit import fit_probe_rows
 from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
                                        forward_rows, hidden_rows, prompt_batches)
 from jaxselfeval.sharding import make_mesh
@@ -162,6 +163,23 @@ def validate(model, val, spec) -> dict:
     return res
 
 
+def _start_probe_rows(model, tr_rows, spec, cfg) -> None:
+    """The probe rows' starting point (`selfeval.probe_fit`), fitted once and kept in out_dir
+    (a resumed run reads it; the checkpoint then restores the trained rows). True when fitted
+    now."""
+    path = Path(cfg.out_dir) / "probe_rows_start.npy"
+    fresh = not path.exists()
+    if not fresh:
+        delta = np.load(path)
+    else:
+        d = encode_shared(tr_rows, spec.after, cfg.seq_len)
+        delta = fit_probe_rows(model, d, d["target"], spec.yes, spec.no)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, delta)
+    model.lora.set_vocab_rows(delta)
+    return fresh
+
+
 @dataclasses.dataclass
 class SelfEvalConfig:
     data_dir: str = "runs/capability_data"
@@ -228,6 +246,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
         batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
         n_train = len(tk)
+    fresh_rows = (cfg.lora is not None and model.lora.row_ids is not None  # lora.probe_rows
+                  and _start_probe_rows(model, tr_rows, spec, cfg))
     va_rows = retarget(load_rows(data, "validation"), cfg.target)
     if cfg.rows_per_prompt:
         val = encode_shared(va_rows, spec.after, cfg.seq_len)
@@ -256,6 +276,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         if step % cfg.eval_every == 0 and step < cfg.steps:  # the last step's is `final`
             log_validation(step, validate(get_model(), val, spec))
 
+    if fresh_rows:  # the fitted start alone, before any step
+        log_validation(0, validate(model, val, spec))
     loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight, cfg.kl_weight)
     model, _ = run_training(model, batches, loss, tcfg,
                             out_dir=cfg.out_dir, progress=progress, on_step=on_step)
