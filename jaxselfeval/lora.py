@@ -43,8 +43,8 @@ LoRAParam = nnx.LoRAParam  # a LoRA factor: the trainer's filter (`train.step.sp
 class LoRAConfig:
     """rank r, alpha (delta scale alpha / r), targets: any of TARGETS. probe_rows: also train
     the LM head's rows of the tokens the trainer names (`add_lora(rows=...)`: the probe's Yes /
-    No), a full-rank f32 delta per row, added to the embedding rows too when the head is tied:
-    a linear read of the final state that the adapted layers learn beside."""
+    No), a full-rank f32 delta per row on the output side only (a tied head is untied for them
+    at export): a linear read of the final state that the adapted layers learn beside."""
 
     rank: int = 8
     alpha: float = 16.0
@@ -212,12 +212,17 @@ def add_lora(model: Llama, config: LoRAConfig | dict | None = None, *, seed: int
 
 def merge_lora(model: Llama) -> Llama:
     """A plain Llama (no adapters) whose target weights are W + scale * A @ B; same dtypes and
-    shardings. The input model is not changed. A model without adapters is returned as is."""
+    shardings. Trained vocabulary rows (`probe_rows`) are added to the LM head's columns; a tied
+    head is untied for them (the head becomes the embedding, transposed, plus the rows: the
+    input embedding stays as it was). The input model is not changed. A model without adapters
+    is returned as is."""
     lora = model.lora
     if lora is None:
         return model
-    out = abstract_model(model.config, param_dtype=model.param_dtype,
-                         compute_dtype=model.compute_dtype)
+    rows = lora.vocab_rows()
+    untie = rows is not None and model.config.tie_word_embeddings
+    cfg = model.config.replace(tie_word_embeddings=False) if untie else model.config
+    out = abstract_model(cfg, param_dtype=model.param_dtype, compute_dtype=model.compute_dtype)
     graphdef, state = nnx.split(out)
     merge_stack = jax.vmap(merged_weight, in_axes=(0, 0, 0, None))
     for name in param_shapes(model.config):
@@ -227,16 +232,11 @@ def merge_lora(model: Llama) -> Llama:
             w = jax.jit(merge_stack, static_argnums=3, out_shardings=w.sharding)(w, a, b,
                                                                                 lora.scale)
         state[name] = state[name].replace(w)
-    rows = lora.vocab_rows()
-    if rows is not None:  # the head's rows: the tied embedding's, or the untied head's columns
+    if rows is not None:  # the head's columns of those tokens: [D, V]
         ids, d = rows
-        name = "embed" if model.config.tie_word_embeddings else "lm_head"
-        w = state[name][...]
-        if name == "embed":
-            w = w.at[ids].set((w[ids].astype(jnp.float32) + d).astype(w.dtype))
-        else:
-            w = w.at[:, ids].set((w[:, ids].astype(jnp.float32) + d.T).astype(w.dtype))
-        state[name] = state[name].replace(w)
+        w = model.embed[...].T if untie else state["lm_head"][...]
+        w = w.at[:, ids].set((w[:, ids].astype(jnp.float32) + d.T).astype(w.dtype))
+        state["lm_head"] = state["lm_head"].replace(w)
     out = nnx.merge(graphdef, state)
     out.remat = model.remat
     out.attention_impl = model.attention_impl

@@ -275,16 +275,17 @@ def test_kl_weight_without_lora_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_probe_rows_adapter_merges_to_the_same_logits_and_scores(tied):
-    """probe_rows: the LM head's rows of two token ids train as an f32 delta (tied: the input
-    embedding rows move too). A fresh one changes nothing; a trained one gives the same logits,
-    and the same two-column probe logits, as the merged plain model."""
+    """probe_rows: the LM head's rows of two token ids train as an f32 delta, on the output side
+    only (those tokens read as input as before). A fresh one changes nothing; a trained one
+    gives the same logits, and the same two-column probe logits, as the merged plain model,
+    which is untied when the head was tied (the input embedding unchanged)."""
     import dataclasses
 
     cfg = dataclasses.replace(CFG, tie_word_embeddings=tied)
     model = jse.create_model(cfg, seed=0)
     ids = [5, 9]
     toks = TOKS.copy()
-    toks[:, 3] = 5  # a row token in the input: the tied embedding's row is read there
+    toks[:, 3] = 5  # a row token in the input: read there as before
     ref = np.asarray(model(toks))
     add_lora(model, LoRAConfig(rank=4, alpha=8, targets=("wq",), probe_rows=True), rows=ids)
     assert np.array_equal(np.asarray(model(toks)), ref)
@@ -296,6 +297,8 @@ def test_probe_rows_adapter_merges_to_the_same_logits_and_scores(tied):
     moved = np.abs(adapted - ref).max(axis=(0, 1))
     assert moved[ids].min() > 1e-2  # the rows' own logits moved most
     merged = merge_lora(model)
+    assert not merged.config.tie_word_embeddings
+    np.testing.assert_array_equal(np.asarray(merged.embed[...]), np.asarray(model.embed[...]))
     assert np.abs(np.asarray(merged(toks)) - adapted).max() <= 1e-4
     h, _ = model.forward(toks)
     two = np.asarray(model.token_logits(h, jax.numpy.asarray([9, 5, 7], jax.numpy.int32)))

@@ -4,6 +4,9 @@
 leading [layers] axis; for each projection `name` the adapter covers, the layer adds
 `delta(name, x, layer_slice[name], compute_dtype, in_dims)` to W x: the frozen weight W is never
 changed or merged in training, so no [in, out] weight (or weight gradient) is formed.
+
+An adapter may also cover some vocabulary rows (`vocab_rows`: the LM head's rows of a few token
+ids): their f32 delta is added to those tokens' logits (the output side only, tied head or not).
 """
 
 from __future__ import annotations

@@ -116,14 +116,8 @@ class Llama(nnx.Module):
         return self.norm(x), updated_cache(ctx, kv, ctx.resolved_positions(tokens.shape)[0])
 
     def embed_tokens(self, tokens):
-        """tokens int32 [B, S] -> f32 [B, S, D] (with a tied head, the adapter's vocabulary rows
-        move the input rows too)."""
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32)
-        rows = self.lora.vocab_rows() if self.lora is not None else None
-        if rows is not None and self.config.tie_word_embeddings:
-            x = x + jnp.einsum("bsk,kd->bsd", (tokens[..., None] == rows[0]).astype(jnp.float32),
-                               rows[1])
-        return shard_batch(x)
+        """tokens int32 [B, S] -> f32 [B, S, D]."""
+        return shard_batch(jnp.take(self.embed[...], tokens, axis=0).astype(jnp.float32))
 
     def norm(self, x):
         """The final RMS norm: x [..., D] -> f32 [..., D]."""

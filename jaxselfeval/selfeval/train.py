@@ -165,11 +165,9 @@ def validate(model, val, spec) -> dict:
 
 def _start_probe_rows(model, tr_rows, spec, cfg) -> None:
     """The probe rows' starting point (`selfeval.probe_fit`), fitted once and kept in out_dir
-    (a resumed run reads it; the checkpoint then restores the trained rows). True when fitted
-    now."""
+    (a resumed run reads it; the checkpoint then restores the trained rows)."""
     path = Path(cfg.out_dir) / "probe_rows_start.npy"
-    fresh = not path.exists()
-    if not fresh:
+    if path.exists():
         delta = np.load(path)
     else:
         d = encode_shared(tr_rows, spec.after, cfg.seq_len)
@@ -177,7 +175,6 @@ def _start_probe_rows(model, tr_rows, spec, cfg) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, delta)
     model.lora.set_vocab_rows(delta)
-    return fresh
 
 
 @dataclasses.dataclass
@@ -246,8 +243,10 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
         batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
         n_train = len(tk)
-    fresh_rows = (cfg.lora is not None and model.lora.row_ids is not None  # lora.probe_rows
-                  and _start_probe_rows(model, tr_rows, spec, cfg))
+    rows_start = cfg.lora is not None and model.lora.row_ids is not None  # lora.probe_rows
+    if rows_start:
+        _start_probe_rows(model, tr_rows, spec, cfg)
+        rows_start = not (Path(cfg.out_dir) / "ckpt").exists()  # not a resumed run
     va_rows = retarget(load_rows(data, "validation"), cfg.target)
     if cfg.rows_per_prompt:
         val = encode_shared(va_rows, spec.after, cfg.seq_len)
@@ -276,7 +275,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         if step % cfg.eval_every == 0 and step < cfg.steps:  # the last step's is `final`
             log_validation(step, validate(get_model(), val, spec))
 
-    if fresh_rows:  # the fitted start alone, before any step
+    if rows_start:  # the fitted start alone, before any step
         log_validation(0, validate(model, val, spec))
     loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight, cfg.kl_weight)
     model, _ = run_training(model, batches, loss, tcfg,
