@@ -275,6 +275,12 @@ def test_probe_fit_recovers_a_planted_direction():
     y = (rng.random(4000) < 1 / (1 + np.exp(-(off + H @ w)))).astype(float)
     got = fit_direction(H, off, y, lam=1e-6)
     np.testing.assert_allclose(got, w, atol=0.15)
+    # the shift where the policy writes, held down: a second moment on coordinate 2 alone
+    second = np.zeros((6, 6))
+    second[2, 2] = 1.0
+    held = fit_direction(H, off, y, lam=1e-6, second=second, mu=10.0)
+    assert abs(held[2]) < 0.2 * abs(got[2])
+    assert abs(held[0] - got[0]) < abs(got[0])  # the other coordinates still read
 
 
 def test_probe_rows_start_from_the_fit_and_export_with_the_model(tiny_dir, tmp_path):
