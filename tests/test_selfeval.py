@@ -308,3 +308,21 @@ def test_probe_rows_start_from_the_fit_and_export_with_the_model(tiny_dir, tmp_p
     toks, _, last, _, _ = encode_rows(load_rows(data, "validation"), spec, 192)
     assert abs(final["mean_score"] - float(scores(merged, toks, last, spec.yes,
                                                   spec.no).mean())) < 1e-3
+
+
+def test_zero_steps_export_the_fitted_probe_rows_alone(tiny_dir, tmp_path):
+    """steps=0 with lora.probe_rows: no optimiser step; the export is the base model with the
+    fitted rows, validated once; a negative step count is refused."""
+    data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
+    lora = {"rank": 4, "alpha": 8, "targets": ["wq"], "probe_rows": True}
+    cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=0, batch_size=8,
+                         seq_len=192, lm_weight=0.0, kl_weight=1.0, rows_per_prompt=1, lora=lora)
+    out, final = train_selfeval(cfg, progress=False)
+    hist = json.loads((tmp_path / "se" / "validation.json").read_text())["history"]
+    assert [h["step"] for h in hist] == [0]
+    base, merged = jse.load_pretrained(tiny_dir), jse.load_pretrained(out)
+    np.testing.assert_array_equal(np.asarray(base.wq[...]), np.asarray(merged.wq[...]))
+    assert not np.array_equal(np.asarray(base.lm_head[...]), np.asarray(merged.lm_head[...]))
+    with pytest.raises(jse.JSEError, match="steps must be >= 0"):
+        train_selfeval(SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "x"), steps=-1,
+                                      lora=lora), progress=False)

@@ -185,7 +185,7 @@ class SelfEvalConfig:
     export_dir: str | None = None
     seq_len: int = 192
     batch_size: int = 32
-    steps: int = 400
+    steps: int = 400  # 0: no optimiser step (with lora.probe_rows: the fitted rows alone)
     lr: float = 1e-3
     warmup_steps: int = 20
     lm_weight: float = 0.1
@@ -231,6 +231,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         add_lora(model, cfg.lora, seed=cfg.seed, rows=(spec.yes, spec.no))
         log.info("LoRA: training %d adapter parameters, the base is frozen",
                  count_lora_params(model))
+    if cfg.steps < 0:
+        raise JSEError(f"steps must be >= 0 (0: no optimiser step), got {cfg.steps}")
     if cfg.target not in TARGETS:
         raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
     tr_rows = retarget(load_rows(data, "train"), cfg.target)
@@ -259,11 +261,6 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
            "example": np.asarray([va_rows[i]["example"] for i in keep]),
            "length": np.asarray([len(va_rows[i]["response_ids"]) for i in keep])}
     log.info("%d train rows, %d validation rows", n_train, len(val["tokens"]))
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                       warmup_steps=cfg.warmup_steps, seed=cfg.seed, mesh=cfg.mesh,
-                       compute_dtype=cfg.compute_dtype, checkpoint_every=max(cfg.steps // 4, 1),
-                       remat=cfg.remat,
-                       min_lr_ratio=0.1, weight_decay=0.0)
     history = []
 
     def log_validation(step, v):
@@ -275,11 +272,17 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         if step % cfg.eval_every == 0 and step < cfg.steps:  # the last step's is `final`
             log_validation(step, validate(get_model(), val, spec))
 
-    if rows_start:  # the fitted start alone, before any step
+    if rows_start and cfg.steps:  # the fitted start alone, before any step
         log_validation(0, validate(model, val, spec))
-    loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight, cfg.kl_weight)
-    model, _ = run_training(model, batches, loss, tcfg,
-                            out_dir=cfg.out_dir, progress=progress, on_step=on_step)
+    if cfg.steps:
+        tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                           warmup_steps=cfg.warmup_steps, seed=cfg.seed, mesh=cfg.mesh,
+                           compute_dtype=cfg.compute_dtype,
+                           checkpoint_every=max(cfg.steps // 4, 1), remat=cfg.remat,
+                           min_lr_ratio=0.1, weight_decay=0.0)
+        loss = make_loss(spec.yes, spec.no, cfg.lm_weight, cfg.mass_weight, cfg.kl_weight)
+        model, _ = run_training(model, batches, loss, tcfg,
+                                out_dir=cfg.out_dir, progress=progress, on_step=on_step)
     final = validate(model, val, spec)
     log_validation(cfg.steps, final)
     s = final.pop("_scores")
