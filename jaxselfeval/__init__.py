@@ -11,8 +11,8 @@ from jaxselfeval.hf_io import load_pretrained, save_pretrained
 from jaxselfeval.model import (AttentionContext, KVCache, Llama, LlamaConfig, abstract_model,
                                count_params, create_model, init_cache)
 
-__all__ = ["JSEError", "load_pretrained", "save_pretrained", "AttentionContext", "KVCache", "Llama", "LlamaConfig",
-           "abstract_model", "count_params", "create_model", "init_cache"]
+__all__ = ["JSEError", "load_pretrained", "save_pretrained", "AttentionContext", "KVCache", "Llama",
+           "LlamaConfig", "abstract_model", "count_params", "create_model", "init_cache"]
 
 
 def __getattr__(name):  # later layers (sampler, strategies) import lazily to keep start-up light

@@ -153,10 +153,11 @@ class LoRA(Adapter):
 
     def __init__(self, model_config, config: LoRAConfig, *, rngs: nnx.Rngs, rows=None):
         self.targets = tuple(config.targets)
-        self.row_ids = tuple(int(i) for i in rows) if config.probe_rows and rows else None
+        self.row_ids = None
         if config.probe_rows:
             if not rows:
                 raise JSEError("lora probe_rows needs the rows' token ids: add_lora(rows=[...])")
+            self.row_ids = tuple(int(i) for i in rows)
             # the parameter is the delta x sqrt(D): an optimiser step of lr per entry then moves
             # a row's logit by about lr x the mean |entry| of the final state, not D times that
             self.row_scale = 1.0 / math.sqrt(model_config.hidden_size)

@@ -13,7 +13,6 @@ import jaxselfeval as jse
 from jaxselfeval.model.attention import record_impls
 from jaxselfeval.backends import cpu
 from jaxselfeval.model.context import AttentionContext
-from jaxselfeval.model.llama import LAYER_PARAMS
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.sample.engine import _probe_fn
 
@@ -269,7 +268,7 @@ def test_last_only_runs_the_last_layer_for_the_last_position_alone(model):
     F = m.config.intermediate_size
     toks = jnp.asarray([PROMPTS[0], PROMPTS[0][::-1]])  # [2, 5]
     want, _ = m.forward(toks)
-    blocks = cpu.decode_weights({n: getattr(m, n)[...] for n in LAYER_PARAMS}, m.head_t()).blocks
+    blocks = cpu.decode_weights(m.stacked_weights(), m.head_t()).blocks
     last = AttentionContext(last_only=True)
     got, _ = m.forward_unrolled(blocks, toks, last)
     assert got.shape == (2, 1, m.config.hidden_size)

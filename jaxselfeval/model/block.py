@@ -86,7 +86,6 @@ def decoder_block(w, x, rope: Rope, positions, kv: LayerKV, cfg, *, cd, impl: st
     """x f32 [B, S, D] -> (x f32 [B, S or 1, D], (k, v) [B, S, kv_heads, head_dim] of this
     call's tokens). last: only the last position's output is read after this block (its
     query, residual and MLP alone: every position's keys and values are still returned)."""
-    B, S = x.shape[:2]
     x = shard_batch(x)
     h = rms_norm(x, w.attn_norm, cfg.rms_norm_eps).astype(cd)
     q, k, v = w.qkv(h, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cd)

@@ -111,9 +111,7 @@ class Llama(nnx.Module):
         else ctx.cache). `logits(hidden)` reads the vocabulary."""
         ctx = ctx if ctx is not None else AttentionContext()
         x, kv = self.fold(self.embed_tokens(tokens), ctx)
-        if ctx.last_only:
-            x = x[:, -1:]
-        return self.norm(x), updated_cache(ctx, kv, ctx.resolved_positions(tokens.shape)[0])
+        return self._finish(x, kv, ctx, ctx.resolved_positions(tokens.shape)[0])
 
     def embed_tokens(self, tokens):
         """tokens int32 [B, S] -> f32 [B, S, D]."""
@@ -127,23 +125,17 @@ class Llama(nnx.Module):
         """Layers [start, stop) over x f32 [B, S, D] in `ctx`, as a scan over the stacked
         weights (rematerialised in the backward pass if `remat`). Returns (x, (k, v) of this
         call's tokens [stop - start, B, S, kv_heads, head_dim])."""
-        cfg = self.config
-        positions, contiguous = ctx.resolved_positions(x.shape[:2])
-        rope = Rope(*rope_tables(inv_frequencies(cfg), jnp.maximum(positions, 0)))
-        p = {n: getattr(self, n)[...] for n in LAYER_PARAMS}
+        positions, run = self._block_inputs(ctx, x.shape[:2])
+        p = self.stacked_weights()
         if self.lora is not None:
             p["lora"] = self.lora.stacked()
         xs = {"p": p, **ctx_layer_kv(ctx)}
         if start or stop is not None:
             xs = jax.tree.map(lambda a: a[start:stop], xs)
-        kv_dtype = ctx.cache.k.dtype if ctx.cache is not None else self.compute_dtype
         adapter = self.lora
 
         def layer(x, xs):
-            return decoder_block(StackedBlock(xs["p"], adapter), x, rope, positions,
-                                 layer_kv(ctx, xs), cfg, cd=self.compute_dtype,
-                                 impl=self.attention_impl, platform=self._platform(ctx),
-                                 contiguous=contiguous, kv_dtype=kv_dtype)
+            return run(StackedBlock(xs["p"], adapter), x, layer_kv(ctx, xs))
 
         if self.remat:
             layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
@@ -153,28 +145,42 @@ class Llama(nnx.Module):
         """`forward` with the layers unrolled over `blocks`: L weights of the block protocol
         (`model.block`), e.g. a backend's own layout (`backends.cpu.FusedBlock`); the last layer
         computes only the last position when ctx.last_only. The plain model: no adapter."""
-        cfg = self.config
         x = self.embed_tokens(tokens)
-        positions, contiguous = ctx.resolved_positions(tokens.shape)
-        rope = Rope(*rope_tables(inv_frequencies(cfg), jnp.maximum(positions, 0)))
+        positions, run = self._block_inputs(ctx, tokens.shape)
         kv_all = ctx_layer_kv(ctx)
-        kv_dtype = ctx.cache.k.dtype if ctx.cache is not None else self.compute_dtype
         kvs = []
         for i, w in enumerate(blocks):
-            x, kv = decoder_block(w, x, rope, positions,
-                                  layer_kv(ctx, {n: a[i] for n, a in kv_all.items()}), cfg,
-                                  cd=self.compute_dtype, impl=self.attention_impl,
-                                  platform=self._platform(ctx), contiguous=contiguous,
-                                  kv_dtype=kv_dtype,
-                                  last=ctx.last_only and i == len(blocks) - 1)
+            x, kv = run(w, x, layer_kv(ctx, {n: a[i] for n, a in kv_all.items()}),
+                        last=ctx.last_only and i == len(blocks) - 1)
             kvs.append(kv)
+        kv = tuple(jnp.stack(t) for t in zip(*kvs))
+        return self._finish(x, kv, ctx, positions)
+
+    def stacked_weights(self) -> dict:
+        """The layer weights the fold slices: name -> [L, ...] (LAYER_PARAMS)."""
+        return {n: getattr(self, n)[...] for n in LAYER_PARAMS}
+
+    def _block_inputs(self, ctx: AttentionContext, shape):
+        """(positions int32 [B, S], run(w, x, kv, last=False)): `decoder_block` bound to what a
+        pass of `shape` (B, S) shares across its layers (RoPE tables, kernel platform, cache
+        dtype)."""
+        positions, contiguous = ctx.resolved_positions(shape)
+        rope = Rope(*rope_tables(inv_frequencies(self.config), jnp.maximum(positions, 0)))
+        kv_dtype = ctx.cache.k.dtype if ctx.cache is not None else self.compute_dtype
+        platform = ctx.platform or self.platform or jax.default_backend()
+
+        def run(w, x, kv, last=False):
+            return decoder_block(w, x, rope, positions, kv, self.config, cd=self.compute_dtype,
+                                 impl=self.attention_impl, platform=platform,
+                                 contiguous=contiguous, kv_dtype=kv_dtype, last=last)
+
+        return positions, run
+
+    def _finish(self, x, kv, ctx: AttentionContext, positions):
+        """(final-normed hidden [B, S or 1, D], the updated cache) after the layers."""
         if ctx.last_only:
             x = x[:, -1:]
-        kv = tuple(jnp.stack(t) for t in zip(*kvs))
         return self.norm(x), updated_cache(ctx, kv, positions)
-
-    def _platform(self, ctx: AttentionContext) -> str:
-        return ctx.platform or self.platform or jax.default_backend()
 
     def _rows_delta(self, h):
         """The adapter's vocabulary rows (`Adapter.vocab_rows`): (ids [K], h @ delta.T f32

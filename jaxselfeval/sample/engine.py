@@ -27,7 +27,7 @@ from jaxselfeval.backends import cpu
 from jaxselfeval.errors import JSEError
 from jaxselfeval.model.cache import KVCache, init_cache
 from jaxselfeval.model.context import AttentionContext
-from jaxselfeval.model.llama import LAYER_PARAMS, layer_bytes
+from jaxselfeval.model.llama import layer_bytes
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.sample.sampling import row_keys, sample_tokens, token_logprob
 
@@ -146,8 +146,8 @@ def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=Non
 
 
 @functools.lru_cache(maxsize=8)
-def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh=None,
-             platform: str = "cpu") -> SimpleNamespace:
+def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh,
+             platform: str) -> SimpleNamespace:
     """The jitted pieces for one model structure (`graphdef`) on one mesh, traced for `platform`,
     shared by every Engine of it: a new Engine (e.g. each `generate()` call) or new weights of
     the same shapes compile nothing. The sampling key is an argument (a new seed compiles
@@ -246,8 +246,8 @@ class Engine:
         if per_layer and self.platform != "cpu":
             raise JSEError(f"per_layer decode weights are a CPU layout; this Engine traces for "
                            f"{self.platform}: leave per_layer unset")
-        self.weights = (cpu.decode_weights({n: getattr(model, n)[...] for n in LAYER_PARAMS},
-                                           model.head_t()) if per_layer else None)
+        self.weights = (cpu.decode_weights(model.stacked_weights(), model.head_t())
+                        if per_layer else None)
         self.graphdef, self.state = nnx.split(model)
         self.config = model.config
         self.stop_ids = tuple(int(s) for s in stop_ids)
@@ -307,10 +307,11 @@ class Engine:
         if np.any(temp < 0):
             raise JSEError("temperature must be >= 0 (0 = greedy)")
         with self._on_mesh():  # the buffer ends decoding: exactly max_new_tokens per candidate
-            return self.programs.first(self.key, prompts.last_logits, prompts.length, prompts.prompt_id,
-                               np.ascontiguousarray(temp), np.ascontiguousarray(tp),
-                               np.int32(cand_offset), n=n, slots=max_new_tokens,
-                               cfg=self.config, cache_dtype=jnp.dtype(self.cache_dtype))
+            return self.programs.first(self.key, prompts.last_logits, prompts.length,
+                                       prompts.prompt_id, np.ascontiguousarray(temp),
+                                       np.ascontiguousarray(tp), np.int32(cand_offset), n=n,
+                                       slots=max_new_tokens, cfg=self.config,
+                                       cache_dtype=jnp.dtype(self.cache_dtype))
 
     # ------------------------------------------------------------------ decode
     def decode(self, prompts: Prompts, cands: Candidates, until: int | None = None) -> Candidates:

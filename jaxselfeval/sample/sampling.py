@@ -30,7 +30,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-
 # candidate counts tried before the full sort; the covered-mass check carries a margin far above
 # the rounding of a float32 tree sum (|error| <= log2(V) * 2**-24 of the mass)
 TIERS = (64, 256, 1024)

@@ -163,15 +163,15 @@ def validate(model, val, spec) -> dict:
     return res
 
 
-def _start_probe_rows(model, tr_rows, spec, cfg) -> None:
-    """The probe rows' starting point (`selfeval.probe_fit`), fitted once and kept in out_dir
-    (a resumed run reads it; the checkpoint then restores the trained rows)."""
+def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
+    """The probe rows' starting point (`selfeval.probe_fit`) on the training rows' shared-prompt
+    layout, fitted once and kept in out_dir (a resumed run reads it; the checkpoint then
+    restores the trained rows)."""
     path = Path(cfg.out_dir) / "probe_rows_start.npy"
     if path.exists():
         delta = np.load(path)
     else:
-        d = encode_shared(tr_rows, spec.after, cfg.seq_len)
-        delta = fit_probe_rows(model, d, d["target"], spec.yes, spec.no)
+        delta = fit_probe_rows(model, shared, shared["target"], spec.yes, spec.no)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, delta)
     model.lora.set_vocab_rows(delta)
@@ -221,6 +221,10 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     if cfg.kl_weight and cfg.lora is None:
         raise JSEError("kl_weight needs lora: the frozen base is the model with its adapters "
                        "off; set lora={rank: 16, ...} or use lm_weight for full fine-tuning")
+    if cfg.steps < 0:
+        raise JSEError(f"steps must be >= 0 (0: no optimiser step), got {cfg.steps}")
+    if cfg.target not in TARGETS:
+        raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
     model_dir = cfg.model or json.loads((data / "build_config.json").read_text())["model"]
     tok = load_tokenizer(model_dir)
     spec = probe_spec(tok)
@@ -231,13 +235,12 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         add_lora(model, cfg.lora, seed=cfg.seed, rows=(spec.yes, spec.no))
         log.info("LoRA: training %d adapter parameters, the base is frozen",
                  count_lora_params(model))
-    if cfg.steps < 0:
-        raise JSEError(f"steps must be >= 0 (0: no optimiser step), got {cfg.steps}")
-    if cfg.target not in TARGETS:
-        raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
+    probe_rows = cfg.lora is not None and model.lora.row_ids is not None  # lora.probe_rows
+    resumed = (Path(cfg.out_dir) / "ckpt").exists()
     tr_rows = retarget(load_rows(data, "train"), cfg.target)
+    shared = (encode_shared(tr_rows, spec.after, cfg.seq_len)
+              if cfg.rows_per_prompt or probe_rows else None)
     if cfg.rows_per_prompt:
-        shared = encode_shared(tr_rows, spec.after, cfg.seq_len)
         batches = SharedPromptBatches(shared, cfg.batch_size, cfg.rows_per_prompt, cfg.seed)
         batches.check_mesh(make_mesh(cfg.mesh))
         n_train = len(shared["tokens"])
@@ -245,10 +248,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         tk, mk, last, tgt, _ = encode_rows(tr_rows, spec, cfg.seq_len)
         batches = Batches(tk, mk, cfg.batch_size, cfg.seed, last=last, target=tgt)
         n_train = len(tk)
-    rows_start = cfg.lora is not None and model.lora.row_ids is not None  # lora.probe_rows
-    if rows_start:
-        _start_probe_rows(model, tr_rows, spec, cfg)
-        rows_start = not (Path(cfg.out_dir) / "ckpt").exists()  # not a resumed run
+    if probe_rows:  # after every check of the settings: the fit is a pass over the rows
+        _start_probe_rows(model, shared, spec, cfg)
     va_rows = retarget(load_rows(data, "validation"), cfg.target)
     if cfg.rows_per_prompt:
         val = encode_shared(va_rows, spec.after, cfg.seq_len)
@@ -272,7 +273,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         if step % cfg.eval_every == 0 and step < cfg.steps:  # the last step's is `final`
             log_validation(step, validate(get_model(), val, spec))
 
-    if rows_start and cfg.steps:  # the fitted start alone, before any step
+    if probe_rows and cfg.steps and not resumed:  # the fitted start alone, before any step
         log_validation(0, validate(model, val, spec))
     if cfg.steps:
         tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
