@@ -29,7 +29,7 @@ def _gen(tmp_path, strategy, *extra):
 
 
 @pytest.mark.parametrize("strategy,samples", [("sample", {1}), ("bon", {4}), ("bon_likelihood", {4}),
-                                              ("majority", {4}), ("prune", {4}),
+                                              ("majority", {4}), ("vote", {4}), ("prune", {4}),
                                               ("adaptive", {1, 2, 4}), ("adaptive_prune", {1, 2, 4})])
 def test_each_strategy_answers_every_prompt_in_order(tmp_path, strategy, samples):
     rows = _gen(tmp_path, strategy)
@@ -38,7 +38,7 @@ def test_each_strategy_answers_every_prompt_in_order(tmp_path, strategy, samples
         assert r["samples"] in samples and r["gen_tokens"] >= 1 and isinstance(r["response"], str)
         if strategy != "majority":
             assert 0.0 <= r["score"] <= 1.0
-    if strategy in ("bon", "prune", "adaptive", "adaptive_prune"):
+    if strategy in ("bon", "vote", "prune", "adaptive", "adaptive_prune"):
         assert all(r["probe_tokens"] > 0 for r in rows)
 
 

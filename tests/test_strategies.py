@@ -272,6 +272,13 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     for k in ("accuracy", "mean_gen_tokens", "mean_probe_tokens", "mean_samples"):
         assert real[k] == swept[k], k
     assert res["pool"]["samples"] == 5 * 4 and 0 <= res["pool"]["sample_at_1"] <= 1
+    # the chunk keeps each candidate's answer group, so votes can be recounted from it
+    groups = np.asarray(json.loads((tmp_path / "chunks" / "chunk-000000.json").read_text())
+                        ["pooled"]["answer_group"])
+    assert groups.shape == (5, 4) and groups.min() >= -1
+    for row in groups:
+        for j, gj in enumerate(row):
+            assert gj == -1 or (gj <= j and row[gj] == gj)
     report = (tmp_path / "report.md").read_text()
     assert "## Goals" in report and "by the policy's own likelihood" in report
     both = res["summary"]["adaptive_pruned"]  # adaptive rounds pruned at 2 tokens, keep 0.25
@@ -293,6 +300,9 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     assert all(a["mean_probe_tokens"] == 0 for a in res["sweeps"]["prune_likelihood"].values())
     table = res["headline"]["signals"]
     assert set(table["bon"]) == {"self", "likelihood", "combined", "majority"}
+    assert set(table["vote"]) == {"self", "likelihood", "combined", "majority"}
+    assert table["vote"]["majority"] == res["summary"]["majority"]["accuracy"]
+    assert "answer vote of" in report
     assert table["prune@2"]["self"] == swept["accuracy"]
     assert "## The token against the free signals (the same samples)" in report
     assert "pruning at 2 tokens" in report and "by log-prob: accuracy" in report

@@ -58,7 +58,9 @@ def add_arguments(p):
                         "--reward-model) | bon_likelihood (Best-of-n by the model's own mean token "
                         "log-probability: no training needed) | bon_combined (Best-of-n by "
                         "the capability score x that probability) | majority (vote on the final "
-                        "answer) | adaptive | prune | adaptive_prune (adaptive rounds, each "
+                        "answer) | vote, vote_likelihood, vote_combined (each distinct answer's "
+                        "summed capability score, mean token probability or their product) | "
+                        "adaptive | prune | adaptive_prune (adaptive rounds, each "
                         "pruned early)")
     p.add_argument("--out", default=None,
                    help="write JSONL here (default: print); finished batches of prompts are kept "

@@ -164,10 +164,19 @@ def _evaluate_chunk(run, rm, ch, s: int, cfg: EvalConfig, pc: PruneConfig) -> di
         + (", timed against Best-of-n" if timed else ""))
     log.info("chunk at %d: %s", s, ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
     pooled = {k: pool[k] for k in ("correct", "strict", "score", "likelihood", "length", "kind")}
+    pooled["answer_group"] = answer_groups(pool["answers"])
     pooled.update({f"score_at{t}": pool["score_at"][t] for t in cfg.prune_at})
     pooled.update({f"likelihood_at{t}": pool["likelihood_at"][t] for t in cfg.prune_at})
     pooled.update({f"trace:{kind}:{f}": v for kind, tr in traces.items() for f, v in tr.items()})
     return {"recs": recs, "sweeps": sweeps, "wall": wall, "pooled": pooled}
+
+
+def answer_groups(answers) -> np.ndarray:
+    """[P][n] answers (None: none read) -> [P, n] int: the index of the first of a prompt's
+    candidates that gave the same answer (-1: no answer), so votes can be recounted from a
+    chunk."""
+    return np.array([[-1 if a is None else row.index(a) for a in row] for row in answers],
+                    dtype=np.int64).reshape(len(answers), -1)
 
 
 def _suffix(signal: str) -> str:
@@ -229,6 +238,11 @@ def signal_table(summary, sw, cfg) -> dict:
     out: dict = {"bon": {sig: summary[f"bon_{sig}"]["accuracy"] for sig in SIGNALS
                          if f"bon_{sig}" in summary}}
     out["bon"]["majority"] = summary["majority"]["accuracy"]
+    # each distinct answer's summed signal, against the plain count (majority)
+    out["vote"] = {sig: summary[f"vote_{sig}"]["accuracy"] for sig in SIGNALS
+                   if f"vote_{sig}" in summary}
+    if out["vote"]:
+        out["vote"]["majority"] = summary["majority"]["accuracy"]
     out["problems"] = summary["one"].get("n")  # for the report's noise margin
     out["adaptive"] = {}
     for sig in SIGNALS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from jaxselfeval.evaluate.records import best_within
@@ -69,19 +70,26 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-# The goals the report marks met / NOT met: the capability token's quality, and what each
-# strategy must show. An evaluation's `goals` setting overrides any of them (EvalConfig.goals).
-GOALS = {
-    "auroc": 0.85, "auroc_within": 0.75,  # complete responses, pooled / within a prompt
-    "auroc_at": 0.75,  # pooled, at the pruning goal's token count
-    "ece": 0.05,
-    "bon_margin": 0.10,  # Best-of-n by the token >= one sample + this, and >= greedy
-    "gain_share": 0.74,  # adaptive at <= 1.2 samples: share of Best-of-n's gain recovered
-    "prune_at": None,  # the pruning goal's token count (None: the earliest prune point) ...
-    "prune_pruned": 0.75,  # ... and share of candidates pruned there (a keep fraction swept)
-    "prune_loss": 1.0,  # accuracy points below Best-of-n at most
-    "prune_speedup": 2.0,  # less wall time, measured at the timed setting (0: not a goal)
-}
+@dataclasses.dataclass(frozen=True)
+class Goals:
+    """The goals the report marks met / NOT met: the capability token's quality, and what each
+    strategy must show. An evaluation's `goals` section (EvalConfig.goals) sets any of them;
+    these defaults are the tiny demo's."""
+
+    auroc: float = 0.85  # complete responses, pooled ...
+    auroc_within: float = 0.75  # ... and within a prompt
+    auroc_at: float = 0.75  # pooled, at the pruning goal's token count
+    ece: float = 0.05
+    bon_margin: float = 0.10  # Best-of-n by the token >= one sample + this, and >= greedy
+    gain_share: float = 0.74  # adaptive at <= 1.2 samples: share of Best-of-n's gain recovered
+    prune_at: int | None = None  # the pruning goal's token count (None: the earliest prune
+    #                              point) ...
+    prune_pruned: float = 0.75  # ... and share of candidates pruned there (a keep fraction swept)
+    prune_loss: float = 1.0  # accuracy points below Best-of-n at most
+    prune_speedup: float = 2.0  # less wall time, measured at the timed setting (0: not a goal)
+
+
+GOALS = dataclasses.asdict(Goals())
 CHANCE = 0.6  # a within-prompt AUROC below this ranks a prompt's samples no better than a coin
 
 
@@ -246,6 +254,9 @@ def signal_rows(h: dict, n: int) -> list[tuple[str, dict, str]]:
     rows = []
     if "bon" in sig:
         rows.append((f"Best-of-{n}", sig["bon"], ""))
+    if sig.get("vote"):
+        rows.append((f"answer vote of {n} (each distinct answer's summed signal)", sig["vote"],
+                     ""))
     ad = sig.get("adaptive") or {}
     if ad:
         rows.append(("adaptive sampling, best at <= 1.2 mean samples",

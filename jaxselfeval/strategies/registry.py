@@ -14,6 +14,7 @@ class Strategy:
     label: str  # the report's row: str.format over n, sampling, threshold, prune_at, keep, ...
     pooled: bool  # picks among a prompt's first n pooled candidates (else rounds on a driver)
     ranks_by: str | None = None  # the pool field it takes the argmax of (pooled strategies)
+    votes_by: str | None = None  # or: the signal each distinct answer sums ("one": a count)
     token: bool = False  # reads the capability token (needs a self-eval-trained model)
     marker: str | None = None  # its point on the accuracy-vs-samples plot
 
@@ -21,7 +22,16 @@ class Strategy:
 STRATEGIES = (
     Strategy("greedy", "greedy", "greedy", pooled=True),
     Strategy("sample", "one", "one sample ({sampling})", pooled=True, marker="x"),
-    Strategy("majority", "majority", "majority vote of {n}", pooled=True, marker="^"),
+    Strategy("majority", "majority", "majority vote of {n}", pooled=True, votes_by="one",
+             marker="^"),
+    Strategy("vote", "vote_self", "answer vote of {n} weighted by self-evaluation", pooled=True,
+             votes_by="self", token=True),
+    Strategy("vote_likelihood", "vote_likelihood",
+             "answer vote of {n} weighted by the policy's own likelihood (no training)",
+             pooled=True, votes_by="likelihood"),
+    Strategy("vote_combined", "vote_combined",
+             "answer vote of {n} weighted by self-evaluation x likelihood", pooled=True,
+             votes_by="combined", token=True),
     Strategy("bon", "bon_self", "Best-of-{n} by self-evaluation", pooled=True, ranks_by="score",
              token=True),
     Strategy("bon_rm", "bon_rm", "Best-of-{n} by external reward model", pooled=True,

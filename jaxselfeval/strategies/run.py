@@ -7,7 +7,6 @@ threshold and prune sweeps) are exact, not estimates.
 
 from __future__ import annotations
 
-import collections
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.records import PromptRecord
 from jaxselfeval.sample import Engine, probe_spec
 from jaxselfeval.selfeval.reward_model import score_responses
-from jaxselfeval.strategies.driver import combined_score
+from jaxselfeval.strategies.driver import combined_score, signal_value
 from jaxselfeval.strategies.registry import BY_RECORD
 from jaxselfeval.tokenizer import encode_chat
 
@@ -93,12 +92,28 @@ def add_rm_scores(pool, rm, batch: int = 64):
     return pool
 
 
+def vote(answers, weights) -> int | None:
+    """Index of the first candidate giving the answer whose candidates' `weights` sum highest
+    (ties: the answer seen first), None when no candidate gave an answer. `answers` [n] (None:
+    no answer read), `weights` [n]; equal weights make it majority vote."""
+    total: dict = {}
+    for a, w in zip(answers, weights):
+        if a is not None:
+            total[a] = total.get(a, 0.0) + float(w)
+    if not total:
+        return None
+    top = max(total, key=total.get)  # the first answer reaching the maximum
+    return list(answers).index(top)
+
+
 def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_len: int = 0):
     """Records of a pooled strategy (`registry.STRATEGIES`, by record name) over each prompt's
-    first `n` candidates: "one" takes the first, majority the first candidate that gave the most
-    common answer, the others the argmax of their `ranks_by` field ("combined": log(score) + the
-    mean token log-probability, the capability token's estimate and the policy's own surprise at
-    its tokens, both log-probabilities; "correct": the oracle)."""
+    first `n` candidates: "one" takes the first; a vote (`votes_by`) the first candidate giving
+    the answer whose candidates' signal sums highest (majority: a count; "self" the token's
+    score, "likelihood" the mean token probability, "combined" their product); the others the
+    argmax of their `ranks_by` field ("combined": log(score) + the mean token log-probability,
+    the capability token's estimate and the policy's own surprise at its tokens, both
+    log-probabilities; "correct": the oracle)."""
     st = BY_RECORD[strategy]
     if not st.pooled or st.record == "greedy":
         raise ValueError(f"{strategy} is not read off a pool")
@@ -109,12 +124,13 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
         ok = None
         if st.record == "one":
             j, n_used, toks = 0, 1, L[0]
-        elif st.record == "majority":
+        elif st.votes_by:
             answers = pool["answers"][g][:n]
-            votes = collections.Counter(a for a in answers if a is not None)
-            top = votes.most_common(1)[0][0] if votes else None
-            j, n_used, toks = answers.index(top) if votes else 0, n, L.sum()
-            ok = float(top == e.answer)
+            w = (np.ones(n) if st.votes_by == "one"
+                 else signal_value(st.votes_by, s, pool["likelihood"][g, :n]))
+            j = vote(answers, w)
+            ok = 0.0 if j is None else float(answers[j] == e.answer)
+            j, n_used, toks = j or 0, n, L.sum()
         else:
             rank = (combined_score(s, pool["likelihood"][g, :n]) if st.ranks_by == "combined"
                     else pool[st.ranks_by][g, :n])
@@ -122,7 +138,8 @@ def pool_records(pool, examples, strategy: str, *, n: int | None = None, probe_l
         recs.append(PromptRecord(e.id, float(c[j] if ok is None else ok), int(n_used), int(toks),
                                  int(n * probe_len if st.token else 0), difficulty=e.difficulty,
                                  chosen_score=(float(s[j]) if st.ranks_by in (
-                                     "score", "likelihood", "combined") else None),
+                                     "score", "likelihood", "combined") or st.votes_by in (
+                                     "self", "likelihood", "combined") else None),
                                  output=pool["outs"][g * pool["n"] + j] if "outs" in pool else None))
     return recs
 
