@@ -1,14 +1,24 @@
-"""YAML configs in configs/ with `key=value` overrides (dotted keys for nested sections)."""
+"""YAML configs in configs/ with `key=value` overrides (dotted keys for nested sections),
+decoded into the commands' config dataclasses by draccus.
+
+Why draccus (against OmegaConf structured configs and ml_collections): it decodes a plain dict
+straight into the dataclasses the code already passes around, with their own types kept (tuples
+stay tuples for jit's static arguments, `X | None` unions, nested sections) and their own
+`__post_init__` checks run; there is no second config object to carry (OmegaConf's DictConfig,
+ml_collections' ConfigDict with absl flags); and Levanter, which our users know, configures
+with it. The `key=value` command line and its "closest valid key" errors are ours
+(`apply_overrides`, `check_keys`): draccus' own command line is `--key value` flags."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from pathlib import Path
 
+import draccus
 import yaml
+from draccus.utils import DecodingError
 
 from jaxselfeval.errors import JSEError, closest
 from jaxselfeval.model.config import LlamaConfig
@@ -40,76 +50,88 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return d
 
 
-def apply_overrides(cfg: dict, overrides: list[str] | None, open_keys=()) -> dict:
-    """Apply `a.b=value` strings (value parsed as YAML); unknown keys named with a suggestion.
+def _section(hint):
+    """The dataclass or mapping type a field's hint names (`X | None` -> X), else None."""
+    for a in (hint, *typing.get_args(hint)):
+        a = typing.get_origin(a) or a
+        if a is dict or dataclasses.is_dataclass(a):
+            return a
+    return None
 
-    open_keys: top-level keys holding free-form mappings (task_args, lora, prompt_files, ...)
-    whose own keys are checked where they are used: `task_args.max_steps=3` may add a key the
-    file did not set, and a null section becomes a mapping."""
+
+def _keys(schema) -> dict | None:
+    """{key: its section type or None} of a dataclass schema; None for a free mapping (`dict`),
+    whose keys are checked where they are used (task_args by the task, ...)."""
+    if not dataclasses.is_dataclass(schema):
+        return None
+    return {k: _section(h) for k, h in typing.get_type_hints(schema).items()}
+
+
+def apply_overrides(cfg: dict, overrides: list[str] | None, schema=None) -> dict:
+    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict; unknown keys named with
+    the closest valid one.
+
+    schema: the config dataclass the dict is for. Its fields are the valid keys at each level,
+    nested dataclasses are sections (created from nothing when unset: `lora.rank=16`), and
+    `dict` fields free mappings (`task_args.max_steps=3` may add a key). Without one, the keys
+    the dict holds are the valid ones."""
     cfg = dict(cfg)
     for ov in overrides or []:
         if "=" not in ov:
             raise JSEError(f"override '{ov}' must be key=value")
         key, val = ov.split("=", 1)
         parts = key.split(".")
-        node = cfg
+        node, kind = cfg, schema
         for i, k in enumerate(parts):
             if not isinstance(node, dict):
                 parent = ".".join(parts[:i])
                 raise JSEError(f"config key '{parent}' is not a section: set {parent}=VALUE")
-            if k not in node and not (i == 1 == len(parts) - 1 and parts[0] in open_keys):
-                raise JSEError(f"unknown config key '{'.'.join(parts[:i + 1])}'{closest(k, node)}")
+            valid = _keys(kind) if kind is not None else node
+            if valid is not None and k not in valid:
+                raise JSEError(f"unknown config key '{'.'.join(parts[:i + 1])}'"
+                               f"{closest(k, list(valid))}")
             if i == len(parts) - 1:
                 node[k] = yaml.safe_load(val)
             else:
-                if node[k] is None and i == 0 and k in open_keys:
+                kind = valid.get(k) if isinstance(valid, dict) and kind is not None else None
+                if node.get(k) is None and kind is not None:
                     node[k] = {}
-                if isinstance(node[k], dict):
+                if isinstance(node.get(k), dict):
                     node[k] = dict(node[k])  # copy: the caller's sections stay as they were
-                node = node[k]
+                node = node.get(k)
     return cfg
 
 
 def parse_task_args(pairs: list[str]) -> dict:
     """`KEY=VALUE` strings (values parsed as YAML) -> the task's keyword arguments (checked by
     `get_task`)."""
-    return apply_overrides({"task_args": {}}, [f"task_args.{p}" for p in pairs],
-                           open_keys=("task_args",))["task_args"]
+    return apply_overrides({}, pairs, schema=dict)
 
 
-def mapping_fields(cls) -> tuple[str, ...]:
-    """The fields of dataclass `cls` declared as mappings (`dict`, `dict[str, int]`,
-    `dict | None`)."""
-    return tuple(k for k, hint in typing.get_type_hints(cls).items()
-                 if dict in {typing.get_origin(a) or a for a in (hint, *typing.get_args(hint))})
+def check_keys(cls, d: dict, where: str = ""):
+    """Every key of `d` (nested dicts too) a field of dataclass `cls` (and of its nested
+    dataclass sections), or a JSEError naming the closest valid one."""
+    keys = _keys(cls)
+    for k, v in d.items():
+        if k not in keys:
+            raise JSEError(f"unknown config key '{where}{k}'{closest(k, list(keys))}")
+        if isinstance(v, dict) and keys[k] is not None and keys[k] is not dict:
+            check_keys(keys[k], v, f"{where}{k}.")
 
 
-def _coerce(key: str, val, hint):
-    """val converted to the field's declared type where YAML parsed it as another (e.g. `3e-4`
-    is a string in YAML 1.1, `[1, 2]` a list for a tuple field)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if val is None and type(None) in typing.get_args(hint):
-        return None
-    base = typing.get_origin(hint) or hint
-    if base in (typing.Union, types.UnionType) and len(args) == 1:
-        return _coerce(key, val, args[0])
+def decode_config(cls, d: dict):
+    """`cls` from a nested dict of its fields, decoded by draccus (Levanter's config library):
+    each value converted to its field's declared type (`lr: 3e-4` a float, a list a tuple, a
+    section its nested dataclass), unknown keys named with the closest valid one, and the
+    dataclasses' own checks (`__post_init__`) run, every error one line."""
+    check_keys(cls, d)
     try:
-        if base is float and not isinstance(val, bool):
-            return float(val)
-        if base is int and not isinstance(val, bool):
-            if isinstance(val, float) and not val.is_integer():
-                raise ValueError
-            return int(val)
-        if base is bool and isinstance(val, bool):
-            return val
-        if base is bool:
-            raise ValueError
-        if base is tuple and isinstance(val, (list, tuple)):
-            return tuple(val)
-    except (TypeError, ValueError):
-        want = {float: "a number", int: "an integer", bool: "true or false"}.get(base, str(base))
-        raise JSEError(f"config key '{key}' must be {want}, got {val!r}") from None
-    return val
+        return draccus.decode(cls, d)
+    except DecodingError as e:
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        key, _, msg = lines[0].partition(": ")
+        why = lines[-1].split(": ", 1)[-1] if len(lines) > 1 else msg  # a union's own reason
+        raise JSEError(f"config key '{key.strip('`')}': {why}") from None
 
 
 def describe_defaults(cls) -> str:
@@ -126,23 +148,30 @@ def describe_defaults(cls) -> str:
 
 def load_dataclass_config(cls, path=None, overrides: list[str] | None = None, *,
                           defaults: dict | None = None):
-    """`cls(**values)` from its defaults, then `defaults`, then the YAML file at `path` (a path or
-    configs/NAME), then `key=value` overrides. Unknown keys are named with the closest valid one;
-    values are converted to the fields' declared types (`lr=3e-4` is a float)."""
-    base = {**dataclasses.asdict(cls()), **(defaults or {})}
+    """`cls` from its defaults, then `defaults`, then the YAML file at `path` (a path or
+    configs/NAME), then `key=value` overrides (dotted keys for sections), decoded by
+    `decode_config`. A nested section the file sets replaces only the keys it names; a free
+    mapping (task_args, splits) is replaced whole."""
+    base = _merge(dataclasses.asdict(cls()), defaults or {}, cls)
     if path is not None:
         d = load_yaml(find_config(path))
-        for k in d:
-            if k not in base:
-                raise JSEError(f"unknown config key '{k}' in {path}{closest(k, list(base))}")
-        base.update(d)
-    return cls(**coerce_fields(cls, apply_overrides(base, overrides, mapping_fields(cls))))
+        try:
+            check_keys(cls, d)
+        except JSEError as e:
+            raise JSEError(f"{e} in {path}") from None
+        base = _merge(base, d, cls)
+    return decode_config(cls, apply_overrides(base, overrides, schema=cls))
 
 
-def coerce_fields(cls, d: dict) -> dict:
-    """`d` with each value converted to the declared type of `cls`'s field of that name."""
-    hints = typing.get_type_hints(cls)
-    return {k: _coerce(k, v, hints.get(k, typing.Any)) for k, v in d.items()}
+def _merge(base: dict, top: dict, cls) -> dict:
+    """`top` over `base` for dataclass `cls`: a nested dataclass section merges key by key; any
+    other value, a free mapping included, replaces."""
+    out, keys = dict(base), _keys(cls)
+    for k, v in top.items():
+        sec = keys.get(k)
+        out[k] = (_merge(out[k], v, sec) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                  and sec is not None and sec is not dict else v)
+    return out
 
 
 def load_model_config(name: str | os.PathLike, overrides: list[str] | None = None) -> LlamaConfig:

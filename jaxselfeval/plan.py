@@ -203,17 +203,19 @@ def abstract_cache(cfg, batch, length, dtype, mesh):
 def _compile(fn, pc: PlanConfig, mesh, *args):
     """fn.lower(*args).compile(), traced under jax.set_mesh(mesh) so the model's
     `shard_batch` constraints apply (as in a trainer / sampler that sets the mesh), with
-    attention chosen for the mesh's devices (TPU: splash); `.attention` lists what was used."""
+    attention chosen for the mesh's devices (TPU: splash); `.attention` lists the kernels the
+    program runs (read off the lowered program)."""
     import contextlib
 
     import jax
 
-    from jaxselfeval.model.attention import record_impls
+    from jaxselfeval.model.attention import attention_kernels
 
     ctx = jax.set_mesh(mesh) if pc.activation_sharding else contextlib.nullcontext()
-    with ctx, record_impls() as used:
-        compiled = fn.lower(*args).compile()
-    compiled.attention = sorted({u[0] for u in used})  # the kernels traced into the program
+    with ctx:
+        lowered = fn.lower(*args)
+        compiled = lowered.compile()
+    compiled.attention = attention_kernels(lowered)
     return compiled
 
 

@@ -20,7 +20,7 @@ def test_bench_train_step_compiles_once(mode):
     cfg = load_model_config("tiny")
     mesh = make_mesh("data=1,fsdp=-1")
     model = jse.create_model(cfg, compute_dtype="float32")
-    fn, state = _step(model, mode, "rank=4;targets=wq,wv", mesh)
+    fn, state, kernels = _step(model, mode, "rank=4;targets=wq,wv", mesh)
     rng = np.random.default_rng(0)
     batch = {"tokens": rng.integers(0, cfg.vocab_size, (8, 16)).astype(np.int32),
              "mask": np.ones((8, 16), np.float32)}
@@ -38,6 +38,8 @@ def test_bench_train_step_compiles_once(mode):
     finally:
         jax.config.update("jax_enable_compilation_cache", cached)
     assert first >= 1 and len(compiles) == first, compiles
+    with jax.set_mesh(mesh):
+        assert kernels(state, batch) == ["exact"]  # what `bench train` reports, read off the step
 
 
 def test_paired_timing_alternates_and_takes_medians():

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import jaxselfeval as jse
-from jaxselfeval.model.attention import record_impls
+from jaxselfeval.model.attention import attention_kernels
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.sample import Engine
 from jaxselfeval.train.losses import lm_loss
@@ -37,10 +37,9 @@ def test_cudnn_attention_matches_exact_attention():
     toks = jnp.asarray(np.random.default_rng(0).integers(0, CFG.vocab_size, (2, 512)), jnp.int32)
     ref = np.asarray(_model("exact", "float32")(toks), np.float64)
     exact = np.asarray(_model("exact", "bfloat16")(toks).astype(jnp.float32), np.float64)
-    with record_impls() as used:
-        fused = np.asarray(jax.jit(lambda m, t: m(t))(_model("cudnn", "bfloat16"), toks)
-                           .astype(jnp.float32), np.float64)
-    assert {u[0] for u in used} == {"cudnn"}
+    fwd = jax.jit(lambda m, t: m(t))
+    fused = np.asarray(fwd(_model("cudnn", "bfloat16"), toks).astype(jnp.float32), np.float64)
+    assert attention_kernels(fwd.lower(_model("cudnn", "bfloat16"), toks)) == ["cudnn"]
     err_exact, err_fused = np.abs(exact - ref).max(), np.abs(fused - ref).max()
     assert err_fused <= 2 * err_exact + 1e-3, (err_fused, err_exact)
     assert (fused.argmax(-1) == ref.argmax(-1)).mean() > 0.98

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import jaxselfeval as jse
-from jaxselfeval.model.attention import record_impls
+from jaxselfeval.model.attention import attention_calls
 from jaxselfeval.backends import cpu
 from jaxselfeval.model.context import AttentionContext
 from jaxselfeval.sample import Engine, probe_spec
@@ -153,9 +153,9 @@ def test_probe_reads_only_the_written_cache_window(model, tokenizer):
         whole = np.asarray(jitted(eng.state, P, C, suffix, yes_no))
         np.testing.assert_allclose(np.asarray(eng.probe(P, C, spec)), whole, atol=1e-5)
         assert seen[-1] == window
-        with record_impls() as used:  # keys attended: the prompt's, the window's, the suffix's
-            jax.make_jaxpr(lambda st, c: _probe_fn(eng.graphdef, st, P, c, suffix, yes_no,
-                                                   window=window))(eng.state, C)
+        # keys attended: the prompt's, the window's, the suffix's
+        used = attention_calls(jax.jit(lambda st, c: _probe_fn(
+            eng.graphdef, st, P, c, suffix, yes_no, window=window)).lower(eng.state, C))
         assert {t for _, _, t in used} == {P.cache.max_len + window + len(suffix)}, used
         out = Engine.outputs(C)[3]
         seq = PROMPTS[1] + out + spec.after(out)

@@ -60,8 +60,10 @@ def _time(fn, n):
 
 
 def _step(model, mode, lora_spec, mesh):
-    """A jitted step(state) -> state for full fine-tuning or LoRA; returns (fn, state)."""
+    """A jitted step(state) -> state for full fine-tuning or LoRA; returns (fn, state,
+    kernels(state, batch): the attention kernels the step's program runs)."""
     from jaxselfeval import lora as lora_mod
+    from jaxselfeval.model.attention import attention_kernels
     from jaxselfeval.sharding import shard_model
     from jaxselfeval.train import TrainConfig, lm_loss
     from jaxselfeval.train.step import (init_opt_state, jit_train_step, make_optimizer,
@@ -81,7 +83,10 @@ def _step(model, mode, lora_spec, mesh):
         state["p"], state["o"], m = step(state["p"], frozen, state["o"], batch)
         return m
 
-    return run, {"p": params, "o": opt}
+    def kernels(state, batch):
+        return attention_kernels(step.lower(state["p"], frozen, state["o"], batch))
+
+    return run, {"p": params, "o": opt}, kernels
 
 
 def run(args) -> int:
@@ -94,7 +99,6 @@ def run(args) -> int:
     import jaxselfeval as jse
     from jaxselfeval.bench.models import random_model
     from jaxselfeval.bench.roofline import chip_limits, describe
-    from jaxselfeval.model.attention import record_impls
     from jaxselfeval.sharding import make_mesh
 
     limits = chip_limits(["bfloat16", "float32"])
@@ -122,15 +126,16 @@ def run(args) -> int:
             n = jse.count_params(model) - V * D  # the input embedding is a gather
             attn = 12 * L * args.seq * D
             flops_tok = 6 * n + attn
-            fn, state = _step(model, mode, args.lora, mesh)
-            with jax.set_mesh(mesh), record_impls() as used:
+            fn, state, kernels = _step(model, mode, args.lora, mesh)
+            with jax.set_mesh(mesh):
                 s = _time(lambda: fn(state, batch)["loss"].block_until_ready(), args.steps)
-            del model, fn, state
+                used = kernels(state, batch)
+            del model, fn, state, kernels
             tps = args.batch * args.seq / s
             mfu = tps * flops_tok / peak
             row = {"mode": mode, "compute_dtype": cd, "step_s": s, "tokens_per_s": tps,
                    "mfu_vs_bf16_peak": mfu, "peak": src, "bound_s": args.batch * args.seq
-                   * flops_tok / peak, "attention": sorted({u[0] for u in used}),
+                   * flops_tok / peak, "attention": used,
                    "lora_flops_per_token": 4 * n + attn if mode == "lora" else None}
             if mode == "full":
                 full_s = s

@@ -16,7 +16,7 @@ sequences: `blockwise` (online softmax in plain JAX, every backend, `blockwise.p
 
 from __future__ import annotations
 
-import contextlib
+import re
 from typing import NamedTuple
 
 import jax
@@ -31,7 +31,8 @@ IMPLS = ("auto", "exact", "blockwise", "splash", "cudnn")
 # auto: the exact path while a query block's scores are this small (S * T per row and head);
 # measured on CPU, the exact path is as fast as blockwise up to S = T = 1024 (bench train)
 EXACT_MAX = 1024 * 1024
-_RECORD: list | None = None
+SCOPE = "jse_attention_{impl}_{S}x{T}"  # the named scope each attention call is traced under
+_SCOPE_RE = re.compile(r"jse_attention_([a-z]+)_(\d+)x(\d+)")
 
 
 class Segment(NamedTuple):
@@ -107,16 +108,16 @@ def attend(q, q_pos, segments, *, compute_dtype=jnp.float32, platform: str | Non
 
 
 # ----------------------------------------------------------------------------- dispatch
-@contextlib.contextmanager
-def record_impls():
-    """Collects, while active, one (impl, S, T) per attention call traced: which kernel a
-    compiled program uses (`jaxselfeval plan` prints it)."""
-    global _RECORD
-    prev, _RECORD = _RECORD, []
-    try:
-        yield _RECORD
-    finally:
-        _RECORD = prev
+def attention_calls(lowered) -> list[tuple[str, int, int]]:
+    """(implementation, S queries, T keys) of each distinct attention call in a lowered program
+    (`jax.jit(f).lower(...)`), sorted: read off the named scope (`SCOPE`) of each call."""
+    found = _SCOPE_RE.findall(lowered.as_text(debug_info=True))
+    return sorted({(impl, int(S), int(T)) for impl, S, T in found})
+
+
+def attention_kernels(lowered) -> list[str]:
+    """The attention implementations a lowered program runs, sorted."""
+    return sorted({impl for impl, _, _ in attention_calls(lowered)})
 
 
 def choose_impl(impl: str, S: int, T: int, n_segments: int, contiguous: bool,
@@ -173,11 +174,15 @@ def attention(q, q_pos, segments, *, compute_dtype=jnp.float32, impl: str = "aut
     """`attend`'s result (softmax of q over the union of `segments`) by the implementation
     `choose_impl` picks for `platform` (None: JAX's default backend). q: [B, S, H, Dh];
     q_pos: [B, S] int32. Returns f32 [B, S, H, Dh]."""
-    B, S, H, Dh = q.shape
-    T = sum(seg.k.shape[1] for seg in segments)
+    S, T = q.shape[1], sum(seg.k.shape[1] for seg in segments)
     used = choose_impl(impl, S, T, len(segments), contiguous, platform)
-    if _RECORD is not None:
-        _RECORD.append((used, S, T))
+    with jax.named_scope(SCOPE.format(impl=used, S=S, T=T)):
+        return _attention(used, q, q_pos, segments, compute_dtype, platform)
+
+
+def _attention(used, q, q_pos, segments, compute_dtype, platform):
+    """`attention` by implementation `used`."""
+    Dh = q.shape[-1]
     if used == "exact":
         return attend(q, q_pos, segments, compute_dtype=compute_dtype, platform=platform)
     qs = (q.astype(jnp.float32) * (Dh ** -0.5)).astype(compute_dtype)

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.lora import LoRAConfig, add_lora, count_lora_params, merge_lora
 from jaxselfeval.model.adapter import without_adapter
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
@@ -203,8 +204,9 @@ class SelfEvalConfig:
     compute_dtype: str = "float32"
     mesh: str = "data=-1"
     remat: bool = False  # recompute each layer in the backward pass (less activation memory)
-    lora: dict | None = None  # e.g. {rank: 16, alpha: 32, targets: [wq, wk, wv, wo]}: train
-    #                           adapters only (base frozen); merged into the weights at export
+    # a section, e.g. {rank: 16, alpha: 32, targets: [wq, wk, wv, wo]} or lora.rank=16: train
+    # adapters only (base frozen), merged into the weights at export; null: every weight
+    lora: LoRAConfig | None = None
 
 
 def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
@@ -230,8 +232,6 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     spec = probe_spec(tok)
     model = jse.load_pretrained(model_dir, compute_dtype=cfg.compute_dtype)
     if cfg.lora is not None:
-        from jaxselfeval.lora import add_lora, count_lora_params
-
         add_lora(model, cfg.lora, seed=cfg.seed, rows=(spec.yes, spec.no))
         log.info("LoRA: training %d adapter parameters, the base is frozen",
                  count_lora_params(model))
@@ -293,8 +293,6 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     (out / "validation.json").write_text(json.dumps({"final": final, "history": history}, indent=2))
     export = Path(cfg.export_dir or out / "hf")
     if cfg.lora is not None:
-        from jaxselfeval.lora import merge_lora
-
         model = merge_lora(model)
     jse.save_pretrained(model, export, tokenizer_dir=model_dir)
     (export / "selfeval.json").write_text(json.dumps({"trained": True, "target": cfg.target,

@@ -57,13 +57,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        for k in d:
-            if k not in names:
-                raise JSEError(f"unknown config key '{k}'{closest(k, names)}")
-        from jaxselfeval.configs import coerce_fields
+        from jaxselfeval.configs import decode_config
 
-        cfg = cls(**coerce_fields(cls, d))
+        cfg = decode_config(cls, d)
         cfg.validate()
         return cfg
 
