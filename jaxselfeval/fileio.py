@@ -11,8 +11,8 @@ from pathlib import Path
 from jaxselfeval.errors import JSEError
 
 
-def write_atomic(path, text: str):
-    """Write `text` to a temporary file of its own beside `path` (a unique name, so writers of
+def write_atomic(path, text: str | bytes):
+    """Write `text` (or bytes) to a temporary file of its own beside `path` (a unique name, so writers of
     one path never share it), fsync it, then rename it over `path`. The temporary is removed
     when the write fails."""
     path = Path(path)
@@ -24,7 +24,7 @@ def write_atomic(path, text: str):
         except FileExistsError:
             continue
     try:
-        with open(fd, "w") as f:
+        with open(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

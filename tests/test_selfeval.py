@@ -283,6 +283,49 @@ def test_probe_fit_recovers_a_planted_direction():
     assert abs(held[0] - got[0]) < abs(got[0])  # the other coordinates still read
 
 
+def test_policy_kl_is_the_exact_kl_of_moving_two_logits():
+    """policy_kl: rows Yes -w / 2, No +w / 2 change the policy's next-token distribution by
+    exactly the KL a full softmax over the vocabulary gives."""
+    from jaxselfeval.selfeval.probe_fit import policy_kl
+
+    rng = np.random.default_rng(1)
+    M, V, D = 50, 40, 5
+    z = rng.normal(0, 2, (M, V))
+    X, w = rng.normal(0, 1, (M, D)), rng.normal(0, 1, D)
+    shift = np.zeros((M, V))
+    shift[:, 3], shift[:, 7] = -(X @ w) / 2, (X @ w) / 2  # Yes = 3, No = 7
+
+    def logsoftmax(a):
+        return a - np.log(np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True)) - a.max(1, keepdims=True)
+
+    lp, lq = logsoftmax(z), logsoftmax(z + shift)
+    want = float((np.exp(lp) * (lp - lq)).sum(1).mean())
+    got = policy_kl(w, X, np.exp(lp[:, [3, 7]]))
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12) and got > 0
+
+
+def test_probe_fit_keeps_the_policy_within_its_kl_budget():
+    """fit_within_kl: unpenalised when the read costs the policy less than the budget; else the
+    fit that pays for it, at or under the budget, still reading the planted direction."""
+    from jaxselfeval.selfeval.probe_fit import ProbeStates, fit_direction, fit_within_kl, policy_kl
+
+    rng = np.random.default_rng(2)
+    H = rng.normal(0, 1, (3000, 4))
+    w = np.array([1.5, -1.0, 0.5, 0.0])
+    off = np.zeros(3000)
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(H @ w)))).astype(float)
+    # where the policy writes: coordinate 0 large, Yes / No already likely there
+    S = rng.normal(0, 1, (2000, 4)) * np.array([4.0, 0.2, 0.2, 0.2])
+    ps = ProbeStates(H, off, S, np.full((2000, 2), 0.2))
+    free = fit_direction(H, off, y, lam=1e-3)
+    w0, k0 = fit_within_kl(ps, y, kl=10.0)
+    np.testing.assert_allclose(w0, free)
+    assert k0 == pytest.approx(policy_kl(free, S, ps.p))
+    w1, k1 = fit_within_kl(ps, y, kl=0.01)
+    assert k0 > 0.01 >= k1 > 0.005  # at the budget, not far below it
+    assert abs(w1[0]) < 0.5 * abs(free[0]) and w1[1] < -0.5  # the costly coordinate gives way
+
+
 def test_probe_rows_start_from_the_fit_and_export_with_the_model(tiny_dir, tmp_path):
     """lora.probe_rows: the rows start at the logistic fit on the frozen states (validated at
     step 0), train, and the export carries them: its scores are the trained model's."""
@@ -294,9 +337,8 @@ def test_probe_rows_start_from_the_fit_and_export_with_the_model(tiny_dir, tmp_p
                          rows_per_prompt=1,
                          lora={"rank": 4, "alpha": 8, "targets": ["wq"], "probe_rows": True})
     out, final = train_selfeval(cfg, progress=False)
-    start = np.load(tmp_path / "se" / "probe_rows_start.npy")
-    assert start.shape[0] == 2 and np.abs(start).max() > 0
-    np.testing.assert_allclose(start[0], -start[1])
+    with np.load(tmp_path / "se" / "probe_states.npz") as f:  # the frozen states, kept for refits
+        assert f["h"].shape[0] == f["offset"].shape[0] and f["p"].shape == (len(f["states"]), 2)
     hist = json.loads((tmp_path / "se" / "validation.json").read_text())["history"]
     assert hist[0]["step"] == 0  # the fitted start, validated before any step
     base, merged = jse.load_pretrained(tiny_dir), jse.load_pretrained(out)
@@ -313,16 +355,26 @@ def test_probe_rows_start_from_the_fit_and_export_with_the_model(tiny_dir, tmp_p
 def test_zero_steps_export_the_fitted_probe_rows_alone(tiny_dir, tmp_path):
     """steps=0 with lora.probe_rows: no optimiser step; the export is the base model with the
     fitted rows, validated once; a negative step count is refused."""
+    from jaxselfeval.selfeval.probe_fit import policy_kl
+    from jaxselfeval.tokenizer import load_tokenizer
+
     data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
     lora = {"rank": 4, "alpha": 8, "targets": ["wq"], "probe_rows": True}
     cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=0, batch_size=8,
-                         seq_len=192, lm_weight=0.0, kl_weight=1.0, rows_per_prompt=1, lora=lora)
+                         seq_len=192, lm_weight=0.0, kl_weight=1.0, rows_per_prompt=1, lora=lora,
+                         probe_rows_kl=1e-4)
     out, final = train_selfeval(cfg, progress=False)
     hist = json.loads((tmp_path / "se" / "validation.json").read_text())["history"]
     assert [h["step"] for h in hist] == [0]
     base, merged = jse.load_pretrained(tiny_dir), jse.load_pretrained(out)
     np.testing.assert_array_equal(np.asarray(base.wq[...]), np.asarray(merged.wq[...]))
-    assert not np.array_equal(np.asarray(base.lm_head[...]), np.asarray(merged.lm_head[...]))
+    spec = probe_spec(load_tokenizer(out))
+    delta = np.asarray(merged.lm_head[...]) - np.asarray(base.lm_head[...])  # [D, V]
+    d_yes, d_no = delta[:, spec.yes], delta[:, spec.no]
+    assert np.abs(d_no).max() > 0
+    np.testing.assert_allclose(d_yes, -d_no, atol=1e-6)
+    with np.load(tmp_path / "se" / "probe_states.npz") as f:  # within the policy's KL budget
+        assert policy_kl(d_no - d_yes, f["states"], f["p"]) <= cfg.probe_rows_kl + 1e-6
     with pytest.raises(jse.JSEError, match="steps must be >= 0"):
         train_selfeval(SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "x"), steps=-1,
                                       lora=lora), progress=False)

@@ -6,13 +6,14 @@ steps (the final state's entries are large); started here instead, they begin as
 linear read of the frozen model's own final state: the fit of the score
 sigmoid(untrained logit(No) - logit(Yes) + w . h) to the training targets, L2-regularised on
 standardised features, without an intercept (a row can only add w . h), then split as
-No: +w / 2, Yes: -w / 2. The rows move those two logits wherever the model writes, so the fit
-also pays for the mean squared shift w . h at the responses' own positions (unpenalised, the
-fit moved them by so much that the KL to the base was 1.8 nats after 20 steps).
-"""
+No: +w / 2, Yes: -w / 2. The rows move those two logits wherever the model writes too, so the
+fit is held to a budget of the policy's KL there, computed exactly from the base's Yes / No
+probabilities at the responses' own positions (unbudgeted, |w| was 77 and the KL to the base
+1.8 nats after 20 LoRA steps)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
@@ -28,43 +29,70 @@ log = logging.getLogger(__name__)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _at_probe(graphdef, state, batch, mask, ids):
+def _at_probe(graphdef, state, batch, ids):
     model = without_adapter(nnx.merge(graphdef, state))
     hs = hidden_rows(model, batch)  # [B, W, D]
     h = hs[jnp.arange(hs.shape[0]), batch["last"]]  # [B, D]
     lg = model.token_logits(h, ids)
-    m = mask[..., None] * hs  # the response positions' states (where the policy writes)
-    second = jnp.einsum("bsd,bse->de", m, hs, precision=jax.lax.Precision.HIGHEST)
-    return h, lg[:, 1] - lg[:, 0], second, mask.sum()
+    # the base's Yes / No probabilities at every position: where the policy writes, a row delta
+    # moves exactly these two logits
+    logp = jax.nn.log_softmax(model.logits(hs), axis=-1)[..., ids]  # [B, W, 2]
+    return h, lg[:, 1] - lg[:, 0], hs, jnp.exp(logp)
 
 
-def probe_states(model, d: dict, yes: int, no: int, rows: int = 128):
-    """The frozen model's final state at each row's probe position, its untrained logit
-    difference logit(No) - logit(Yes), and the second moment of the states at the responses'
-    own positions (where a row delta would move the policy's next token), for a shared-prompt
-    layout `d` (`encode_shared`): (h f32 [N, D], offset f32 [N], second f64 [D, D])."""
+@dataclasses.dataclass
+class ProbeStates:
+    """What the fit reads, from one pass of the frozen model over the training rows.
+
+    h f32 [N, D]: the final state at each row's probe position; offset f32 [N]: its untrained
+    logit(No) - logit(Yes). At (up to `max_positions` of) the responses' own positions, where
+    the policy writes: states f32 [M, D], and the base's Yes / No probabilities p f32 [M, 2]."""
+
+    h: np.ndarray
+    offset: np.ndarray
+    states: np.ndarray
+    p: np.ndarray
+
+
+def probe_states(model, d: dict, yes: int, no: int, rows: int = 64,
+                 max_positions: int = 20000) -> ProbeStates:
+    """`ProbeStates` of a shared-prompt layout `d` (`encode_shared`); the response positions
+    are every k-th one, k the smallest step that keeps at most `max_positions`."""
     g, st = nnx.split(model)
     ids = jnp.asarray([yes, no], jnp.int32)
-    D = model.config.hidden_size
-    H = np.zeros((len(d["tokens"]), D), np.float32)
-    off = np.zeros(len(d["tokens"]), np.float32)
-    second, count = np.zeros((D, D)), 0.0
+    N, D = len(d["tokens"]), model.config.hidden_size
+    H, off = np.zeros((N, D), np.float32), np.zeros(N, np.float32)
+    every = max(1, -(-int(np.asarray(d["mask"]).sum()) // max_positions))
+    states, probs, seen = [], [], 0
     for idx, b in prompt_batches(d, rows):
         keep = idx >= 0
-        mask = np.where(keep[:, None], d["mask"][np.maximum(idx, 0)], 0.0).astype(np.float32)
-        h, o, sm, n = _at_probe(g, st, b, mask, ids)
+        h, o, hs, p = _at_probe(g, st, b, ids)
         H[idx[keep]], off[idx[keep]] = np.asarray(h)[keep], np.asarray(o)[keep]
-        second += np.asarray(sm, np.float64)
-        count += float(n)
-    return H, off, second / max(count, 1.0)
+        mask = d["mask"][idx[keep]] > 0  # [rows kept, W]: the responses' own tokens
+        at = np.flatnonzero(mask.ravel())
+        pick = at[(seen + np.arange(len(at))) % every == 0]
+        seen += len(at)
+        states.append(np.asarray(hs)[keep].reshape(-1, D)[pick])
+        probs.append(np.asarray(p)[keep].reshape(-1, 2)[pick])
+    return ProbeStates(H, off, np.concatenate(states), np.concatenate(probs))
+
+
+def policy_kl(w, states, p) -> float:
+    """The mean KL(base || with the rows) of the policy's next-token distribution at `states`
+    [M, D], exactly: rows Yes -w / 2, No +w / 2 move only those two logits, whose base
+    probabilities are p [M, 2]."""
+    s = np.asarray(states, np.float64) @ np.asarray(w, np.float64) / 2
+    d = np.stack([-s, s], axis=1)  # [M, 2]: the Yes and No logits' shifts
+    p = np.asarray(p, np.float64)
+    return float(np.mean(np.log1p((p * np.expm1(d)).sum(1)) - (p * d).sum(1)))
 
 
 def fit_direction(H, offset, y, lam: float = 1e-3, second=None, mu: float = 0.0,
                   iters: int = 30) -> np.ndarray:
     """w [D] minimising the cross-entropy of sigmoid(offset + H w) against soft targets y [N]
-    plus lam |w * sd|^2 (the penalty of standardised features) plus mu w' second w (the mean
-    squared logit shift where the policy writes: `second` [D, D] the states' second moment
-    there), by Newton's method. f64."""
+    plus lam |w * sd|^2 (the penalty of standardised features) plus mu w' second w (`second`
+    [D, D]: a quadratic cost of w, here the policy's KL to second order), by Newton's method.
+    f64."""
     H, offset, y = (np.asarray(a, np.float64) for a in (H, offset, y))
     sd = H.std(0) + 1e-6
     X = H / sd  # standardised scale, not centred: no intercept
@@ -84,13 +112,39 @@ def fit_direction(H, offset, y, lam: float = 1e-3, second=None, mu: float = 0.0,
     return v / sd
 
 
-def fit_probe_rows(model, d: dict, targets, yes: int, no: int, lam: float = 1e-3,
-                   mu: float = 0.05) -> np.ndarray:
-    """The rows' deltas [2, D] (Yes, No) of the logistic fit on the training rows `d`, its
-    logit shift at the responses' own positions held down by `mu` (the policy must stay)."""
-    H, off, second = probe_states(model, d, yes, no)
-    w = fit_direction(H, off, targets, lam, second, mu)
+def fit_within_kl(ps: ProbeStates, y, kl: float, lam: float = 1e-3,
+                  steps: int = 24) -> tuple[np.ndarray, float]:
+    """The logistic fit's w whose policy KL (`policy_kl` at the response positions) is at most
+    `kl` nats per token: unpenalised if it is within; else the fit that also pays mu times the
+    KL's second-order term (the Yes / No mass-weighted second moment of the states / 8), mu
+    found by bisection in log space. Returns (w [D], its KL)."""
+    w = fit_direction(ps.h, ps.offset, y, lam)
+    got = policy_kl(w, ps.states, ps.p)
+    if got <= kl:
+        return w, got
+    X = np.asarray(ps.states, np.float64)
+    second = (X * (ps.p.sum(1) / 8)[:, None]).T @ X / len(X)
+    lo, hi = -8.0, 8.0  # log10 mu
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        w_mid = fit_direction(ps.h, ps.offset, y, lam, second, 10 ** mid)
+        k = policy_kl(w_mid, ps.states, ps.p)
+        if k <= kl:
+            best, hi = (w_mid, k), mid
+        else:
+            lo = mid
+    if best is None:  # even mu = 1e8 shifts too much: no read at all
+        return np.zeros_like(w), 0.0
+    return best
+
+
+def fit_probe_rows(ps: ProbeStates, targets, kl: float = 0.01, lam: float = 1e-3) -> np.ndarray:
+    """The rows' deltas [2, D] (Yes, No) of the logistic fit on the training rows' `ProbeStates`,
+    within `kl` nats per token of the policy where it writes (the policy must stay)."""
+    w, got = fit_within_kl(ps, targets, kl, lam)
     log.info("probe rows: logistic fit on %d training rows' frozen states (|w| %.3f; logit "
-             "shift at the probe: std %.2f; where the policy writes: rms %.2f)", len(H),
-             float(np.linalg.norm(w)), float((H @ w).std()), float(np.sqrt(w @ second @ w)))
+             "shift at the probe: std %.2f; the policy's KL where it writes: %.4f nats a token, "
+             "over %d positions)", len(ps.h), float(np.linalg.norm(w)),
+             float((ps.h @ w).std()), got, len(ps.states))
     return np.stack([-w / 2, w / 2]).astype(np.float32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import logging
 from pathlib import Path
@@ -21,12 +22,13 @@ import optax
 from flax import nnx
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.fileio import write_atomic
 from jaxselfeval.lora import LoRAConfig, add_lora, count_lora_params, merge_lora
 from jaxselfeval.model.adapter import without_adapter
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.labels import TARGETS, token_targets
-from jaxselfeval.selfeval.probe_fit import fit_probe_rows
+from jaxselfeval.selfeval.probe_fit import ProbeStates, fit_probe_rows, probe_states
 from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
                                        forward_rows, hidden_rows, prompt_batches)
 from jaxselfeval.sharding import make_mesh
@@ -166,16 +168,19 @@ def validate(model, val, spec) -> dict:
 
 def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
     """The probe rows' starting point (`selfeval.probe_fit`) on the training rows' shared-prompt
-    layout, fitted once and kept in out_dir (a resumed run reads it; the checkpoint then
-    restores the trained rows)."""
-    path = Path(cfg.out_dir) / "probe_rows_start.npy"
+    layout, within `cfg.probe_rows_kl`. The frozen model's states are read once and kept in
+    out_dir (`probe_states.npz`): a rerun with another budget refits in seconds."""
+    path = Path(cfg.out_dir) / "probe_states.npz"
     if path.exists():
-        delta = np.load(path)
+        with np.load(path) as f:
+            ps = ProbeStates(**{k: f[k] for k in f.files})
     else:
-        delta = fit_probe_rows(model, shared, shared["target"], spec.yes, spec.no)
+        ps = probe_states(model, shared, spec.yes, spec.no)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, delta)
-    model.lora.set_vocab_rows(delta)
+        buf = io.BytesIO()
+        np.savez(buf, **dataclasses.asdict(ps))
+        write_atomic(path, buf.getvalue())
+    model.lora.set_vocab_rows(fit_probe_rows(ps, shared["target"], kl=cfg.probe_rows_kl))
 
 
 @dataclasses.dataclass
@@ -207,6 +212,9 @@ class SelfEvalConfig:
     # a section, e.g. {rank: 16, alpha: 32, targets: [wq, wk, wv, wo]} or lora.rank=16: train
     # adapters only (base frozen), merged into the weights at export; null: every weight
     lora: LoRAConfig | None = None
+    # with lora.probe_rows: the fitted start's budget of the policy's KL where it writes (nats a
+    # token, exact: the rows move only the Yes / No logits there)
+    probe_rows_kl: float = 0.01
 
 
 def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
