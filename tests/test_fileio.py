@@ -38,5 +38,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "out.json"
     write_atomic(path, "old")
     with pytest.raises(TypeError):
-        write_atomic(path, b"not text")  # fails inside the write
+        write_atomic(path, 123)  # neither text nor bytes: fails inside the write
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    write_atomic(path, b"\x00bytes")  # bytes are written as they are
+    assert path.read_bytes() == b"\x00bytes"
