@@ -283,10 +283,11 @@ def test_probe_fit_recovers_a_planted_direction():
     assert abs(held[0] - got[0]) < abs(got[0])  # the other coordinates still read
 
 
-def test_policy_kl_is_the_exact_kl_of_moving_two_logits():
-    """policy_kl: rows Yes -w / 2, No +w / 2 change the policy's next-token distribution by
-    exactly the KL a full softmax over the vocabulary gives."""
-    from jaxselfeval.selfeval.probe_fit import policy_kl
+def test_policy_kl_and_leak_are_exact_for_two_moved_logits():
+    """policy_kl / policy_leak: rows Yes -w / 2, No +w / 2 change the policy's next-token
+    distribution by exactly the KL, and raise P(Yes) + P(No) by exactly what, a full softmax over
+    the vocabulary gives."""
+    from jaxselfeval.selfeval.probe_fit import policy_kl, policy_leak
 
     rng = np.random.default_rng(1)
     M, V, D = 50, 40, 5
@@ -302,27 +303,31 @@ def test_policy_kl_is_the_exact_kl_of_moving_two_logits():
     want = float((np.exp(lp) * (lp - lq)).sum(1).mean())
     got = policy_kl(w, X, np.exp(lp[:, [3, 7]]))
     assert got == pytest.approx(want, rel=1e-9, abs=1e-12) and got > 0
+    rise = np.exp(lq[:, [3, 7]]).sum(1) - np.exp(lp[:, [3, 7]]).sum(1)
+    leak = policy_leak(w, X, np.exp(lp[:, [3, 7]]))
+    assert leak == pytest.approx(float(np.maximum(rise, 0).mean()), rel=1e-9) and leak > 0
 
 
-def test_probe_fit_keeps_the_policy_within_its_kl_budget():
-    """fit_within_kl: unpenalised when the read costs the policy less than the budget; else the
-    fit that pays for it, at or under the budget, still reading the planted direction."""
-    from jaxselfeval.selfeval.probe_fit import ProbeStates, fit_direction, fit_within_kl, policy_kl
+def test_probe_fit_keeps_the_policy_within_its_leak_budget():
+    """fit_within: unpenalised when the read leaks less than the budget; else the fit that pays
+    for the shift, at or just under the budget, still reading the planted direction."""
+    from jaxselfeval.selfeval.probe_fit import (ProbeStates, fit_direction, fit_within,
+                                                policy_leak)
 
     rng = np.random.default_rng(2)
     H = rng.normal(0, 1, (3000, 4))
     w = np.array([1.5, -1.0, 0.5, 0.0])
     off = np.zeros(3000)
     y = (rng.random(3000) < 1 / (1 + np.exp(-(H @ w)))).astype(float)
-    # where the policy writes: coordinate 0 large, Yes / No already likely there
+    # where the policy writes: coordinate 0 large; Yes / No unlikely there (1e-4 each)
     S = rng.normal(0, 1, (2000, 4)) * np.array([4.0, 0.2, 0.2, 0.2])
-    ps = ProbeStates(H, off, S, np.full((2000, 2), 0.2))
+    ps = ProbeStates(H, off, S, np.full((2000, 2), 1e-4))
     free = fit_direction(H, off, y, lam=1e-3)
-    w0, k0 = fit_within_kl(ps, y, kl=10.0)
+    w0, k0 = fit_within(ps, y, leak=1.0)
     np.testing.assert_allclose(w0, free)
-    assert k0 == pytest.approx(policy_kl(free, S, ps.p))
-    w1, k1 = fit_within_kl(ps, y, kl=0.01)
-    assert k0 > 0.01 >= k1 > 0.005  # at the budget, not far below it
+    assert k0 == pytest.approx(policy_leak(free, S, ps.p))
+    w1, k1 = fit_within(ps, y, leak=1e-4)
+    assert k0 > 1e-4 >= k1 > 0.9e-4  # at the budget, not far below it
     assert abs(w1[0]) < 0.5 * abs(free[0]) and w1[1] < -0.5  # the costly coordinate gives way
 
 
@@ -355,14 +360,14 @@ def test_probe_rows_start_from_the_fit_and_export_with_the_model(tiny_dir, tmp_p
 def test_zero_steps_export_the_fitted_probe_rows_alone(tiny_dir, tmp_path):
     """steps=0 with lora.probe_rows: no optimiser step; the export is the base model with the
     fitted rows, validated once; a negative step count is refused."""
-    from jaxselfeval.selfeval.probe_fit import policy_kl
+    from jaxselfeval.selfeval.probe_fit import policy_leak
     from jaxselfeval.tokenizer import load_tokenizer
 
     data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
     lora = {"rank": 4, "alpha": 8, "targets": ["wq"], "probe_rows": True}
     cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=0, batch_size=8,
                          seq_len=192, lm_weight=0.0, kl_weight=1.0, rows_per_prompt=1, lora=lora,
-                         probe_rows_kl=1e-4)
+                         probe_rows_leak=1e-5)
     out, final = train_selfeval(cfg, progress=False)
     hist = json.loads((tmp_path / "se" / "validation.json").read_text())["history"]
     assert [h["step"] for h in hist] == [0]
@@ -373,8 +378,8 @@ def test_zero_steps_export_the_fitted_probe_rows_alone(tiny_dir, tmp_path):
     d_yes, d_no = delta[:, spec.yes], delta[:, spec.no]
     assert np.abs(d_no).max() > 0
     np.testing.assert_allclose(d_yes, -d_no, atol=1e-6)
-    with np.load(tmp_path / "se" / "probe_states.npz") as f:  # within the policy's KL budget
-        assert policy_kl(d_no - d_yes, f["states"], f["p"]) <= cfg.probe_rows_kl + 1e-6
+    with np.load(tmp_path / "se" / "probe_states.npz") as f:  # within the policy's leak budget
+        assert policy_leak(d_no - d_yes, f["states"], f["p"]) <= cfg.probe_rows_leak * 1.01
     with pytest.raises(jse.JSEError, match="steps must be >= 0"):
         train_selfeval(SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "x"), steps=-1,
                                       lora=lora), progress=False)

@@ -7,9 +7,10 @@ linear read of the frozen model's own final state: the fit of the score
 sigmoid(untrained logit(No) - logit(Yes) + w . h) to the training targets, L2-regularised on
 standardised features, without an intercept (a row can only add w . h), then split as
 No: +w / 2, Yes: -w / 2. The rows move those two logits wherever the model writes too, so the
-fit is held to a budget of the policy's KL there, computed exactly from the base's Yes / No
-probabilities at the responses' own positions (unbudgeted, |w| was 77 and the KL to the base
-1.8 nats after 20 LoRA steps)."""
+fit is held to a budget of how much likelier the policy becomes to write Yes or No there,
+computed exactly from the base's Yes / No probabilities at the responses' own positions
+(unbudgeted, |w| was 77 and the KL to the base 1.8 nats after 20 LoRA steps; held to a mean KL
+of 0.01 nats instead, 7% of responses had a Yes or No written into them)."""
 
 from __future__ import annotations
 
@@ -77,14 +78,32 @@ def probe_states(model, d: dict, yes: int, no: int, rows: int = 64,
     return ProbeStates(H, off, np.concatenate(states), np.concatenate(probs))
 
 
+def _shifted(w, states, p):
+    """The base's Yes / No probabilities p [M, 2] after rows Yes -w / 2, No +w / 2 move their
+    logits at `states` [M, D]: (the shifts d [M, 2], the new probabilities [M, 2], f64)."""
+    s = np.asarray(states, np.float64) @ np.asarray(w, np.float64) / 2
+    d = np.stack([-s, s], axis=1)
+    p = np.asarray(p, np.float64)
+    z = 1 + (p * np.expm1(d)).sum(1, keepdims=True)  # the new partition over the base's
+    return d, p * np.exp(d) / z
+
+
 def policy_kl(w, states, p) -> float:
     """The mean KL(base || with the rows) of the policy's next-token distribution at `states`
     [M, D], exactly: rows Yes -w / 2, No +w / 2 move only those two logits, whose base
     probabilities are p [M, 2]."""
-    s = np.asarray(states, np.float64) @ np.asarray(w, np.float64) / 2
-    d = np.stack([-s, s], axis=1)  # [M, 2]: the Yes and No logits' shifts
+    d, _ = _shifted(w, states, p)
     p = np.asarray(p, np.float64)
     return float(np.mean(np.log1p((p * np.expm1(d)).sum(1)) - (p * d).sum(1)))
+
+
+def policy_leak(w, states, p) -> float:
+    """The probability the rows add to the policy writing Yes or No, per token written (the
+    mean over `states` [M, D] of the rise of P(Yes) + P(No), where it rises), exactly. A mean
+    KL can be small while a few positions are pushed to Yes or No, and one "No" written makes
+    the next likelier: this is the figure to hold down."""
+    _, q = _shifted(w, states, p)
+    return float(np.maximum(q.sum(1) - np.asarray(p, np.float64).sum(1), 0.0).mean())
 
 
 def fit_direction(H, offset, y, lam: float = 1e-3, second=None, mu: float = 0.0,
@@ -112,39 +131,41 @@ def fit_direction(H, offset, y, lam: float = 1e-3, second=None, mu: float = 0.0,
     return v / sd
 
 
-def fit_within_kl(ps: ProbeStates, y, kl: float, lam: float = 1e-3,
-                  steps: int = 24) -> tuple[np.ndarray, float]:
-    """The logistic fit's w whose policy KL (`policy_kl` at the response positions) is at most
-    `kl` nats per token: unpenalised if it is within; else the fit that also pays mu times the
-    KL's second-order term (the Yes / No mass-weighted second moment of the states / 8), mu
-    found by bisection in log space. Returns (w [D], its KL)."""
+def fit_within(ps: ProbeStates, y, leak: float, lam: float = 1e-3,
+               steps: int = 24) -> tuple[np.ndarray, float]:
+    """The logistic fit's w whose `policy_leak` at the response positions is at most `leak`:
+    unpenalised if it is within; else the fit that also pays mu times the mean squared logit
+    shift there (the states' second moment: it holds down the large shifts that make the policy
+    write Yes or No), mu found by bisection in log space. Returns (w [D], its leak)."""
     w = fit_direction(ps.h, ps.offset, y, lam)
-    got = policy_kl(w, ps.states, ps.p)
-    if got <= kl:
+    got = policy_leak(w, ps.states, ps.p)
+    if got <= leak:
         return w, got
     X = np.asarray(ps.states, np.float64)
-    second = (X * (ps.p.sum(1) / 8)[:, None]).T @ X / len(X)
+    second = X.T @ X / len(X)
     lo, hi = -8.0, 8.0  # log10 mu
     best = None
     for _ in range(steps):
         mid = (lo + hi) / 2
         w_mid = fit_direction(ps.h, ps.offset, y, lam, second, 10 ** mid)
-        k = policy_kl(w_mid, ps.states, ps.p)
-        if k <= kl:
+        k = policy_leak(w_mid, ps.states, ps.p)
+        if k <= leak:
             best, hi = (w_mid, k), mid
         else:
             lo = mid
-    if best is None:  # even mu = 1e8 shifts too much: no read at all
+    if best is None:  # even mu = 1e8 leaks too much: no read at all
         return np.zeros_like(w), 0.0
     return best
 
 
-def fit_probe_rows(ps: ProbeStates, targets, kl: float = 0.01, lam: float = 1e-3) -> np.ndarray:
+def fit_probe_rows(ps: ProbeStates, targets, leak: float = 1e-4,
+                   lam: float = 1e-3) -> np.ndarray:
     """The rows' deltas [2, D] (Yes, No) of the logistic fit on the training rows' `ProbeStates`,
-    within `kl` nats per token of the policy where it writes (the policy must stay)."""
-    w, got = fit_within_kl(ps, targets, kl, lam)
+    leaking at most `leak` Yes / No per token the policy writes (the policy must stay)."""
+    w, got = fit_within(ps, targets, leak, lam)
     log.info("probe rows: logistic fit on %d training rows' frozen states (|w| %.3f; logit "
-             "shift at the probe: std %.2f; the policy's KL where it writes: %.4f nats a token, "
-             "over %d positions)", len(ps.h), float(np.linalg.norm(w)),
-             float((ps.h @ w).std()), got, len(ps.states))
+             "shift at the probe: std %.2f; where the policy writes, over %d positions: Yes / "
+             "No added %.2e a token, KL %.4f nats a token)", len(ps.h),
+             float(np.linalg.norm(w)), float((ps.h @ w).std()), len(ps.states), got,
+             policy_kl(w, ps.states, ps.p))
     return np.stack([-w / 2, w / 2]).astype(np.float32)

@@ -168,7 +168,7 @@ def validate(model, val, spec) -> dict:
 
 def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
     """The probe rows' starting point (`selfeval.probe_fit`) on the training rows' shared-prompt
-    layout, within `cfg.probe_rows_kl`. The frozen model's states are read once and kept in
+    layout, within `cfg.probe_rows_leak`. The frozen model's states are read once and kept in
     out_dir (`probe_states.npz`): a rerun with another budget refits in seconds."""
     path = Path(cfg.out_dir) / "probe_states.npz"
     if path.exists():
@@ -180,7 +180,7 @@ def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
         buf = io.BytesIO()
         np.savez(buf, **dataclasses.asdict(ps))
         write_atomic(path, buf.getvalue())
-    model.lora.set_vocab_rows(fit_probe_rows(ps, shared["target"], kl=cfg.probe_rows_kl))
+    model.lora.set_vocab_rows(fit_probe_rows(ps, shared["target"], leak=cfg.probe_rows_leak))
 
 
 @dataclasses.dataclass
@@ -212,9 +212,9 @@ class SelfEvalConfig:
     # a section, e.g. {rank: 16, alpha: 32, targets: [wq, wk, wv, wo]} or lora.rank=16: train
     # adapters only (base frozen), merged into the weights at export; null: every weight
     lora: LoRAConfig | None = None
-    # with lora.probe_rows: the fitted start's budget of the policy's KL where it writes (nats a
-    # token, exact: the rows move only the Yes / No logits there)
-    probe_rows_kl: float = 0.01
+    # with lora.probe_rows: the fitted start's budget of the probability it adds to the policy
+    # writing Yes or No, per token written (exact: the rows move only those two logits)
+    probe_rows_leak: float = 1e-4
 
 
 def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
