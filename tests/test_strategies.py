@@ -395,6 +395,14 @@ def test_report_names_the_winner_of_each_strategy():
     assert "pruning at 8 tokens (Best-of-16, keep the fewest), the token against the best free " \
            "signal: a tie" in text
     assert "| Best-of-16 | 70.0% | 74.0% | 72.0% | 68.0% | the token wins" in text
+    # across Best-of-n and the answer votes: each side's best way of choosing one answer
+    h["signals"]["vote"] = {"self": 0.71, "likelihood": 0.76, "combined": 0.73, "majority": 0.68}
+    text = "\n".join(verdict(res))
+    assert ("Choosing one of a prompt's 16 answers, the token's best way against the free "
+            "signals' best way: the free signal wins (answer vote by mean token "
+            "log-probability): 74.0% vs 76.0%, -2.0 points") in text
+    assert "| answer vote of 16 (each distinct answer's summed signal) | 71.0% | 73.0% | " \
+           "76.0% | 68.0% |" in "\n".join(signal_lines(h, 16))
 
 
 def _comparable(res) -> str:

@@ -174,9 +174,14 @@ def verdict(result: dict) -> list[str]:
                  f"of Best-of-{n}'s gain over the better of greedy and one sample: "
                  f"{_mark(rec is not None and rec >= GAIN_SHARE and not chance)} "
                  f"({_adaptive_gain(h, n)}){why_chance}.")
+    problems = (h.get("signals") or {}).get("problems")
     for name, row, _ in signal_rows(h, n):
         lines.append(f"- {name}, the token against the best free signal: "
-                     f"{_winner(row, (h.get('signals') or {}).get('problems'))}.")
+                     f"{_winner(row, problems)}.")
+    best = best_choice(h.get("signals") or {}, n)
+    if best:
+        lines.append(f"- Choosing one of a prompt's {n} answers, the token's best way against the "
+                     f"free signals' best way: {best}.")
     speedup = h["prune_wall_speedup"]  # None: nothing was timed (real_runs: none)
     prune_ok = (pg["pruned"] >= g["prune_pruned"] - 1e-9 and pg["loss"] <= PRUNE_LOSS
                 and (speedup or 0.0) >= PRUNE_SPEEDUP)
@@ -228,17 +233,22 @@ def _winner(row: dict, problems: int | None = None) -> str:
     """Which wins among the token (alone or combined) and the best free signal of a row
     {signal: accuracy}: a sentence; a margin inside the 95% interval of an accuracy on
     `problems` problems is said to be within noise."""
-    token = {k: v for k, v in row.items() if k in ("self", "combined") and v is not None}
-    free = {k: v for k, v in row.items() if k in FREE and v is not None}
+    token = {SIGNAL_NAMES[k]: v for k, v in row.items() if k in ("self", "combined")
+             and v is not None}
+    free = {SIGNAL_NAMES[k]: v for k, v in row.items() if k in FREE and v is not None}
+    return _versus(token, free, problems)
+
+
+def _versus(token: dict, free: dict, problems: int | None) -> str:
+    """The best of `token` {name: accuracy} against the best of `free`, said plainly."""
     if not token or not free:
         return "no comparison"
     tk, tv = max(token.items(), key=lambda x: x[1])
     fk, fv = max(free.items(), key=lambda x: x[1])
     d = 100 * (tv - fv)
     if abs(d) < 0.05:
-        return f"a tie: {SIGNAL_NAMES[tk]} and {SIGNAL_NAMES[fk]} both {_pct(tv)}"
-    who = (f"the token wins ({SIGNAL_NAMES[tk]})" if d > 0
-           else f"the free signal wins ({SIGNAL_NAMES[fk]})")
+        return f"a tie: {tk} and {fk} both {_pct(tv)}"
+    who = f"the token wins ({tk})" if d > 0 else f"the free signal wins ({fk})"
     noise = ""
     if problems:
         p = (tv + fv) / 2
@@ -246,6 +256,17 @@ def _winner(row: dict, problems: int | None = None) -> str:
         if abs(d) <= half:
             noise = f", within noise (+-{half:.1f} points on {problems} problems)"
     return f"{who}: {_pct(tv)} vs {_pct(fv)}, {d:+.1f} points{noise}"
+
+
+def best_choice(sig: dict, n: int) -> str | None:
+    """Across the ways of choosing one of a prompt's n answers (Best-of-n, answer votes), the
+    token's best (alone or combined) against the free signals' best: a sentence, or None."""
+    ways = [(f"Best-of-{n} by {SIGNAL_NAMES[k]}", k, v) for k, v in sig.get("bon", {}).items()]
+    ways += [(f"answer vote by {SIGNAL_NAMES[k]}", k, v) for k, v in sig.get("vote", {}).items()
+             if k != "majority"]  # majority is Best-of-n's majority vote already
+    token = {w: v for w, k, v in ways if k in ("self", "combined") and v is not None}
+    free = {w: v for w, k, v in ways if k in FREE and v is not None}
+    return _versus(token, free, sig.get("problems")) if token and free else None
 
 
 def signal_rows(h: dict, n: int) -> list[tuple[str, dict, str]]:
