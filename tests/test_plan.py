@@ -139,7 +139,8 @@ def _libtpu_importable() -> bool:
                            "plan is covered only where it is")
 def test_plan_compiles_for_a_tpu_topology_with_splash(tmp_path):
     """libtpu's deviceless compiler builds the train step (Pallas splash attention, seq 2048),
-    prefill (blockwise: a cache segment too) and decode (exact) for a v5e 2x2 slice."""
+    prefill (splash too: a fresh cache, the prompt's own segment only) and decode (exact) for a
+    v5e 2x2 slice; the kernels are read off the lowered programs."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"  # other libtpu processes may hold its lockfile
     out = tmp_path / "plan.json"
@@ -153,6 +154,6 @@ def test_plan_compiles_for_a_tpu_topology_with_splash(tmp_path):
     assert "by libtpu" in res["where"]
     progs = res["programs"]
     assert progs["train"]["attention"] == ["splash"]
-    assert progs["prefill"]["attention"] == ["blockwise"]
+    assert progs["prefill"]["attention"] == ["splash"]
     assert progs["decode"]["attention"] == ["exact"]
     assert "attention splash" in r.stdout and "overall: FITS" in r.stdout
