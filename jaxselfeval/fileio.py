@@ -12,9 +12,9 @@ from jaxselfeval.errors import JSEError
 
 
 def write_atomic(path, text: str | bytes):
-    """Write `text` (or bytes) to a temporary file of its own beside `path` (a unique name, so writers of
-    one path never share it), fsync it, then rename it over `path`. The temporary is removed
-    when the write fails."""
+    """Write `text` (str or bytes) to a temporary file of its own beside `path` (a unique name,
+    so writers of one path never share it), fsync it, then rename it over `path`. The temporary
+    is removed when the write fails."""
     path = Path(path)
     while True:
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")

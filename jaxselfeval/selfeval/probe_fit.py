@@ -80,21 +80,21 @@ def probe_states(model, d: dict, yes: int, no: int, rows: int = 64,
 
 def _shifted(w, states, p):
     """The base's Yes / No probabilities p [M, 2] after rows Yes -w / 2, No +w / 2 move their
-    logits at `states` [M, D]: (the shifts d [M, 2], the new probabilities [M, 2], f64)."""
+    logits at `states` [M, D]: (the shifts d [M, 2], the log of the new partition over the
+    base's [M], the new probabilities [M, 2]), f64."""
     s = np.asarray(states, np.float64) @ np.asarray(w, np.float64) / 2
     d = np.stack([-s, s], axis=1)
     p = np.asarray(p, np.float64)
-    z = 1 + (p * np.expm1(d)).sum(1, keepdims=True)  # the new partition over the base's
-    return d, p * np.exp(d) / z
+    log_z = np.log1p((p * np.expm1(d)).sum(1))
+    return d, log_z, p * np.exp(d - log_z[:, None])
 
 
 def policy_kl(w, states, p) -> float:
     """The mean KL(base || with the rows) of the policy's next-token distribution at `states`
     [M, D], exactly: rows Yes -w / 2, No +w / 2 move only those two logits, whose base
     probabilities are p [M, 2]."""
-    d, _ = _shifted(w, states, p)
-    p = np.asarray(p, np.float64)
-    return float(np.mean(np.log1p((p * np.expm1(d)).sum(1)) - (p * d).sum(1)))
+    d, log_z, _ = _shifted(w, states, p)
+    return float(np.mean(log_z - (np.asarray(p, np.float64) * d).sum(1)))
 
 
 def policy_leak(w, states, p) -> float:
@@ -102,7 +102,7 @@ def policy_leak(w, states, p) -> float:
     mean over `states` [M, D] of the rise of P(Yes) + P(No), where it rises), exactly. A mean
     KL can be small while a few positions are pushed to Yes or No, and one "No" written makes
     the next likelier: this is the figure to hold down."""
-    _, q = _shifted(w, states, p)
+    _, _, q = _shifted(w, states, p)
     return float(np.maximum(q.sum(1) - np.asarray(p, np.float64).sum(1), 0.0).mean())
 
 
@@ -110,8 +110,8 @@ def fit_direction(H, offset, y, lam: float = 1e-3, second=None, mu: float = 0.0,
                   iters: int = 30) -> np.ndarray:
     """w [D] minimising the cross-entropy of sigmoid(offset + H w) against soft targets y [N]
     plus lam |w * sd|^2 (the penalty of standardised features) plus mu w' second w (`second`
-    [D, D]: a quadratic cost of w, here the policy's KL to second order), by Newton's method.
-    f64."""
+    [D, D]: a quadratic cost of w; `fit_within` passes the states' second moment where the
+    policy writes, the mean squared logit shift there), by Newton's method. f64."""
     H, offset, y = (np.asarray(a, np.float64) for a in (H, offset, y))
     sd = H.std(0) + 1e-6
     X = H / sd  # standardised scale, not centred: no intercept
