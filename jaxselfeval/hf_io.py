@@ -28,6 +28,8 @@ from jaxselfeval.gguf_io import gguf_model_dir
 from jaxselfeval.lora import merge_lora
 from jaxselfeval.model.config import LlamaConfig, read_hf_config
 from jaxselfeval.model.llama import Llama, abstract_model, as_dtype, param_shapes
+from jaxselfeval.model.probe_head import FILE as PROBE_HEAD_FILE
+from jaxselfeval.model.probe_head import ProbeHead
 from jaxselfeval.safetensors_io import _Lazy, save_file
 from jaxselfeval.sharding import RULES, local_mesh, state_shardings
 
@@ -177,7 +179,22 @@ def load_pretrained(path: str | os.PathLike, dtype="float32", *, compute_dtype=N
         state[name] = state[name].replace(arr)
     model = nnx.merge(graphdef, state)
     model.source_dir = str(path)
+    if (path / PROBE_HEAD_FILE).exists():  # the probe's own rows (`model.probe_head`)
+        model.probe_head = read_probe_head(path / PROBE_HEAD_FILE, cfg)
     return model
+
+
+def read_probe_head(file: Path, cfg: LlamaConfig) -> ProbeHead:
+    """The `ProbeHead` in `file` (probe_head.safetensors), checked against the model's config."""
+    with safe_open(str(file), framework="numpy") as f:
+        if set(f.keys()) != {"ids", "delta"}:
+            raise JSEError(f"'{file}' holds {sorted(f.keys())}, expected ids and delta: it is not "
+                           "a probe head an export wrote; remove it or export again")
+        ids, delta = f.get_tensor("ids"), f.get_tensor("delta")
+    if delta.shape != (len(ids), cfg.hidden_size) or not np.all((ids >= 0) & (ids < cfg.vocab_size)):
+        raise JSEError(f"'{file}' does not fit this model (delta {delta.shape}, hidden size "
+                       f"{cfg.hidden_size}, vocabulary {cfg.vocab_size}): export it again")
+    return ProbeHead(ids, delta)
 
 
 def load_for_sampling(path, dtype: str = "float32", mesh=None) -> Llama:
@@ -216,7 +233,8 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-_EXPORT_FILES = re.compile(r"config\.json|selfeval\.json|model\.safetensors(\.index\.json)?|"
+_EXPORT_FILES = re.compile(r"config\.json|selfeval\.json|probe_head\.safetensors|"
+                           r"model\.safetensors(\.index\.json)?|"
                            r"model-\d{5}-of-\d{5}\.safetensors")
 
 
@@ -317,6 +335,8 @@ def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype=None,
             for f in TOKENIZER_FILES:
                 if (Path(src) / f).exists():
                     shutil.copy2(Path(src) / f, tmp / f)
+        if getattr(model, "probe_head", None) is not None:
+            save_file(model.probe_head.tensors(), str(tmp / PROBE_HEAD_FILE))
         for f in ("selfeval.json",):  # our own metadata travels with the weights
             if src and (Path(src) / f).exists() and not (tmp / f).exists():
                 shutil.copy2(Path(src) / f, tmp / f)

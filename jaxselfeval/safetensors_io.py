@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "int32": "I32"}
 
 
 class _Lazy:

@@ -383,3 +383,68 @@ def test_zero_steps_export_the_fitted_probe_rows_alone(tiny_dir, tmp_path):
     with pytest.raises(jse.JSEError, match="steps must be >= 0"):
         train_selfeval(SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "x"), steps=-1,
                                       lora=lora), progress=False)
+
+
+def test_ranking_pairs_lift_the_read_within_a_prompt():
+    """rank_pairs / fit_direction's ranking term: when one feature tells prompts apart (their
+    difficulty) but is noise within a prompt, ranking each prompt's right rows above its wrong
+    ones turns the fit toward the feature that tells them apart within a prompt."""
+    from jaxselfeval.selfeval import metrics as M
+    from jaxselfeval.selfeval.probe_fit import fit_direction, rank_pairs
+
+    rng = np.random.default_rng(3)
+    G, n = 300, 8
+    group = np.repeat(np.arange(G), n)
+    ease = np.repeat(rng.normal(0, 2, G), n)
+    x0 = ease + rng.normal(0, 1.5, G * n)  # the prompt's ease, noisy per row
+    x1 = rng.normal(0, 1, G * n)  # tells a prompt's rows apart
+    y = (rng.random(G * n) < 1 / (1 + np.exp(-(ease + 0.8 * x1)))).astype(float)
+    H = np.stack([x0, x1, np.ones(G * n)], 1)
+    pairs = rank_pairs(group, y > 0.5)
+    r, w = y[pairs[:, 0]] > 0.5, y[pairs[:, 1]] > 0.5
+    assert r.all() and not w.any() and (group[pairs[:, 0]] == group[pairs[:, 1]]).all()
+    assert len(pairs) == sum(int(y[group == g].sum() * (n - y[group == g].sum())) for g in range(G))
+    plain = fit_direction(H, np.zeros(G * n), y, 1e-4)
+    ranked = fit_direction(H, np.zeros(G * n), y, 1e-4, pairs=pairs, rank_weight=4.0)
+    within = [M.auroc_within(H @ v, y, group) for v in (plain, ranked)]
+    assert within[1] > within[0] + 0.01
+    assert abs(ranked[0] / ranked[1]) < abs(plain[0] / plain[1])
+    np.testing.assert_allclose(fit_direction(H, np.zeros(G * n), y, 1e-4, pairs=pairs,
+                                             rank_weight=0.0), plain)
+
+
+def test_probe_head_is_read_at_the_probe_only_and_exported(tiny_dir, tmp_path):
+    """probe_head: the fitted rows move the probe's Yes / No logits and nothing the policy
+    samples from; the export keeps the base weights, carries the head beside them
+    (probe_head.safetensors) and scores as the fitted model did."""
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
+    cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=0, batch_size=8,
+                         seq_len=192, rows_per_prompt=1, probe_head=True, probe_rank_weight=1.0)
+    out, final = train_selfeval(cfg, progress=False)
+    assert (out / "probe_head.safetensors").exists()
+    assert json.loads((out / "selfeval.json").read_text())["probe_head"] is True
+    base, got = jse.load_pretrained(tiny_dir), jse.load_pretrained(out)
+    assert base.probe_head is None and got.probe_head is not None
+    for name in ("embed", "lm_head", "wq", "w_down"):
+        np.testing.assert_array_equal(np.asarray(getattr(base, name)[...]),
+                                      np.asarray(getattr(got, name)[...]))
+    spec = probe_spec(load_tokenizer(out))
+    toks, _, last, _, _ = encode_rows(load_rows(data, "validation"), spec, 192)
+    h = np.random.default_rng(0).normal(0, 1, (3, base.config.hidden_size)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(base.logits(h)), np.asarray(got.logits(h)))
+    ids = np.asarray([spec.yes, spec.no, 5], np.int32)
+    moved = np.asarray(got.token_logits(h, ids)) - np.asarray(base.token_logits(h, ids))
+    assert np.abs(moved[:, :2]).max() > 1e-3 and np.abs(moved[:, 2]).max() == 0
+    s = scores(got, toks, last, spec.yes, spec.no)
+    assert abs(final["mean_score"] - float(s.mean())) < 1e-3
+    assert abs(float(s.mean()) - float(scores(base, toks, last, spec.yes, spec.no).mean())) > 1e-3
+    with pytest.raises(jse.JSEError, match="probe_head is fitted, not trained"):
+        train_selfeval(SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "x"), steps=3,
+                                      probe_head=True), progress=False)
+    from safetensors.numpy import save_file
+
+    save_file({"rows": np.zeros((2, 3), np.float32)}, str(out / "probe_head.safetensors"))
+    with pytest.raises(jse.JSEError, match="probe_head.safetensors"):
+        jse.load_pretrained(out)

@@ -17,6 +17,7 @@ from jaxselfeval.model.block import LayerKV, Rope, StackedBlock, decoder_block, 
 from jaxselfeval.model.cache import KVCache
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.model.context import AttentionContext
+from jaxselfeval.model.probe_head import ProbeHead
 from jaxselfeval.model.rope import inv_frequencies, rope_tables
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -68,6 +69,8 @@ class Llama(nnx.Module):
     none (None: JAX's default backend; `plan` sets the chip it compiles for).
     lora: None, or an `Adapter` (e.g. `jaxselfeval.lora.add_lora`) whose low-rank terms the
     layers add to their projections.
+    probe_head: None, or a `ProbeHead`: rows added to a few tokens' logits where the probe reads
+    them (`token_logits`), not where the policy samples (`logits`).
     """
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs, param_dtype="float32",
@@ -84,6 +87,7 @@ class Llama(nnx.Module):
         self.attention_impl = attention_impl
         self.platform: str | None = None  # kernels chosen for it (None: JAX's default backend)
         self.lora: Adapter | None = nnx.data(None)
+        self.probe_head: ProbeHead | None = nnx.data(None)
         std = 0.02
         for name, (shape, axes) in param_shapes(config).items():
             if name.endswith("norm"):
@@ -197,7 +201,8 @@ class Llama(nnx.Module):
 
     def token_logits(self, h, ids):
         """h: f32 [..., D] final-normed hidden, ids: int32 [K] -> f32 logits [..., K] of those
-        tokens only (the LM head's K columns: a probe reads two of the vocabulary's logits)."""
+        tokens only (the LM head's K columns: a probe reads two of the vocabulary's logits),
+        plus the probe head's rows, if any."""
         cd = self.compute_dtype
         if self.config.tie_word_embeddings:
             w = jnp.take(self.embed[...], ids, axis=0)  # [K, D]
@@ -211,6 +216,8 @@ class Llama(nnx.Module):
         if rows is not None:  # each asked id that is an adapted row gets that row's term
             out = out + jnp.einsum("...r,kr->...k", rows[1],
                                    (ids[:, None] == rows[0][None]).astype(jnp.float32))
+        if self.probe_head is not None:
+            out = self.probe_head.add_to(out, h, ids)
         return out
 
     def logits(self, h):

@@ -106,12 +106,28 @@ def policy_leak(w, states, p) -> float:
     return float(np.maximum(q.sum(1) - np.asarray(p, np.float64).sum(1), 0.0).mean())
 
 
+def rank_pairs(groups, right) -> np.ndarray:
+    """Every (right, wrong) pair of rows within a group: groups [N] (e.g. a prompt and a
+    truncation), right bool [N] -> int [P, 2] row indices (right first)."""
+    groups, right = np.asarray(groups), np.asarray(right, bool)
+    out = [np.zeros((0, 2), np.int64)]
+    for g in np.unique(groups):
+        ix = np.flatnonzero(groups == g)
+        r, w = ix[right[ix]], ix[~right[ix]]
+        if len(r) and len(w):
+            out.append(np.stack(np.meshgrid(r, w, indexing="ij"), -1).reshape(-1, 2))
+    return np.concatenate(out)
+
+
 def fit_direction(H, offset, y, lam: float = 1e-3, second=None, mu: float = 0.0,
-                  iters: int = 30) -> np.ndarray:
+                  pairs=None, rank_weight: float = 0.0, iters: int = 30) -> np.ndarray:
     """w [D] minimising the cross-entropy of sigmoid(offset + H w) against soft targets y [N]
     plus lam |w * sd|^2 (the penalty of standardised features) plus mu w' second w (`second`
     [D, D]: a quadratic cost of w; `fit_within` passes the states' second moment where the
-    policy writes, the mean squared logit shift there), by Newton's method. f64."""
+    policy writes, the mean squared logit shift there) plus rank_weight times the mean logistic
+    loss of each of `pairs` ([P, 2]: a right row, a wrong row of one prompt, `rank_pairs`)
+    ranked the wrong way round (the read within a prompt, what Best-of-n picks by), by Newton's
+    method. f64."""
     H, offset, y = (np.asarray(a, np.float64) for a in (H, offset, y))
     sd = H.std(0) + 1e-6
     X = H / sd  # standardised scale, not centred: no intercept
@@ -119,11 +135,20 @@ def fit_direction(H, offset, y, lam: float = 1e-3, second=None, mu: float = 0.0,
     P = 2 * lam * np.eye(D)
     if second is not None and mu:
         P = P + 2 * mu * np.asarray(second, np.float64) / np.outer(sd, sd)
+    ranked = pairs is not None and rank_weight > 0 and len(pairs) > 0
+    if ranked:
+        pairs = np.asarray(pairs)
+        dX = X[pairs[:, 0]] - X[pairs[:, 1]]  # [P, D]
+        d_off = offset[pairs[:, 0]] - offset[pairs[:, 1]]
     v = np.zeros(D)
     for _ in range(iters):
         p = 1 / (1 + np.exp(-(offset + X @ v)))
         grad = X.T @ (p - y) / n + P @ v
         hess = (X * (p * (1 - p))[:, None]).T @ X / n + P
+        if ranked:  # loss log(1 + exp(-gap)) of each pair's score gap
+            q = 1 / (1 + np.exp(d_off + dX @ v))
+            grad = grad - rank_weight * dX.T @ q / len(dX)
+            hess = hess + rank_weight * (dX * (q * (1 - q))[:, None]).T @ dX / len(dX)
         step = np.linalg.solve(hess, grad)
         v -= step
         if np.abs(step).max() < 1e-8:
@@ -168,4 +193,17 @@ def fit_probe_rows(ps: ProbeStates, targets, leak: float = 1e-4,
              "No added %.2e a token, KL %.4f nats a token)", len(ps.h),
              float(np.linalg.norm(w)), float((ps.h @ w).std()), len(ps.states), got,
              policy_kl(w, ps.states, ps.p))
+    return np.stack([-w / 2, w / 2]).astype(np.float32)
+
+
+def fit_probe_head(ps: ProbeStates, targets, pairs=None, rank_weight: float = 0.0,
+                   lam: float = 1e-3) -> np.ndarray:
+    """The probe head's deltas [2, D] (Yes, No): the logistic fit on the training rows'
+    `ProbeStates`, plus `rank_weight` times the within-prompt ranking of `pairs`. Read at the
+    probe only (`model.probe_head`), they leave the policy as it is: no budget."""
+    w = fit_direction(ps.h, ps.offset, targets, lam, pairs=pairs, rank_weight=rank_weight)
+    log.info("probe head: logistic fit on %d training rows' frozen states%s (|w| %.3f; logit "
+             "shift at the probe: std %.2f)", len(ps.h),
+             f", ranking {len(pairs)} pairs within a prompt x {rank_weight:g}" if rank_weight
+             and pairs is not None else "", float(np.linalg.norm(w)), float((ps.h @ w).std()))
     return np.stack([-w / 2, w / 2]).astype(np.float32)

@@ -25,10 +25,12 @@ from jaxselfeval.errors import JSEError
 from jaxselfeval.fileio import write_atomic
 from jaxselfeval.lora import LoRAConfig, add_lora, count_lora_params, merge_lora
 from jaxselfeval.model.adapter import without_adapter
+from jaxselfeval.model.probe_head import ProbeHead
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
 from jaxselfeval.selfeval.labels import TARGETS, token_targets
-from jaxselfeval.selfeval.probe_fit import ProbeStates, fit_probe_rows, probe_states
+from jaxselfeval.selfeval.probe_fit import (ProbeStates, fit_probe_head, fit_probe_rows,
+                                            probe_states, rank_pairs)
 from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
                                        forward_rows, hidden_rows, prompt_batches)
 from jaxselfeval.sharding import make_mesh
@@ -166,21 +168,38 @@ def validate(model, val, spec) -> dict:
     return res
 
 
-def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
-    """The probe rows' starting point (`selfeval.probe_fit`) on the training rows' shared-prompt
-    layout, within `cfg.probe_rows_leak`. The frozen model's states are read once and kept in
-    out_dir (`probe_states.npz`): a rerun with another budget refits in seconds."""
+def _probe_states(model, shared: dict, spec, cfg) -> ProbeStates:
+    """The frozen model's `ProbeStates` on the training rows' shared-prompt layout, read once
+    and kept in out_dir (`probe_states.npz`): a rerun with another budget refits in seconds."""
     path = Path(cfg.out_dir) / "probe_states.npz"
     if path.exists():
         with np.load(path) as f:
-            ps = ProbeStates(**{k: f[k] for k in f.files})
-    else:
-        ps = probe_states(model, shared, spec.yes, spec.no)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, **dataclasses.asdict(ps))
-        write_atomic(path, buf.getvalue())
+            return ProbeStates(**{k: f[k] for k in f.files})
+    ps = probe_states(model, shared, spec.yes, spec.no)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **dataclasses.asdict(ps))
+    write_atomic(path, buf.getvalue())
+    return ps
+
+
+def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
+    """The LM head's probe rows start at the fit (`selfeval.probe_fit`), within
+    `cfg.probe_rows_leak`."""
+    ps = _probe_states(model, shared, spec, cfg)
     model.lora.set_vocab_rows(fit_probe_rows(ps, shared["target"], leak=cfg.probe_rows_leak))
+
+
+def _fit_probe_head(model, shared: dict, rows: list[dict], spec, cfg) -> None:
+    """`model.probe_head`: the fit, ranking each prompt's right rows above its wrong ones (of
+    the same truncation) with weight `cfg.probe_rank_weight`."""
+    ps = _probe_states(model, shared, spec, cfg)
+    keep = shared["keep"]
+    right = np.asarray([rows[i]["reward"] > 0.5 for i in keep])
+    trunc = np.asarray([rows[i]["truncation"] for i in keep], np.int64)
+    pairs = rank_pairs(shared["group"].astype(np.int64) * (trunc.max() + 1) + trunc, right)
+    delta = fit_probe_head(ps, shared["target"], pairs, cfg.probe_rank_weight)
+    model.probe_head = ProbeHead((spec.yes, spec.no), delta)
 
 
 @dataclasses.dataclass
@@ -215,6 +234,13 @@ class SelfEvalConfig:
     # with lora.probe_rows: the fitted start's budget of the probability it adds to the policy
     # writing Yes or No, per token written (exact: the rows move only those two logits)
     probe_rows_leak: float = 1e-4
+    # the token as the probe's own Yes / No rows, fitted (steps: 0, no lora): read at the probe
+    # only, so the policy stays the base model exactly and the fit needs no budget
+    # (`model.probe_head`, exported as probe_head.safetensors beside the weights)
+    probe_head: bool = False
+    # with probe_head: the weight of ranking each prompt's right answers above its wrong ones
+    # in the fit (the read within a prompt, what Best-of-n picks by)
+    probe_rank_weight: float = 0.0
 
 
 def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
@@ -233,6 +259,9 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
                        "off; set lora={rank: 16, ...} or use lm_weight for full fine-tuning")
     if cfg.steps < 0:
         raise JSEError(f"steps must be >= 0 (0: no optimiser step), got {cfg.steps}")
+    if cfg.probe_head and (cfg.steps or cfg.lora is not None):
+        raise JSEError("probe_head is fitted, not trained: set steps=0 and lora=null (or use "
+                       "lora.probe_rows to train the LM head's rows)")
     if cfg.target not in TARGETS:
         raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
     model_dir = cfg.model or json.loads((data / "build_config.json").read_text())["model"]
@@ -247,7 +276,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     resumed = (Path(cfg.out_dir) / "ckpt").exists()
     tr_rows = retarget(load_rows(data, "train"), cfg.target)
     shared = (encode_shared(tr_rows, spec.after, cfg.seq_len)
-              if cfg.rows_per_prompt or probe_rows else None)
+              if cfg.rows_per_prompt or probe_rows or cfg.probe_head else None)
     if cfg.rows_per_prompt:
         batches = SharedPromptBatches(shared, cfg.batch_size, cfg.rows_per_prompt, cfg.seed)
         batches.check_mesh(make_mesh(cfg.mesh))
@@ -258,6 +287,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         n_train = len(tk)
     if probe_rows:  # after every check of the settings: the fit is a pass over the rows
         _start_probe_rows(model, shared, spec, cfg)
+    if cfg.probe_head:
+        _fit_probe_head(model, shared, tr_rows, spec, cfg)
     va_rows = retarget(load_rows(data, "validation"), cfg.target)
     if cfg.rows_per_prompt:
         val = encode_shared(va_rows, spec.after, cfg.seq_len)
@@ -304,6 +335,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         model = merge_lora(model)
     jse.save_pretrained(model, export, tokenizer_dir=model_dir)
     (export / "selfeval.json").write_text(json.dumps({"trained": True, "target": cfg.target,
+                                                      "probe_head": cfg.probe_head,
                                                       "validation": final,
                                                       "base_model": str(model_dir)}, indent=2))
     return export, final
