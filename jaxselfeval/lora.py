@@ -215,8 +215,8 @@ def merge_lora(model: Llama) -> Llama:
     """A plain Llama (no adapters) whose target weights are W + scale * A @ B; same dtypes and
     shardings. Trained vocabulary rows (`probe_rows`) are added to the LM head's columns; a tied
     head is untied for them (the head becomes the embedding, transposed, plus the rows: the
-    input embedding stays as it was). The input model is not changed. A model without adapters
-    is returned as is."""
+    input embedding stays as it was). A probe head (`model.probe_head`) is kept as it is. The
+    input model is not changed. A model without adapters is returned as is."""
     lora = model.lora
     if lora is None:
         return model
@@ -241,6 +241,7 @@ def merge_lora(model: Llama) -> Llama:
     out = nnx.merge(graphdef, state)
     out.remat = model.remat
     out.attention_impl = model.attention_impl
+    out.probe_head = model.probe_head  # the probe's own rows stay the probe's
     if hasattr(model, "source_dir"):
         out.source_dir = model.source_dir
     return out

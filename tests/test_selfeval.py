@@ -440,6 +440,12 @@ def test_probe_head_is_read_at_the_probe_only_and_exported(tiny_dir, tmp_path):
     s = scores(got, toks, last, spec.yes, spec.no)
     assert abs(final["mean_score"] - float(s.mean())) < 1e-3
     assert abs(float(s.mean()) - float(scores(base, toks, last, spec.yes, spec.no).mean())) > 1e-3
+    from jaxselfeval.lora import add_lora, merge_lora
+
+    merged = merge_lora(add_lora(jse.load_pretrained(out), {"rank": 2, "alpha": 4,
+                                                           "targets": ["wq"]}))
+    np.testing.assert_array_equal(np.asarray(merged.probe_head.delta[...]),
+                                  np.asarray(got.probe_head.delta[...]))  # merging keeps it
     with pytest.raises(jse.JSEError, match="probe_head is fitted, not trained"):
         train_selfeval(SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "x"), steps=3,
                                       probe_head=True), progress=False)
