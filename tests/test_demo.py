@@ -48,3 +48,18 @@ def test_demo_refuses_to_resume_from_another_base_model(tmp_path):
     (out / "base_model.json").unlink()
     with pytest.raises(jse.JSEError, match="files of an older demo"):
         _check_same_base(base, out)
+
+
+def test_demo_summary_leaves_out_what_did_not_run():
+    """The closing line: no "by RM 0.0%" when no reward model ran; the token's AUROC on the test
+    pool, with validation's named apart."""
+    from pathlib import Path
+
+    from jaxselfeval.commands.demo import demo_summary
+
+    h = {"one_sample": 0.445, "bon_self": 0.455, "bon_rm": None, "majority": 0.555,
+         "bon_likelihood": 0.595, "adaptive_acc_at_1.2": 0.555}
+    line = demo_summary(5202, h, {"auroc": 0.795}, {"auroc_full": 0.825}, Path("r.md"))
+    assert "RM" not in line and "by log-prob 59.5%" in line and "one sample 44.5%" in line
+    assert "AUROC 0.795 (test pool), 0.825 (validation)" in line
+    assert "by RM 91.0%" in demo_summary(1, h | {"bon_rm": 0.91}, {}, {}, Path("r.md"))

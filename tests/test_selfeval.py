@@ -421,7 +421,8 @@ def test_probe_head_is_read_at_the_probe_only_and_exported(tiny_dir, tmp_path):
 
     data = build_dataset(_cfg(tiny_dir, tmp_path / "data"), progress=False)
     cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / "se"), steps=0, batch_size=8,
-                         seq_len=192, rows_per_prompt=1, probe_head=True, probe_rank_weight=1.0)
+                         seq_len=192, rows_per_prompt=1, probe_head=True, probe_rank_weight=1.0,
+                         kl_weight=1.0)  # a KL weight without steps or LoRA is unused
     out, final = train_selfeval(cfg, progress=False)
     assert (out / "probe_head.safetensors").exists()
     assert json.loads((out / "selfeval.json").read_text())["probe_head"] is True

@@ -146,12 +146,23 @@ def run(args) -> int:
     h = res["headline"]
     trained = _trained_sample_at_1(res, base_acc)
     print(f"sample@1 base {100 * base_acc['sample@1']:.1f}% -> trained {100 * trained:.1f}%")
-    print(f"demo done in {time.time() - t0:.0f}s: one sample {100 * h['one_sample']:.1f}%, "
-          f"Best-of-N self-eval {100 * h['bon_self']:.1f}%, by RM {100 * (h['bon_rm'] or 0):.1f}%, "
-          f"majority {100 * h['majority']:.1f}%, by log-prob {100 * (h['bon_likelihood'] or 0):.1f}%, "
-          f"adaptive@1.2 {100 * (h['adaptive_acc_at_1.2'] or 0):.1f}%; AUROC "
-          f"{val.get('auroc_full', float('nan')):.3f}. Report: {out / 'report.md'}")
+    print(demo_summary(time.time() - t0, h, res["pool"], val, out / "report.md"))
     return 0
+
+
+def demo_summary(seconds: float, h: dict, pool: dict, val: dict, report: Path) -> str:
+    """The demo's closing line: the headline accuracies (a baseline that was not run is left
+    out, never printed as 0%), the token's AUROC on the test pool and on validation."""
+    parts = [f"one sample {100 * h['one_sample']:.1f}%",
+             f"Best-of-N self-eval {100 * h['bon_self']:.1f}%"]
+    for key, name in (("bon_rm", "by RM"), ("majority", "majority"),
+                      ("bon_likelihood", "by log-prob"), ("adaptive_acc_at_1.2", "adaptive@1.2")):
+        if h.get(key) is not None:
+            parts.append(f"{name} {100 * h[key]:.1f}%")
+    auroc = f"AUROC {pool['auroc']:.3f} (test pool)" if "auroc" in pool else "AUROC n/a"
+    if "auroc_full" in val:
+        auroc += f", {val['auroc_full']:.3f} (validation)"
+    return f"demo done in {seconds:.0f}s: {', '.join(parts)}; {auroc}. Report: {report}"
 
 
 def _evaluate(hf: Path, ecfg, ev_dir: Path, rm, prog: bool, stage: str) -> dict:

@@ -254,7 +254,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     data = Path(cfg.data_dir)
     if not (data / "build_config.json").exists():
         raise JSEError(f"no capability dataset in '{data}': run `jaxselfeval data build` first")
-    if cfg.kl_weight and cfg.lora is None:
+    if cfg.steps and cfg.kl_weight and cfg.lora is None:
         raise JSEError("kl_weight needs lora: the frozen base is the model with its adapters "
                        "off; set lora={rank: 16, ...} or use lm_weight for full fine-tuning")
     if cfg.steps < 0:
