@@ -6,9 +6,22 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
 from jaxselfeval.errors import JSEError
+
+
+def temp_dir_beside(out: Path, prefix: str = ".tmp-") -> Path:
+    """A fresh directory in `out`'s parent (made if needed) to build `out` in and rename into
+    place: same disk, and the ordinary permissions of a new directory (0o777 less the umask;
+    mkdtemp's own are private, and the result would stay so)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
 
 
 def write_atomic(path, text: str | bytes):

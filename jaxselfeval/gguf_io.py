@@ -18,12 +18,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from jaxselfeval.errors import JSEError
+from jaxselfeval.fileio import temp_dir_beside
 from jaxselfeval.model.config import LlamaConfig
 from jaxselfeval.safetensors_io import _Lazy, save_file
 
@@ -238,11 +238,7 @@ def convert_gguf(path, out_dir, *, dtype: str = "float32", overwrite: bool = Fal
     cfg = gguf_config(meta, {t.name for t in reader.tensors}, path)
     plan = _tensor_plan(reader, cfg, path)
     dt = np.dtype(as_dtype(dtype))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary dir
+    tmp = temp_dir_beside(out)
     try:
         _save_tokenizer(path, tmp)
         lazy = {}

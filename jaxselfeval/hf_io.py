@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -23,7 +22,7 @@ from flax import nnx
 from safetensors import safe_open
 
 from jaxselfeval.errors import JSEError
-from jaxselfeval.fileio import check_replaceable, restore_aside, swap_dir
+from jaxselfeval.fileio import check_replaceable, restore_aside, swap_dir, temp_dir_beside
 from jaxselfeval.gguf_io import gguf_model_dir
 from jaxselfeval.lora import merge_lora
 from jaxselfeval.model.config import LlamaConfig, read_hf_config
@@ -307,9 +306,8 @@ def save_pretrained(model: Llama, out_dir: str | os.PathLike, *, dtype=None,
         cur_bytes += nb
     shards.append(cur)
     writer = jax.process_index() == 0
-    if writer:  # the temporary directory beside `out`, so the final rename stays on one disk
-        out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent)) if writer else None
+    # the temporary directory beside `out`, so the final rename stays on one disk
+    tmp = temp_dir_beside(out) if writer else None
     try:
         weight_map, total = {}, 0
         for si, shard in enumerate(shards):

@@ -80,3 +80,16 @@ def test_eight_b_param_count_without_allocating():
     assert round(n / 1e9, 2) == 8.03
     assert 1.2e9 < jse.count_params(jse.abstract_model(load_model_config("llama3_2_1b"))) < 1.3e9
     assert 3.1e9 < jse.count_params(jse.abstract_model(load_model_config("llama3_2_3b"))) < 3.3e9
+
+
+def test_an_export_has_ordinary_permissions(hf_models, tmp_path):
+    """An export is built in a temporary directory and renamed into place: it ends with the
+    permissions of a new directory (0o777 less the umask), not mkdtemp's private 0o700."""
+    import os
+    import stat
+
+    path, _ = next(iter(hf_models.values()))
+    out = jse.save_pretrained(jse.load_pretrained(path), tmp_path / "export")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask

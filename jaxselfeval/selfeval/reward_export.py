@@ -7,14 +7,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from jaxselfeval.fileio import swap_dir
+from jaxselfeval.fileio import swap_dir, temp_dir_beside
 from jaxselfeval.hf_io import _hf_tensors, _to_host, check_export_target, save_pretrained
 from jaxselfeval.lora import merge_lora
 from jaxselfeval.model.llama import as_dtype
@@ -47,8 +46,7 @@ def save_reward_model(rm, out_dir, *, dtype=None, tokenizer_dir=None,
     head = _to_host(rm.head[...]).astype(np.float32)  # collective on multi-host: every process
     writer = jax.process_index() == 0
     if writer:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        base = Path(tempfile.mkdtemp(prefix=".tmp-rm-", dir=out.parent))
+        base = temp_dir_beside(out, ".tmp-rm-")
     else:
         base = out.parent / ".tmp-rm-unused"
     src = tokenizer_dir or getattr(rm, "source_dir", None) or getattr(rm.backbone, "source_dir",
