@@ -119,9 +119,12 @@ def run(args) -> int:
         val = json.loads((hf / "selfeval.json").read_text())["validation"]
     else:
         log.info("stage 3/4: training the capability token -> %s", se_dir)
-        scfg = load_dataclass_config(SelfEvalConfig, dc.selfeval, dc.selfeval_overrides +
-                                     quick["selfeval"] + [f"data_dir={bcfg.out_dir}",
-                                                          f"out_dir={se_dir}", f"export_dir={hf}"])
+        overrides = dc.selfeval_overrides + [f"data_dir={bcfg.out_dir}", f"out_dir={se_dir}",
+                                             f"export_dir={hf}"]
+        scfg = load_dataclass_config(SelfEvalConfig, dc.selfeval, overrides)
+        if scfg.steps:  # --quick shortens training; a fitted token (steps 0) has none
+            scfg = load_dataclass_config(SelfEvalConfig, dc.selfeval,
+                                         overrides + quick["selfeval"])
         _, val = train_selfeval(scfg, progress=prog)
 
     rm = None
