@@ -190,7 +190,8 @@ def read_probe_head(file: Path, cfg: LlamaConfig) -> ProbeHead:
             raise JSEError(f"'{file}' holds {sorted(f.keys())}, expected ids and delta: it is not "
                            "a probe head an export wrote; remove it or export again")
         ids, delta = f.get_tensor("ids"), f.get_tensor("delta")
-    if delta.shape != (len(ids), cfg.hidden_size) or not np.all((ids >= 0) & (ids < cfg.vocab_size)):
+    fits = delta.shape == (len(ids), cfg.hidden_size)
+    if not fits or not np.all((ids >= 0) & (ids < cfg.vocab_size)):
         raise JSEError(f"'{file}' does not fit this model (delta {delta.shape}, hidden size "
                        f"{cfg.hidden_size}, vocabulary {cfg.vocab_size}): export it again")
     return ProbeHead(ids, delta)

@@ -122,7 +122,8 @@ def run(args) -> int:
         overrides = dc.selfeval_overrides + [f"data_dir={bcfg.out_dir}", f"out_dir={se_dir}",
                                              f"export_dir={hf}"]
         scfg = load_dataclass_config(SelfEvalConfig, dc.selfeval, overrides)
-        if scfg.steps:  # --quick shortens training; a fitted token (steps 0) has none
+        # --quick shortens training; a fitted token (steps 0) has none to shorten
+        if quick["selfeval"] and scfg.steps:
             scfg = load_dataclass_config(SelfEvalConfig, dc.selfeval,
                                          overrides + quick["selfeval"])
         _, val = train_selfeval(scfg, progress=prog)

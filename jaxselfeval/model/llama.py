@@ -190,10 +190,7 @@ class Llama(nnx.Module):
         """The adapter's vocabulary rows (`Adapter.vocab_rows`): (ids [K], h @ delta.T f32
         [..., K]), or None."""
         rows = self.lora.vocab_rows() if self.lora is not None else None
-        if rows is None:
-            return None
-        return rows[0], jnp.einsum("...d,kd->...k", h.astype(jnp.float32), rows[1],
-                                   precision=jax.lax.Precision.HIGHEST)
+        return None if rows is None else row_terms(h, rows)
 
     def head_t(self):
         """The LM head as [V, D]: the tied embedding, or the untied head transposed."""
@@ -212,12 +209,12 @@ class Llama(nnx.Module):
             w = jnp.take(self.lm_head[...], ids, axis=1)  # [D, K]
             out = jnp.einsum("...d,dk->...k", h.astype(cd), w.astype(cd),
                              preferred_element_type=jnp.float32)
-        rows = self._rows_delta(h)
-        if rows is not None:  # each asked id that is an adapted row gets that row's term
-            out = out + jnp.einsum("...r,kr->...k", rows[1],
-                                   (ids[:, None] == rows[0][None]).astype(jnp.float32))
-        if self.probe_head is not None:
-            out = self.probe_head.add_to(out, h, ids)
+        for rows in (self.lora.vocab_rows() if self.lora is not None else None,
+                     self.probe_head.rows() if self.probe_head is not None else None):
+            if rows is not None:  # each asked id that is one of these rows gets its term
+                row_ids, terms = row_terms(h, rows)
+                out = out + jnp.einsum("...r,kr->...k", terms,
+                                       (ids[:, None] == row_ids[None]).astype(jnp.float32))
         return out
 
     def logits(self, h):
@@ -234,6 +231,13 @@ class Llama(nnx.Module):
         if rows is not None:
             out = out.at[..., rows[0]].add(rows[1])
         return out
+
+
+def row_terms(h, rows):
+    """rows (ids int32 [K], delta f32 [K, D]) of a few vocabulary rows, at final-normed h
+    [..., D] -> (ids, h . delta f32 [..., K]): what they add to those tokens' logits."""
+    return rows[0], jnp.einsum("...d,kd->...k", h.astype(jnp.float32), rows[1],
+                               precision=jax.lax.Precision.HIGHEST)
 
 
 def ctx_layer_kv(ctx: AttentionContext) -> dict:

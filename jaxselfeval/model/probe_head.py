@@ -12,7 +12,6 @@ transformers reads model.safetensors and ignores it, `load_pretrained` attaches 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -27,13 +26,9 @@ class ProbeHead(nnx.Module):
         self.ids = tuple(int(i) for i in ids)
         self.delta = nnx.Param(jnp.asarray(delta, jnp.float32))
 
-    def add_to(self, out, h, ids):
-        """out f32 [..., K'] logits of `ids` int32 [K'] at final-normed h [..., D]: each asked id
-        that is one of the head's gets its row's term h . delta."""
-        d = jnp.einsum("...d,kd->...k", h.astype(jnp.float32), self.delta[...],
-                       precision=jax.lax.Precision.HIGHEST)  # [..., K]
-        match = (ids[:, None] == jnp.asarray(self.ids, jnp.int32)[None]).astype(jnp.float32)
-        return out + jnp.einsum("...k,jk->...j", d, match)
+    def rows(self):
+        """(ids int32 [K], delta f32 [K, D]), as `Adapter.vocab_rows` gives its rows."""
+        return jnp.asarray(self.ids, jnp.int32), self.delta[...]
 
     def tensors(self) -> dict[str, np.ndarray]:
         """What `FILE` holds."""

@@ -193,7 +193,7 @@ def fit_probe_rows(ps: ProbeStates, targets, leak: float = 1e-4,
              "No added %.2e a token, KL %.4f nats a token)", len(ps.h),
              float(np.linalg.norm(w)), float((ps.h @ w).std()), len(ps.states), got,
              policy_kl(w, ps.states, ps.p))
-    return np.stack([-w / 2, w / 2]).astype(np.float32)
+    return yes_no_deltas(w)
 
 
 def fit_probe_head(ps: ProbeStates, targets, pairs=None, rank_weight: float = 0.0,
@@ -206,4 +206,10 @@ def fit_probe_head(ps: ProbeStates, targets, pairs=None, rank_weight: float = 0.
              "shift at the probe: std %.2f)", len(ps.h),
              f", ranking {len(pairs)} pairs within a prompt x {rank_weight:g}" if rank_weight
              and pairs is not None else "", float(np.linalg.norm(w)), float((ps.h @ w).std()))
+    return yes_no_deltas(w)
+
+
+def yes_no_deltas(w) -> np.ndarray:
+    """The rows' deltas f32 [2, D] (Yes, No) of a fitted w [D]: No +w / 2, Yes -w / 2 (their
+    logit difference moves by w . h)."""
     return np.stack([-w / 2, w / 2]).astype(np.float32)
