@@ -455,3 +455,45 @@ def test_probe_head_is_read_at_the_probe_only_and_exported(tiny_dir, tmp_path):
     save_file({"rows": np.zeros((2, 3), np.float32)}, str(out / "probe_head.safetensors"))
     with pytest.raises(jse.JSEError, match="probe_head.safetensors"):
         jse.load_pretrained(out)
+
+
+def test_probe_states_kept_while_sampling_equal_a_pass_over_the_rows(tiny_dir, tmp_path):
+    """probe_states: the build keeps each row's final state at the probe, read as the decode
+    passes each truncation point and at its end; the rows are those of a build without it, the
+    states those a pass over the finished rows reads, and a probe head fitted from them is the
+    one fitted from that pass (its validation read too)."""
+    from jaxselfeval.selfeval.dataset import load_states
+    from jaxselfeval.selfeval.probe_fit import probe_states
+    from jaxselfeval.selfeval.rows import encode_shared
+    from jaxselfeval.tokenizer import load_tokenizer
+
+    plain = build_dataset(_cfg(tiny_dir, tmp_path / "plain"), progress=False)
+    kept = build_dataset(_cfg(tiny_dir, tmp_path / "kept", probe_states=True, batch_prompts=2),
+                         progress=False)
+    with pytest.raises(jse.JSEError, match="built without probe_states"):
+        load_states(plain, "train")
+    spec = probe_spec(load_tokenizer(tiny_dir))
+    model = jse.load_pretrained(tiny_dir)
+    for split in ("train", "validation"):
+        key = lambda r: r["id"]  # noqa: E731
+        a, b = sorted(load_rows(plain, split), key=key), sorted(load_rows(kept, split), key=key)
+        assert [(r["id"], list(r["response_ids"])) for r in a] == [
+            (r["id"], list(r["response_ids"])) for r in b]
+        assert {r["truncation"] for r in b} >= {0, 4, 8}
+        ids, H = load_states(kept, split)
+        sh = encode_shared(b, spec.after, 192)
+        want = probe_states(model, sh, spec.yes, spec.no).h
+        got = H[[ids[b[i]["id"]] for i in sh["keep"]]]
+        np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-4)
+    heads, finals = [], []
+    for data in (plain, kept):
+        cfg = SelfEvalConfig(data_dir=str(data), out_dir=str(tmp_path / f"se_{data.name}"),
+                             steps=0, batch_size=8, seq_len=192, rows_per_prompt=1, probe_head=True,
+                             probe_rank_weight=1.0)
+        out, final = train_selfeval(cfg, progress=False)
+        heads.append(np.asarray(jse.load_pretrained(out).probe_head.delta[...]))
+        finals.append(final)
+    assert not (tmp_path / "se_kept" / "probe_states.npz").exists()  # no pass over the rows
+    np.testing.assert_allclose(heads[1], heads[0], atol=1e-3 * np.abs(heads[0]).max())
+    assert abs(finals[0]["ece_all"] - finals[1]["ece_all"]) < 1e-3
+    assert abs(finals[0]["mean_score"] - finals[1]["mean_score"]) < 1e-3

@@ -125,11 +125,12 @@ def vocab_logits(model, weights, h, platform: str):
     return model.logits(h)
 
 
-def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=None, weights=None,
-              platform=None):
-    """The probe turn (`Engine.probe`) against each candidate's cache; nothing written.
-    `window` (static): attend only the cache's first `window` slots, which hold every slot
-    written (the rest are empty: position -1, invisible), as decode does."""
+def _probe_hidden(graphdef, state, prefix, c: Candidates, suffix, window=None, weights=None,
+                  platform=None):
+    """The final-normed state f32 [B, D] at the last position of the probe turn against each
+    candidate's cache; nothing written. `window` (static): attend only the cache's first
+    `window` slots, which hold every slot written (the rest are empty: position -1,
+    invisible), as decode does."""
     model = nnx.merge(graphdef, state)
     if window is not None and window < c.cache.max_len:
         c = c._replace(cache=c.cache.window(window))
@@ -142,7 +143,14 @@ def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=Non
     pos = pos.at[:, 0].set(jnp.where(c.done, -1, pos[:, 0]))
     h, _ = hidden(model, weights, toks, AttentionContext(pos, prefix.cache, c.cache, write=False,
                                                          last_only=True, platform=platform))
-    return no_share(model, h[:, 0], yes_no)
+    return h[:, 0]
+
+
+def _probe_fn(graphdef, state, prefix, c: Candidates, suffix, yes_no, window=None, weights=None,
+              platform=None):
+    """The probe's score per candidate (`Engine.probe`), from `_probe_hidden`."""
+    h = _probe_hidden(graphdef, state, prefix, c, suffix, window, weights, platform)
+    return no_share(nnx.merge(graphdef, state), h, yes_no)
 
 
 @functools.lru_cache(maxsize=8)
@@ -222,7 +230,16 @@ def compiled(graphdef, stop_ids: tuple[int, ...], top_k: int, mesh,
                            decode=jax.jit(decode, donate_argnums=(2,)),
                            probe=jax.jit(functools.partial(_probe_fn, graphdef,
                                                            platform=platform),
-                                         static_argnames="window"))
+                                         static_argnames="window"),
+                           probe_hidden=jax.jit(functools.partial(_probe_hidden, graphdef,
+                                                                  platform=platform),
+                                                static_argnames="window"))
+
+
+def _probe_turn(cands: Candidates, spec):
+    """(the probe turn's tokens int32 [K], the cache window that holds every slot written)."""
+    suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
+    return suffix, next(w for w in windows(cands.cache.max_len) if w >= cands.step)
 
 
 class Engine:
@@ -328,12 +345,20 @@ class Engine:
         cache and positions are not touched (nothing is written). The probe attends only the
         cache window (`windows`) that holds the slots written so far: probing after 8 tokens
         reads 32 slots, not the whole max_new_tokens buffer."""
-        suffix = jnp.asarray((spec.eot,) + tuple(spec.suffix), jnp.int32)
-        window = next(w for w in windows(cands.cache.max_len) if w >= cands.step)
+        suffix, window = _probe_turn(cands, spec)
         with self._on_mesh():
             return self.programs.probe(self.state, prompts, cands, suffix,
                                        jnp.asarray([spec.yes, spec.no], jnp.int32),
                                        window=window, weights=self.weights)
+
+    def probe_hidden(self, prompts: Prompts, cands: Candidates, spec) -> jax.Array:
+        """The final-normed state at the probe's last position per candidate, f32 [B, D]: what
+        `probe` reads the token from (a probe head is fitted to it, `selfeval.probe_fit`).
+        Nothing is written, as in `probe`."""
+        suffix, window = _probe_turn(cands, spec)
+        with self._on_mesh():
+            return self.programs.probe_hidden(self.state, prompts, cands, suffix, window=window,
+                                              weights=self.weights)
 
     # ------------------------------------------------------------------ select
     @staticmethod

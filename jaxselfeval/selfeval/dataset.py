@@ -11,6 +11,7 @@ Finally a TFDS builder turns the shards into array_record files read with `tfds.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 from pathlib import Path
@@ -56,6 +57,10 @@ class BuildConfig:
     # prompts sampled at once (batch_prompts x n candidate rows decode together; null: a whole
     # shard). Size it to the chips with `jaxselfeval plan --decode-batch`; rows do not depend on it.
     batch_prompts: int | None = None
+    # also keep each row's final state at the probe's last position, read while sampling (the
+    # response is in the cache: the probe turn's few tokens per row), in shards/*.states.npy:
+    # what a probe head is fitted to (`SelfEvalConfig.probe_head`), with no second pass
+    probe_states: bool = False
 
 
 def _write_atomic(path: Path, rows: list[dict]):
@@ -89,22 +94,34 @@ def file_items(path, tokenizer, limit: int, cfg: "BuildConfig", context: int) ->
             zip(ps.token_ids[:limit], ps.line[:limit])]
 
 
-def sample_rows(engine, items: list[Item], reward, *, offset, cfg: BuildConfig) -> list[dict]:
+def sample_rows(engine, items: list[Item], reward, *, offset, cfg: BuildConfig,
+                spec=None) -> tuple[list[dict], np.ndarray | None]:
     """Rows for a chunk of prompts (prompt index = offset + i keys the sampler), sampled
     `cfg.batch_prompts` prompts at a time. reward(items, responses per item) -> one reward list
-    per item."""
+    per item. With `cfg.probe_states` (and the probe's `spec`): each row's final state at the
+    probe, f32 [rows, D] in row order, read as the decode passes each truncation point and at
+    its end (the same tokens: keys depend on the step, not on where decoding paused); else
+    None."""
     from jaxselfeval.sample import Engine
 
     prompts = [it.prompt_ids for it in items]
     step = cfg.batch_prompts or len(items)
-    resps = []
+    points = sorted({int(t) for t in cfg.truncations if int(t) < cfg.max_new_tokens})
+    resps, at = [], {t: [] for t in [0] + points}  # at[t]: states [candidates, D] at t tokens
     for s in range(0, len(items), step):
         P = engine.prefill(prompts[s:s + step], prompt_offset=offset + s)
-        C = engine.decode(P, engine.branch(P, cfg.n, cfg.max_new_tokens,
-                                           temperature=cfg.temperature, top_p=cfg.top_p))
+        C = engine.branch(P, cfg.n, cfg.max_new_tokens, temperature=cfg.temperature,
+                          top_p=cfg.top_p)
+        for t in points if cfg.probe_states else []:
+            C = engine.decode(P, C, until=t)
+            at[t].append(np.asarray(engine.probe_hidden(P, C, spec)))
+        C = engine.decode(P, C)
+        if cfg.probe_states:
+            at[0].append(np.asarray(engine.probe_hidden(P, C, spec)))
         outs = Engine.outputs(C)
         resps += [outs[i * cfg.n:(i + 1) * cfg.n] for i in range(len(outs) // cfg.n)]
-    rows = []
+    at = {t: np.concatenate(v) for t, v in at.items() if v}
+    rows, where = [], []
     for i, (it, resp, rewards) in enumerate(zip(items, resps, reward(items, resps))):
         targets = capability_targets(rewards, cfg.margin)
         for c, (r, rew, t) in enumerate(zip(resp, rewards, targets)):
@@ -113,7 +130,40 @@ def sample_rows(engine, items: list[Item], reward, *, offset, cfg: BuildConfig) 
                              "prompt_ids": prompts[i], "response_ids": r if tr == 0 else r[:tr],
                              "truncation": tr, "target": float(t), "reward": float(rew),
                              "difficulty": it.difficulty})
-    return rows
+                where.append((tr, i * cfg.n + c))
+    if not cfg.probe_states:
+        return rows, None
+    D = engine.config.hidden_size
+    return rows, np.stack([at[tr][k] for tr, k in where]).astype(np.float32).reshape(-1, D)
+
+
+def states_path(shard: Path) -> Path:
+    """Where a shard's probe states lie: shards/train-00000.jsonl -> train-00000.states.npy."""
+    return shard.with_name(shard.stem + ".states.npy")
+
+
+def load_states(out_dir, split: str) -> tuple[dict[str, int], np.ndarray]:
+    """The probe states a build kept (`BuildConfig.probe_states`) for one split: (row id -> row
+    of the array, f32 [rows, D])."""
+    out = Path(out_dir)
+    conf = json.loads((out / "build_config.json").read_text())
+    if not conf.get("probe_states"):
+        raise JSEError(f"the dataset at {out} was built without probe_states: rebuild it with "
+                       f"probe_states=true (a new out_dir) to fit a probe head from it")
+    ids, arrays = {}, []
+    for shard in sorted((out / "shards").glob(f"{split}-*.jsonl")):
+        if not states_path(shard).exists():
+            raise JSEError(f"{states_path(shard)} is missing (written before its shard): remove "
+                           f"{shard} and build again to sample it anew")
+        a = np.load(states_path(shard))
+        for line in shard.read_text().splitlines():
+            ids[json.loads(line)["id"]] = len(ids)
+        arrays.append(a)
+    H = np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
+    if len(H) != len(ids):
+        raise JSEError(f"the probe states of split {split} in {out} do not match its rows "
+                       f"({len(H)} states, {len(ids)} rows): rebuild it in a new out_dir")
+    return ids, H
 
 
 def make_reward(cfg: BuildConfig, task, tokenizer, mesh=None):
@@ -148,7 +198,7 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
     import jaxselfeval as jse
     from jaxselfeval.assets import default_model_dir
     from jaxselfeval.distributed import barrier, host_shard
-    from jaxselfeval.sample import Engine
+    from jaxselfeval.sample import Engine, probe_spec
     from jaxselfeval.sharding import local_mesh
     from jaxselfeval.tasks import get_task
     from jaxselfeval.tokenizer import load_tokenizer
@@ -190,9 +240,15 @@ def build_dataset(cfg: BuildConfig, *, progress: bool = True) -> Path:
         model = jse.load_pretrained(model_dir, cfg.dtype, mesh=mesh)
         eng = Engine(model, stop_ids=(tok.eos_token_id,), seed=cfg.seed)
         reward = make_reward(cfg, task, tok, mesh)
+        spec = probe_spec(tok) if cfg.probe_states else None
         base = {"train": 0, "validation": 10**6, "test": 2 * 10**6}
         for split, s, exs, path in tqdm(mine, desc="sampling shards", disable=not progress):
-            rows = sample_rows(eng, exs, reward, offset=base.get(split, 0) + s, cfg=cfg)
+            rows, states = sample_rows(eng, exs, reward, offset=base.get(split, 0) + s, cfg=cfg,
+                                       spec=spec)
+            if states is not None:  # before its shard: a shard present has its states
+                buf = io.BytesIO()
+                np.save(buf, states)
+                write_atomic(states_path(path), buf.getvalue())
             _write_atomic(path, rows)
     elif not todo:
         log.info("all shards present in %s: nothing to sample", shards)

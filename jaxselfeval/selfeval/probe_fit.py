@@ -78,6 +78,12 @@ def probe_states(model, d: dict, yes: int, no: int, rows: int = 64,
     return ProbeStates(H, off, np.concatenate(states), np.concatenate(probs))
 
 
+def probe_offsets(model, h, yes: int, no: int) -> np.ndarray:
+    """The frozen model's logit(No) - logit(Yes) at final states h [N, D] at the probe, f32 [N]."""
+    lg = np.asarray(without_adapter(model).token_logits(jnp.asarray(h), jnp.asarray([yes, no])))
+    return lg[:, 1] - lg[:, 0]
+
+
 def _shifted(w, states, p):
     """The base's Yes / No probabilities p [M, 2] after rows Yes -w / 2, No +w / 2 move their
     logits at `states` [M, D]: (the shifts d [M, 2], the log of the new partition over the

@@ -28,9 +28,10 @@ from jaxselfeval.model.adapter import without_adapter
 from jaxselfeval.model.probe_head import ProbeHead
 from jaxselfeval.sample.probe import no_share
 from jaxselfeval.selfeval import metrics as M
+from jaxselfeval.selfeval.dataset import load_states
 from jaxselfeval.selfeval.labels import TARGETS, token_targets
 from jaxselfeval.selfeval.probe_fit import (ProbeStates, fit_probe_head, fit_probe_rows,
-                                            probe_states, rank_pairs)
+                                            probe_offsets, probe_states, rank_pairs)
 from jaxselfeval.selfeval.rows import (SharedPromptBatches, encode_rows, encode_shared,
                                        forward_rows, hidden_rows, prompt_batches)
 from jaxselfeval.sharding import make_mesh
@@ -146,7 +147,10 @@ def validate(model, val, spec) -> dict:
     Two readings of truncation point t: "auroc_trunc{t}" over the responses still running at t
     (the truncated rows), "auroc_at{t}" over every response, one that finished within t tokens
     counted as its complete self (what pruning at t sees). val["length"]: response tokens [N]."""
-    if "prompt" in val:  # the shared-prompt layout
+    if "h" in val:  # the probe states the build kept: the model's own read of them
+        s = np.asarray(no_share(model, jnp.asarray(val["h"]),
+                                jnp.asarray([spec.yes, spec.no], jnp.int32)))
+    elif "prompt" in val:  # the shared-prompt layout
         s = shared_scores(model, val, spec.yes, spec.no)
     else:
         s = scores(model, val["tokens"], val["last"], spec.yes, spec.no)
@@ -183,6 +187,13 @@ def _probe_states(model, shared: dict, spec, cfg) -> ProbeStates:
     return ps
 
 
+def _kept_probe_states(model, data: Path, split: str, rows: list[dict], keep, spec) -> np.ndarray:
+    """The final states at the probe f32 [len(keep), D] the build kept for rows[keep]
+    (`BuildConfig.probe_states`), read while they were sampled: no pass over the rows."""
+    ids, H = load_states(data, split)
+    return H[[ids[rows[i]["id"]] for i in keep]]
+
+
 def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
     """The LM head's probe rows start at the fit (`selfeval.probe_fit`), within
     `cfg.probe_rows_leak`."""
@@ -190,10 +201,15 @@ def _start_probe_rows(model, shared: dict, spec, cfg) -> None:
     model.lora.set_vocab_rows(fit_probe_rows(ps, shared["target"], leak=cfg.probe_rows_leak))
 
 
-def _fit_probe_head(model, shared: dict, rows: list[dict], spec, cfg) -> None:
+def _fit_probe_head(model, shared: dict, rows: list[dict], spec, cfg, kept=None) -> None:
     """`model.probe_head`: the fit, ranking each prompt's right rows above its wrong ones (of
-    the same truncation) with weight `cfg.probe_rank_weight`."""
-    ps = _probe_states(model, shared, spec, cfg)
+    the same truncation) with weight `cfg.probe_rank_weight`, on the probe states the build
+    kept (`kept` [N, D]: the rows' `_kept_probe_states`) or else read by a pass over the rows."""
+    if kept is not None:
+        ps = ProbeStates(kept, probe_offsets(model, kept, spec.yes, spec.no),
+                         np.zeros((0, kept.shape[1]), np.float32), np.zeros((0, 2), np.float32))
+    else:
+        ps = _probe_states(model, shared, spec, cfg)
     keep = shared["keep"]
     right = np.asarray([rows[i]["reward"] > 0.5 for i in keep])
     trunc = np.asarray([rows[i]["truncation"] for i in keep], np.int64)
@@ -287,8 +303,13 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         n_train = len(tk)
     if probe_rows:  # after every check of the settings: the fit is a pass over the rows
         _start_probe_rows(model, shared, spec, cfg)
+    # a probe head reads the base model's own states: those the build kept, if it did
+    kept = cfg.probe_head and json.loads((data / "build_config.json").read_text()).get(
+        "probe_states", False)
     if cfg.probe_head:
-        _fit_probe_head(model, shared, tr_rows, spec, cfg)
+        _fit_probe_head(model, shared, tr_rows, spec, cfg,
+                        _kept_probe_states(model, data, "train", tr_rows, shared["keep"], spec)
+                        if kept else None)
     va_rows = retarget(load_rows(data, "validation"), cfg.target)
     if cfg.rows_per_prompt:
         val = encode_shared(va_rows, spec.after, cfg.seq_len)
@@ -300,6 +321,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
            "reward": np.asarray([va_rows[i]["reward"] for i in keep]),
            "example": np.asarray([va_rows[i]["example"] for i in keep]),
            "length": np.asarray([len(va_rows[i]["response_ids"]) for i in keep])}
+    if kept:
+        val["h"] = _kept_probe_states(model, data, "validation", va_rows, keep, spec)
     log.info("%d train rows, %d validation rows", n_train, len(val["tokens"]))
     history = []
 
@@ -327,6 +350,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     log_validation(cfg.steps, final)
     s = final.pop("_scores")
     out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     M.plot_reliability(s, val["target"], out / "reliability.png",
                        title="Capability token on held-out prompts")
     (out / "validation.json").write_text(json.dumps({"final": final, "history": history}, indent=2))
