@@ -187,10 +187,11 @@ def _probe_states(model, shared: dict, spec, cfg) -> ProbeStates:
     return ps
 
 
-def _kept_probe_states(model, data: Path, split: str, rows: list[dict], keep, spec) -> np.ndarray:
+def _kept_probe_states(data: Path, split: str, rows: list[dict], keep) -> np.ndarray:
     """The final states at the probe f32 [len(keep), D] the build kept for rows[keep]
     (`BuildConfig.probe_states`), read while they were sampled: no pass over the rows."""
     ids, H = load_states(data, split)
+    log.info("%s: the probe states the build kept (%d rows)", split, len(keep))
     return H[[ids[rows[i]["id"]] for i in keep]]
 
 
@@ -303,12 +304,13 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         n_train = len(tk)
     if probe_rows:  # after every check of the settings: the fit is a pass over the rows
         _start_probe_rows(model, shared, spec, cfg)
-    # a probe head reads the base model's own states: those the build kept, if it did
-    kept = cfg.probe_head and json.loads((data / "build_config.json").read_text()).get(
-        "probe_states", False)
+    # a probe head reads the frozen model's own states: those the build kept, if it kept them
+    # and sampled from this model
+    built = json.loads((data / "build_config.json").read_text())
+    kept = cfg.probe_head and built.get("probe_states", False) and built["model"] == model_dir
     if cfg.probe_head:
         _fit_probe_head(model, shared, tr_rows, spec, cfg,
-                        _kept_probe_states(model, data, "train", tr_rows, shared["keep"], spec)
+                        _kept_probe_states(data, "train", tr_rows, shared["keep"])
                         if kept else None)
     va_rows = retarget(load_rows(data, "validation"), cfg.target)
     if cfg.rows_per_prompt:
@@ -322,7 +324,7 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
            "example": np.asarray([va_rows[i]["example"] for i in keep]),
            "length": np.asarray([len(va_rows[i]["response_ids"]) for i in keep])}
     if kept:
-        val["h"] = _kept_probe_states(model, data, "validation", va_rows, keep, spec)
+        val["h"] = _kept_probe_states(data, "validation", va_rows, keep)
     log.info("%d train rows, %d validation rows", n_train, len(val["tokens"]))
     history = []
 
