@@ -365,6 +365,13 @@ def test_an_evaluations_goals_mark_its_report():
     assert "AUROC 0.720 pooled (goal >= 0.7): met" in text
     text = "\n".join(verdict({"headline": h, "config": {"n": 16}, "pool": pool, "sweeps": sweeps}))
     assert "AUROC 0.780 pooled (goal >= 0.85), 0.620 within a prompt (goal >= 0.75): NOT met" in text
+    from jaxselfeval.evaluate.report import adaptive_headline, goals_of
+
+    h["adaptive_threshold_at_1.2"] = 0.5  # the headline states the evaluation's own goal too
+    assert adaptive_headline(h, 16, goals_of(cfg)["gain_share"]).endswith(
+        "(goal >= 50% of the gain).")
+    assert adaptive_headline(h, 16, goals_of({})["gain_share"]).endswith(
+        "(goal >= 74% of the gain, the paper's figure).")
 
 
 def test_report_names_the_winner_of_each_strategy():
