@@ -496,4 +496,13 @@ def test_probe_states_kept_while_sampling_equal_a_pass_over_the_rows(tiny_dir, t
     assert not (tmp_path / "se_kept" / "probe_states.npz").exists()  # no pass over the rows
     np.testing.assert_allclose(heads[1], heads[0], atol=1e-3 * np.abs(heads[0]).max())
     assert abs(finals[0]["ece_all"] - finals[1]["ece_all"]) < 1e-3
+    cfg = SelfEvalConfig(data_dir=str(kept), out_dir=str(tmp_path / "se_l2"), steps=0,
+                         batch_size=8, seq_len=192, rows_per_prompt=1, probe_head=True,
+                         probe_rank_weight=1.0, probe_l2=1e3)  # the fit's penalty is the config's
+    out, _ = train_selfeval(cfg, progress=False)
+    strong = np.asarray(jse.load_pretrained(out).probe_head.delta[...])
+    assert np.abs(strong).max() < 0.2 * np.abs(heads[1]).max()
+    with pytest.raises(jse.JSEError, match="probe_l2 must be >= 0"):
+        train_selfeval(SelfEvalConfig(data_dir=str(kept), out_dir=str(tmp_path / "x"), steps=0,
+                                      probe_head=True, probe_l2=-1.0), progress=False)
     assert abs(finals[0]["mean_score"] - finals[1]["mean_score"]) < 1e-3

@@ -215,7 +215,7 @@ def _fit_probe_head(model, shared: dict, rows: list[dict], spec, cfg, kept=None)
     right = np.asarray([rows[i]["reward"] > 0.5 for i in keep])
     trunc = np.asarray([rows[i]["truncation"] for i in keep], np.int64)
     pairs = rank_pairs(shared["group"].astype(np.int64) * (trunc.max() + 1) + trunc, right)
-    delta = fit_probe_head(ps, shared["target"], pairs, cfg.probe_rank_weight)
+    delta = fit_probe_head(ps, shared["target"], pairs, cfg.probe_rank_weight, cfg.probe_l2)
     model.probe_head = ProbeHead((spec.yes, spec.no), delta)
 
 
@@ -258,6 +258,9 @@ class SelfEvalConfig:
     # with probe_head: the weight of ranking each prompt's right answers above its wrong ones
     # in the fit (the read within a prompt, what Best-of-n picks by)
     probe_rank_weight: float = 0.0
+    # with probe_head: the fit's L2 penalty on standardised features (weaker with more rows:
+    # scripts/probe_head_cv.py cross-validates it)
+    probe_l2: float = 1e-3
 
 
 def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
@@ -279,6 +282,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
     if cfg.probe_head and (cfg.steps or cfg.lora is not None):
         raise JSEError("probe_head is fitted, not trained: set steps=0 and lora=null (or use "
                        "lora.probe_rows to train the LM head's rows)")
+    if cfg.probe_l2 < 0:
+        raise JSEError(f"probe_l2 must be >= 0, got {cfg.probe_l2}")
     if cfg.target not in TARGETS:
         raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
     model_dir = cfg.model or json.loads((data / "build_config.json").read_text())["model"]
