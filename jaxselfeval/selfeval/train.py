@@ -286,7 +286,8 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         raise JSEError(f"probe_l2 must be >= 0, got {cfg.probe_l2}")
     if cfg.target not in TARGETS:
         raise JSEError(f"target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
-    model_dir = cfg.model or json.loads((data / "build_config.json").read_text())["model"]
+    built = json.loads((data / "build_config.json").read_text())
+    model_dir = cfg.model or built["model"]
     tok = load_tokenizer(model_dir)
     spec = probe_spec(tok)
     model = jse.load_pretrained(model_dir, compute_dtype=cfg.compute_dtype)
@@ -311,7 +312,6 @@ def train_selfeval(cfg: SelfEvalConfig, *, progress=True) -> tuple[Path, dict]:
         _start_probe_rows(model, shared, spec, cfg)
     # a probe head reads the frozen model's own states: those the build kept, if it kept them
     # and sampled from this model
-    built = json.loads((data / "build_config.json").read_text())
     kept = cfg.probe_head and built.get("probe_states", False) and built["model"] == model_dir
     if cfg.probe_head:
         _fit_probe_head(model, shared, tr_rows, spec, cfg,
