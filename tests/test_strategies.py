@@ -285,6 +285,14 @@ def test_harness_times_the_headline_pruning_setting(setup, tmp_path):
     assert both["n"] == 5 and 1 <= both["mean_samples"] <= 4
     assert "adaptive + pruning (threshold 0.8, rounds pruned at 2 tokens, keep 0.25)" in report
     assert res["headline"]["adaptive_pruned_acc"] == both["accuracy"]
+    # the oracle bound at 1.2 samples: 5 prompts, one extra sample, on the greedy first round
+    from jaxselfeval.evaluate.stats import adaptive_bound
+
+    pooled = json.loads((tmp_path / "chunks" / "chunk-000000.json").read_text())["pooled"]
+    first = np.asarray(pooled["trace:threshold:ok"])[:, 0]
+    assert first.mean() == res["summary"]["greedy"]["accuracy"]
+    assert res["headline"]["adaptive_bound_at_1.2"] == pytest.approx(
+        adaptive_bound(first, np.asarray(pooled["correct"]), 1, 3))
     swept_at = {float(k) for k in res["sweeps"]["threshold_pruned"]}
     assert 0.5 in swept_at and len(swept_at) > 1  # the configured one and the signal's quantiles
     assert "## Threshold sweep: adaptive sampling by the token, rounds pruned at 2 tokens " \
@@ -341,6 +349,50 @@ def test_verdict_reads_each_goal_from_the_headline():
     assert "at chance, within-prompt AUROC 0.520" in text
     assert "Calibration: ECE 0.090 against the capability targets (goal <= 0.05): NOT met" in text
     assert ": met" not in text.split("Calibration")[1].split("beats majority")[0]
+
+
+def test_adaptive_bound_is_the_best_allocation_of_extra_samples():
+    """The oracle bound equals the best of every way to give `extra` samples (at most `cap` a
+    prompt) to the prompts whose first answer is wrong, found by brute force; a prompt answered
+    right first gets none, and no extra sample leaves the first round's accuracy."""
+    import itertools
+
+    from jaxselfeval.evaluate.stats import adaptive_bound
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        G, n, extra, cap = 4, 8, int(rng.integers(0, 6)), int(rng.integers(1, 4))
+        correct = (rng.random((G, n)) < rng.random((G, 1))).astype(float)
+        first = (rng.random(G) < 0.5).astype(float)
+        p = correct.mean(1)
+        best = 0.0
+        for ks in itertools.product(range(cap + 1), repeat=G):
+            if sum(ks) <= extra:
+                best = max(best, sum(1.0 if first[g] else 1 - (1 - p[g]) ** ks[g]
+                                     for g in range(G)) / G)
+        assert adaptive_bound(first, correct, extra, cap) == pytest.approx(best)
+    assert adaptive_bound([1, 0], np.ones((2, 4)), 0, 3) == 0.5
+    # one sample on the wrong prompt with chance 1/2, a second one gains a quarter more
+    assert adaptive_bound([1, 0], [[1, 1], [1, 0]], 2, 5) == pytest.approx((1 + 0.75) / 2)
+
+
+def test_report_says_when_no_signal_can_reach_the_adaptive_goal():
+    from jaxselfeval.evaluate.report import verdict
+
+    h = {"one_sample": 0.45, "greedy": 0.545, "bon_self": 0.67, "majority": 0.55, "bon_rm": None,
+         "oracle": 0.8, "adaptive_acc_at_1.2": 0.565, "adaptive_mean_samples": 1.15,
+         "adaptive_gain_recovered": gain_recovered(0.565, 0.545, 0.67), "prune_at": 8,
+         "prune_fraction_pruned": 0.75, "prune_acc_loss_points": 2.0, "prune_wall_speedup": None,
+         "adaptive_bound_at_1.2": 0.602, "adaptive_bound_share": gain_recovered(0.602, 0.545, 0.67)}
+    res = {"headline": h, "config": {"n": 16, "goals": {"gain_share": 0.5}}}
+    text = "\n".join(verdict(res))
+    assert "the most any signal could reach here, in expectation: 60.2%, 45.6% of the gain" in text
+    assert "out of reach of any signal for this model at this budget" in text
+    h.update({"adaptive_bound_at_1.2": 0.65,
+              "adaptive_bound_share": gain_recovered(0.65, 0.545, 0.67)})
+    text = "\n".join(verdict(res))
+    assert "reach here, in expectation: 65.0%, 84.0% of the gain" in text
+    assert "out of reach" not in text
 
 
 def test_an_evaluations_goals_mark_its_report():

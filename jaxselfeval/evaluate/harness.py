@@ -18,9 +18,10 @@ from jaxselfeval.distributed import barrier, host_shard
 from jaxselfeval.errors import JSEError
 from jaxselfeval.evaluate.chunks import ChunkStore, fingerprint, merge
 from jaxselfeval.evaluate.config import EvalConfig
-from jaxselfeval.evaluate.records import PromptRecord, aggregate, best_within, gain_recovered
+from jaxselfeval.evaluate.records import (ADAPTIVE_BUDGET, PromptRecord, aggregate, best_within,
+                                          gain_recovered)
 from jaxselfeval.evaluate.report import plots, write_report
-from jaxselfeval.evaluate.stats import pool_stats
+from jaxselfeval.evaluate.stats import adaptive_bound, pool_stats
 from jaxselfeval.fileio import write_atomic
 from jaxselfeval.sample import Engine
 from jaxselfeval.strategies import rounds as A
@@ -207,13 +208,27 @@ def _summarize(part: dict, cfg: EvalConfig, kinds=(), target: str = "capability"
     for kind in sorted({k.split(":")[1] for k in p if k.startswith("trace:")}):
         tr = {f: p[f"trace:{kind}:{f}"] for f in A.TRACE_FIELDS}
         sw[kind] = A.trace_sweep(tr, A.sweep_thresholds(tr, cfg.thresholds))
+    head = _headline(summary, sw, part["wall"], cfg)
+    if "trace:threshold:ok" in p:
+        head.update(_bound(p["trace:threshold:ok"][:, 0], p["correct"], cfg, head))
     return {"config": dataclasses.asdict(cfg), "summary": summary, "sweeps": sw,
-            "wall_s": part["wall"], "headline": _headline(summary, sw, part["wall"], cfg),
+            "wall_s": part["wall"], "headline": head,
             "pool": pool_stats(p["correct"], p["score"], p["likelihood"], length=p["length"],
                                score_at={t: p[f"score_at{t}"] for t in cfg.prune_at},
                                likelihood_at={t: p[f"likelihood_at{t}"] for t in cfg.prune_at},
                                strict=p.get("strict"), kind=p.get("kind"), kinds=kinds,
                                target=target)}
+
+
+def _bound(first_ok, correct, cfg: EvalConfig, head: dict) -> dict:
+    """What no signal can beat at <= 1.2 mean samples (`adaptive_bound`), and its share of
+    Best-of-n's gain over the better of greedy and one sample."""
+    G, r0 = len(first_ok), cfg.rounds[0]
+    bound = adaptive_bound(first_ok, correct, int(np.floor((ADAPTIVE_BUDGET - r0) * G + 1e-9)),
+                           sum(cfg.rounds[1:]))
+    base = max(head["one_sample"], head["greedy"])
+    return {"adaptive_bound_at_1.2": bound,
+            "adaptive_bound_share": gain_recovered(bound, base, head["bon_self"])}
 
 
 def _greedy(run, ch, offset):

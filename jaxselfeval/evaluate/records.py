@@ -73,7 +73,10 @@ def gain_recovered(acc: float, baseline: float, best_of_n: float) -> float:
     return (acc - baseline) / gain if gain > 0 else float("nan")
 
 
-def best_within(sweep: dict, budget: float = 1.2):
+ADAPTIVE_BUDGET = 1.2  # mean samples a prompt, the paper's budget for adaptive sampling
+
+
+def best_within(sweep: dict, budget: float = ADAPTIVE_BUDGET):
     """(threshold, aggregate) of a threshold sweep {threshold: aggregate}: the most accurate
     threshold using <= `budget` mean samples, or (None, None)."""
     cheap = [(float(th), a) for th, a in sweep.items() if a["mean_samples"] <= budget]

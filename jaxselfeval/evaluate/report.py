@@ -173,7 +173,7 @@ def verdict(result: dict) -> list[str]:
     lines.append(f"- Adaptive sampling at <= 1.2 mean samples recovers >= {100 * GAIN_SHARE:.0f}% "
                  f"of Best-of-{n}'s gain over the better of greedy and one sample: "
                  f"{_mark(rec is not None and rec >= GAIN_SHARE and not chance)} "
-                 f"({_adaptive_gain(h, n)}){why_chance}.")
+                 f"({_adaptive_gain(h, n)}){why_chance}{_bound_note(h, GAIN_SHARE)}.")
     problems = (h.get("signals") or {}).get("problems")
     for name, row, _ in signal_rows(h, n):
         lines.append(f"- {name}, the token against the best free signal: "
@@ -324,6 +324,20 @@ def _adaptive_gain(h, n) -> str:
     return (f"Best-of-{n} gains nothing over {name} here "
             f"({100 * (h['bon_self'] - base):+.1f} points), so there is no gain to "
             f"recover{extra}")
+
+
+def _bound_note(h: dict, share: float) -> str:
+    """What an oracle could recover at the adaptive budget (`stats.adaptive_bound`), and
+    whether that puts the goal out of reach."""
+    b, s = h.get("adaptive_bound_at_1.2"), h.get("adaptive_bound_share")
+    if b is None:
+        return ""
+    reach = ("" if s is None or s != s or s >= share else
+             f": the goal is out of reach of any signal for this model at this budget")
+    return (f"; the most any signal could reach here, in expectation: {_pct(b)}"
+            + ("" if s is None or s != s else f", {_pct(s)} of the gain")
+            + " (an oracle that knows which first answers are wrong and each problem's chance "
+            f"of a right sample, and keeps a right answer whenever it draws one){reach}")
 
 
 def _combined_line(result: dict) -> list[str]:

@@ -82,3 +82,19 @@ def _by_kind(c, s, groups, kind, kinds, lik) -> dict:
             d["likelihood_auroc_within_in_kind"] = M.auroc_within(lik[k], c[k], groups[k])
         out[name] = d
     return out
+
+
+def adaptive_bound(first_ok, correct, extra: int, cap: int) -> float:
+    """The most adaptive sampling could score, in expectation, spending `extra` samples beyond
+    the first round over all prompts: an oracle that knows which first answers [G] are wrong and
+    each prompt's chance p of a right sample (its share of right samples in the pool `correct`
+    [G, n]), gives at most `cap` more samples to a prompt, and keeps a right answer whenever it
+    draws one. A prompt's k-th extra sample gains p (1 - p)^(k-1), which falls with k, so the
+    `extra` largest gains over all prompts are the best allocation. No signal does better at
+    this budget than this, up to the pool's noise in p."""
+    first_ok = np.asarray(first_ok, np.float64)
+    p = np.asarray(correct, np.float64).mean(1)[first_ok < 0.5]
+    k = np.arange(cap)
+    gains = (p[:, None] * (1 - p[:, None]) ** k[None, :]).ravel()
+    top = np.sort(gains)[::-1][:max(0, int(extra))]
+    return float((first_ok.sum() + top.sum()) / len(first_ok))
