@@ -102,8 +102,13 @@ def test_two_process_eval_equals_one_process(tmp_path):
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     assert two["summary"]["one"]["n"] == 4
-    for part in ("summary", "sweeps"):
-        assert _without_wall(two[part]) == _without_wall(one[part]), part
+    assert _without_wall(two["summary"]) == _without_wall(one["summary"])
+    assert two["sweeps"].keys() == one["sweeps"].keys()
+    for kind, sweep in one["sweeps"].items():
+        if kind.startswith("threshold"):  # swept at the values the scores take: equal within a
+            _same_threshold_sweep(two["sweeps"][kind], sweep)  # tolerance, outcomes exactly
+        else:
+            assert _without_wall(two["sweeps"][kind]) == _without_wall(sweep), kind
     # the pool's statistics include continuous ones of the scores (ECE), and scores computed on a
     # tensor=2 mesh differ from one device's in the last float32 bits: equal within a tolerance
     assert two["pool"].keys() == one["pool"].keys()
@@ -117,6 +122,17 @@ def test_two_process_eval_equals_one_process(tmp_path):
             assert two["pool"][k] == v, k
         else:
             assert two["pool"][k] == pytest.approx(v, rel=1e-6, abs=1e-7, nan_ok=True), k
+
+
+def _same_threshold_sweep(a: dict, b: dict):
+    """Two adaptive threshold sweeps {threshold: aggregate}, their thresholds the values scores
+    computed on different meshes took: the same count, thresholds equal within float32's last
+    bits, each one's outcome equal."""
+    ka, kb = sorted(a, key=float), sorted(b, key=float)
+    assert len(ka) == len(kb)
+    assert [float(k) for k in ka] == pytest.approx([float(k) for k in kb], rel=1e-5, abs=1e-7)
+    for x, y in zip(ka, kb):
+        assert _without_wall(a[x]) == _without_wall(b[y]), (x, y)
 
 
 def _without_wall(x) -> str:

@@ -65,6 +65,12 @@ def test_threshold_sweep_equals_real_runs_with_compaction(setup):
         want = aggregate(threshold_sweep(rounds, exs, [t])[t])
         assert {k: agg[k] for k in want if k != "wall_s"} == pytest.approx(
             {k: want[k] for k in want if k != "wall_s"}), t
+    # every threshold's outcome is one the sweep holds: its best at a budget is exact
+    full = trace_sweep(trace, sweep_thresholds(trace))
+    outcomes = {(a["accuracy"], a["mean_samples"]) for a in full.values()}
+    for t in np.random.default_rng(0).random(50):
+        a = trace_sweep(trace, [t])[float(t)]
+        assert (a["accuracy"], a["mean_samples"]) in outcomes, t
     assert len({r.samples for r in real}) > 1
     for a, b in zip(real, sim):
         assert (a.prompt_id, a.samples, a.gen_tokens, a.correct) == (b.prompt_id, b.samples,

@@ -66,6 +66,10 @@ def plots(result: dict, out: Path):
     plt.close(fig)
 
 
+def _g4(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
 def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -282,7 +286,8 @@ def signal_rows(h: dict, n: int) -> list[tuple[str, dict, str]]:
     if ad:
         rows.append(("adaptive sampling, best at <= 1.2 mean samples",
                      {k: v["accuracy"] for k, v in ad.items()},
-                     ", ".join(f"{k}: {v['mean_samples']:.2f} samples at threshold {v['threshold']}"
+                     ", ".join(f"{k}: {v['mean_samples']:.2f} samples at threshold "
+                               f"{_g4(v['threshold'])}"
                                for k, v in ad.items())))
     for key in sorted((k for k in sig if k.startswith("prune@")), key=lambda k: int(k[6:])):
         rows.append((f"pruning at {key[6:]} tokens (Best-of-{n}, keep the fewest)", sig[key], ""))
@@ -417,7 +422,7 @@ def adaptive_headline(h: dict, n: int, share: float) -> str:
     """The headline's adaptive-sampling line, against the evaluation's own gain-share goal."""
     paper = ", the paper's figure" if share == Goals.gain_share else ""
     return (f"- Adaptive sampling at <= 1.2 mean samples (threshold "
-            f"{h['adaptive_threshold_at_1.2']}): {_pct(h['adaptive_acc_at_1.2'])} with "
+            f"{_g4(h['adaptive_threshold_at_1.2'])}): {_pct(h['adaptive_acc_at_1.2'])} with "
             f"{h['adaptive_mean_samples'] or float('nan'):.2f} samples: {_adaptive_gain(h, n)} "
             f"(goal >= {100 * share:.0f}% of the gain{paper}).")
 

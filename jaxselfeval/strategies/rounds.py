@@ -96,12 +96,18 @@ def threshold_sweep(rounds, examples, thresholds):
     return out
 
 
-def sweep_thresholds(trace: dict, base=(), levels: int = 99) -> list[float]:
-    """The thresholds to sweep for a trace: `base`, and the signal's own quantiles (levels of
-    them) of each prompt's best after the first round, so every signal is swept as finely where
-    its values lie (a mean token probability crowds near 1, the token's score does not)."""
-    q = np.quantile(trace["best"][:, 0], np.linspace(0, 1, levels + 2)[1:-1])
-    return sorted({float(t) for t in base} | {float(x) for x in np.round(q, 6)})
+def sweep_thresholds(trace: dict, base=(), levels: int = 2000) -> list[float]:
+    """The thresholds to sweep for a trace: `base`, and every distinct value a prompt's best
+    signal takes after any round. A prompt stops at the first round whose best reaches the
+    threshold, so a threshold between two such values stops the same prompts as the upper one:
+    these are all the sweep's distinct outcomes, and its best at a budget is exact, for every
+    signal alike (a mean token probability crowds near 1, the token's score does not). Beyond
+    `levels` values, that many quantiles of them."""
+    v = np.unique(np.asarray(trace["best"], np.float64))
+    v = v[np.isfinite(v)]
+    if len(v) > levels:
+        v = np.quantile(v, np.linspace(0, 1, levels))
+    return sorted({float(t) for t in base} | {float(x) for x in v})
 
 
 def trace_sweep(trace: dict, thresholds) -> dict:
