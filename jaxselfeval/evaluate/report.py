@@ -337,10 +337,11 @@ def _bound_note(h: dict, share: float) -> str:
     b, s = h.get("adaptive_bound_at_1.2"), h.get("adaptive_bound_share")
     if b is None:
         return ""
-    reach = ("" if s is None or s != s or s >= share else
-             f": the goal is out of reach of any signal for this model at this budget")
+    known = s is not None and s == s  # nan: Best-of-n gains nothing to share
+    reach = (": the goal is out of reach of any signal for this model at this budget"
+             if known and s < share else "")
     return (f"; the most any signal could reach here, in expectation: {_pct(b)}"
-            + ("" if s is None or s != s else f", {_pct(s)} of the gain")
+            + (f", {_pct(s)} of the gain" if known else "")
             + " (an oracle that knows which first answers are wrong and each problem's chance "
             f"of a right sample, and keeps a right answer whenever it draws one){reach}")
 
